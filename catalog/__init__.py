@@ -1,0 +1,1 @@
+"""The catalogue: departments, sources, datasets and fields, and the terms they are shared on."""

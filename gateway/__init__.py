@@ -1,0 +1,1 @@
+"""The gateway: HTTP app, authentication, schema, planning, execution, audit, CLI."""

@@ -1,0 +1,58 @@
+"""The Starlette application: ``/graphql``, ``/healthz``, ``/readyz`` and the explorer's assets."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from catalog.loader import load_catalog
+from gateway.config import Settings, load_settings
+from gateway.explorer import explorer_routes
+from gateway.http import graphql_endpoint, json_response
+from gateway.pipeline import Gateway
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("hutong")
+
+
+async def healthz(_: Request) -> Response:
+    """Alive: the process answers. Says nothing about the sources (that is /readyz)."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready: every source answers. 503 when any does not, with the state of each."""
+    gateway: Gateway = request.app.state.gateway
+    sources = await gateway.sources.readiness()
+    ready = all(s["status"] == "ok" for s in sources.values())
+    return json_response({"status": "ok" if ready else "degraded", "sources": sources}, 200 if ready else 503)
+
+
+def create_app(settings: Settings | None = None, gateway: Gateway | None = None) -> Starlette:
+    settings = settings or load_settings()
+    gw = gateway or Gateway(load_catalog(*settings.catalog), settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await gw.close()
+
+    app = Starlette(
+        routes=[
+            Route("/graphql", graphql_endpoint, methods=["GET", "POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            *explorer_routes(),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+    app.state.settings = settings
+    return app

@@ -1,0 +1,289 @@
+"""The ``hutong`` command line.
+
+Without ``HUTONG_CONFIG`` (or ``--config``) every command acts on the demo in this
+repository, so ``hutong catalog check`` works right after ``make demo``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import orjson
+import typer
+from rich.console import Console
+
+from catalog.loader import CatalogError, load_catalog
+from gateway.config import REPO_ROOT, ConfigError, Settings, load_settings
+
+app = typer.Typer(help="hutong: federated data catalogue and GraphQL gateway.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+catalog_app = typer.Typer(help="Check, discover and export the catalogue.", no_args_is_help=True)
+demo_app = typer.Typer(help="The demo city: build its department sources and serve it.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(demo_app, name="demo")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Configuration file (default: $HUTONG_CONFIG, "
+                                                                      "else the demo's).")]
+
+DEMO_DATA = REPO_ROOT / "demo" / "data"
+
+SHOWCASE_QUERY = """query SubsistenceCheck($applicant: String!) {
+  person(idNumber: $applicant) {
+    idNumber
+    subsistenceCases { caseId status appliedOn }
+    resident {
+      name district
+      householdMembers {
+        name relation birthDate
+        person {
+          employments(filter: {endDate: {isNull: true}}) { employerName position startDate }
+          pensions { status contributionYears }
+          properties { propertyId district areaSqm usage }
+          businesses { name status }
+        }
+      }
+    }
+  }
+}"""
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _catalog(settings: Settings) -> Any:
+    try:
+        return load_catalog(*settings.catalog)
+    except CatalogError as exc:
+        err.print(str(exc), style="red", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def serve(config: ConfigOpt = None,
+          host: Annotated[str | None, typer.Option(help="Address to bind (default from config).")] = None,
+          port: Annotated[int | None, typer.Option(help="Port (default from config or $HUTONG_PORT).")] = None,
+          workers: Annotated[int, typer.Option(help="Worker processes.")] = 1) -> None:
+    """Serve the gateway (uvicorn)."""
+    import uvicorn
+
+    settings = _settings(config)
+    _catalog(settings)  # fail fast, with the catalogue's own message, before binding
+    os.environ["HUTONG_CONFIG"] = str(settings.path)
+    uvicorn.run("gateway.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
+                workers=workers, log_level="info", proxy_headers=False)
+
+
+@catalog_app.command("check")
+def catalog_check(config: ConfigOpt = None,
+                  offline: Annotated[bool, typer.Option(help="Only the files: do not connect to sources.")] = False
+                  ) -> None:
+    """Validate the catalogue files, then (unless --offline) compare them with the live sources."""
+    from catalog.discover import check_sources
+    from resolvers.registry import resolve_url
+
+    settings = _settings(config)
+    cat = _catalog(settings)
+    out.print(f"catalogue ok: {len(cat.departments)} departments, {len(cat.sources)} sources, "
+              f"{len(cat.datasets)} datasets, {sum(len(d.fields) for d in cat.datasets.values())} fields")
+    if offline:
+        return
+    try:
+        urls = {code: resolve_url(src, settings.base_dir, settings.source_urls.get(code))
+                for code, src in cat.sources.items()}
+    except KeyError as exc:
+        err.print(f"[red]error:[/] {exc.args[0]}")
+        raise typer.Exit(1) from None
+    problems = asyncio.run(check_sources(cat, urls))
+    for p in problems:
+        err.print(f"[red]-[/] {p}", markup=True, highlight=False)
+    if problems:
+        err.print(f"[red]{len(problems)} problem(s) with the live sources[/]")
+        raise typer.Exit(1)
+    out.print("live sources match the catalogue")
+
+
+@catalog_app.command("discover")
+def catalog_discover(source: Annotated[str, typer.Argument(help="A catalogue source code, or a SQLAlchemy async URL.")],
+                     config: ConfigOpt = None,
+                     table: Annotated[list[str] | None, typer.Option(help="Only these tables.")] = None,
+                     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here.")] = None) -> None:
+    """Reflect a SQL source's tables into a draft catalogue entry (YAML)."""
+    from catalog.discover import discover_sql, draft_yaml
+    from resolvers.registry import resolve_url
+
+    if "://" in source:
+        url, code = source, "TODO"
+    else:
+        settings = _settings(config)
+        cat = _catalog(settings)
+        if source not in cat.sources:
+            err.print(f"[red]error:[/] unknown source {source!r}; known: {', '.join(sorted(cat.sources))}")
+            raise typer.Exit(2)
+        if cat.sources[source].kind != "sql":
+            err.print(f"[red]error:[/] source {source!r} is REST; discovery reflects SQL sources")
+            raise typer.Exit(2)
+        url, code = resolve_url(cat.sources[source], settings.base_dir, settings.source_urls.get(source)), source
+    try:
+        drafts = asyncio.run(discover_sql(url, table or None))
+    except Exception as exc:
+        err.print(f"[red]error:[/] cannot reflect the source: {type(exc).__name__}")
+        raise typer.Exit(1) from None
+    text = draft_yaml(code, drafts)
+    if output:
+        output.write_text(text, encoding="utf-8")
+        out.print(f"draft with {len(drafts)} dataset(s) written to {output}")
+    else:
+        sys.stdout.write(text)
+
+
+@catalog_app.command("export")
+def catalog_export(config: ConfigOpt = None,
+                   fmt: Annotated[str, typer.Option("--format", help="json or dcat (DCAT-AP JSON-LD).")] = "json"
+                   ) -> None:
+    """Print the catalogue as JSON or DCAT-AP JSON-LD (no deployment details)."""
+    from catalog.export import to_dcat, to_json
+
+    cat = _catalog(_settings(config))
+    if fmt not in ("json", "dcat"):
+        err.print(f"[red]error:[/] unknown format {fmt!r}; use json or dcat")
+        raise typer.Exit(2)
+    doc = to_json(cat) if fmt == "json" else to_dcat(cat)
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@app.command()
+def plan(query: Annotated[str, typer.Argument(help="The GraphQL query, or @file to read it from a file.")],
+         config: ConfigOpt = None,
+         variables: Annotated[str | None, typer.Option(help="Variables as a JSON object.")] = None,
+         operation: Annotated[str | None, typer.Option(help="Operation name.")] = None,
+         sql: Annotated[bool, typer.Option(help="Also show the SQL each SQL fetch runs.")] = True) -> None:
+    """Show the plan of a query: its fetches per level, columns, filters and joins."""
+    from gateway.errors import RequestError
+    from gateway.pipeline import Gateway
+
+    text = Path(query[1:]).read_text(encoding="utf-8") if query.startswith("@") else query
+    try:
+        vars_ = json.loads(variables) if variables else None
+    except json.JSONDecodeError as exc:
+        err.print(f"[red]error:[/] --variables is not valid JSON: {exc}")
+        raise typer.Exit(2) from None
+    settings = _settings(config)
+    gw = Gateway(_catalog(settings), settings)
+    try:
+        p = gw.plan(text, operation, vars_)
+    except RequestError as exc:
+        for e in exc.errors:
+            err.print(f"[red]{e.code.value}:[/] {e.message}", highlight=False)
+        raise typer.Exit(1) from None
+    doc = p.describe()
+    if sql:
+        from resolvers.sql import SQLConnector
+
+        for level in doc["levels"]:
+            for f in level:
+                fetch = p.fetches[f["fetch"]]
+                if gw.catalog.sources[fetch.source].kind == "sql":
+                    conn = gw.sources.get(fetch.source)
+                    assert isinstance(conn, SQLConnector)
+                    keys = ("?",) if fetch.query.key_column else None
+                    stmt = conn.select(fetch.query, keys)
+                    f["sql"] = " ".join(str(stmt.compile(dialect=conn.engine.dialect)).split())
+    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
+@demo_app.command("build")
+def demo_build(residents: Annotated[int, typer.Option(help="Number of residents.")] = 10_000,
+               seed: Annotated[int, typer.Option(help="Random seed (same seed, same city).")] = 20261130,
+               out_dir: Annotated[Path, typer.Option("--out", help="Where the sources are written.")] = DEMO_DATA
+               ) -> None:
+    """Generate the demo city: each department's own store (SQLite files, a JSON file for Housing)."""
+    from demo.build import build_demo
+
+    started = time.perf_counter()
+    city = asyncio.run(build_demo(out_dir, residents=residents, seed=seed))
+    counts = ", ".join(f"{t}={len(rows)}" for tables in city.tables.values() for t, rows in tables.items())
+    out.print(f"demo city built in {out_dir} ({time.perf_counter() - started:.1f} s): {counts}, "
+              f"property={len(city.housing)}")
+
+
+@demo_app.command("serve")
+def demo_serve(port: Annotated[int | None, typer.Option(help="Gateway port (default $HUTONG_PORT or 8000).")] = None,
+               housing_port: Annotated[int, typer.Option(envvar="HUTONG_HOUSING_PORT",
+                                                         help="Housing REST service port.")] = 8001) -> None:
+    """Start the Housing department's REST service and serve the gateway over the demo city."""
+    import uvicorn
+
+    showcase_file = DEMO_DATA / "showcase.json"
+    if not showcase_file.exists():
+        err.print("[red]error:[/] the demo city is not built: run `make demo` or `hutong demo build`")
+        raise typer.Exit(2)
+    os.environ["HUTONG_HOUSING_PORT"] = str(housing_port)
+    settings = _settings(None)
+    gw_port = port or settings.port
+    housing = subprocess.Popen([sys.executable, "-m", "demo.housing_service", "--data",
+                                str(DEMO_DATA / "housing.json"), "--port", str(housing_port)], cwd=REPO_ROOT)
+    try:
+        _wait_http(f"http://127.0.0.1:{housing_port}/healthz", housing)
+        showcase = json.loads(showcase_file.read_text(encoding="utf-8"))
+        _banner(settings.host, gw_port, housing_port, showcase)
+        os.environ["HUTONG_CONFIG"] = str(settings.path)
+        uvicorn.run("gateway.app:create_app", factory=True, host=settings.host, port=gw_port, log_level="info")
+    finally:
+        housing.terminate()
+        housing.wait(timeout=10)
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err.print(f"[red]error:[/] the Housing service exited (status {proc.returncode}); is its port in use?")
+            raise typer.Exit(1)
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    err.print(f"[red]error:[/] the Housing service did not answer at {url} within {seconds:g} s")
+    raise typer.Exit(1)
+
+
+def _banner(host: str, port: int, housing_port: int, showcase: dict[str, str]) -> None:
+    endpoint = f"http://{host}:{port}/graphql"
+    body = json.dumps({"query": SHOWCASE_QUERY, "variables": {"applicant": showcase["applicant_id_number"]}},
+                      ensure_ascii=False)
+    compact = " ".join(body.split())
+    out.rule("[bold]hutong demo city")
+    out.print(f"GraphQL endpoint   {endpoint}   (open it in a browser for the explorer)")
+    out.print(f"Health             http://{host}:{port}/healthz   readiness: http://{host}:{port}/readyz")
+    out.print(f"Housing REST       http://127.0.0.1:{housing_port}/properties (the Housing bureau's own service)")
+    out.print("Client credentials none: this build has no client identity yet; it binds to 127.0.0.1 only")
+    out.print(f"Showcase applicant {showcase['applicant_id_number']} (subsistence case {showcase['case_id']})")
+    out.print("\nTry the street-office subsistence check, one request across five departments:\n")
+    print(f"curl -s {endpoint} -H 'Content-Type: application/json' -d '{compact}'\n")
+    out.rule()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

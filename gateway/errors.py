@@ -1,0 +1,60 @@
+"""Error codes and the GraphQL error objects the gateway returns.
+
+Every error a client sees carries ``extensions.code``; messages say what is wrong and
+what to do, and never carry a stack trace or a data value that was not the caller's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = ["Code", "GraphQLErrorOut", "RequestError"]
+
+
+class Code(StrEnum):
+    BAD_REQUEST = "BAD_REQUEST"  # the HTTP request is not a GraphQL request
+    GRAPHQL_PARSE_FAILED = "GRAPHQL_PARSE_FAILED"
+    GRAPHQL_VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
+    BAD_USER_INPUT = "BAD_USER_INPUT"  # arguments or variables with wrong values (invalid keys, limits)
+    OPERATION_NOT_FOUND = "OPERATION_NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    NOT_ACCEPTABLE = "NOT_ACCEPTABLE"
+    SOURCE_UNAVAILABLE = "SOURCE_UNAVAILABLE"
+    SOURCE_TIMEOUT = "SOURCE_TIMEOUT"
+    SOURCE_ERROR = "SOURCE_ERROR"
+    INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
+
+
+@dataclass
+class GraphQLErrorOut:
+    """One entry of the response's ``errors`` list."""
+
+    message: str
+    code: Code
+    path: list[str | int] | None = None
+    locations: list[dict[str, int]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"message": self.message}
+        if self.locations:
+            out["locations"] = self.locations
+        if self.path is not None:
+            out["path"] = self.path
+        out["extensions"] = {"code": self.code.value, **self.extra}
+        return out
+
+
+class RequestError(Exception):
+    """The whole request fails before execution: no ``data`` (or ``data: null``) in the response."""
+
+    def __init__(self, code: Code, message: str, status: int = 400, *,
+                 errors: list[GraphQLErrorOut] | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.errors = errors or [GraphQLErrorOut(message, code)]
+        self.headers = headers or {}

@@ -1,0 +1,189 @@
+"""Offline GraphQL explorer (GraphiQL) served at ``GET /graphql`` for browsers.
+
+A browser navigating to the GraphQL endpoint (``Accept`` prefers ``text/html`` and there
+is no ``query`` parameter) gets an HTML page that renders GraphiQL full-window against the
+same endpoint; API clients keep getting JSON (GraphQL over HTTP).
+
+All assets are vendored under ``gateway/static/explorer/`` (see ``VERSIONS.txt`` there):
+the page loads nothing from another host, so it works on a machine without internet.
+The bootstrap script is a separate local file (``explorer.js``) that reads the endpoint and
+the default query from data-attributes, so the Content-Security-Policy can keep
+``script-src 'self'`` (no inline script, no eval).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+__all__ = [
+    "DEFAULT_QUERY",
+    "EXPLORER_CSP",
+    "EXPLORER_STATIC_DIR",
+    "explorer_page",
+    "explorer_routes",
+    "wants_explorer",
+]
+
+EXPLORER_STATIC_DIR: Path = Path(__file__).resolve().parent / "static" / "explorer"
+
+DEFAULT_STATIC_PREFIX = "/static/explorer"
+
+DEFAULT_QUERY = """\
+# Welcome to the hutong GraphQL explorer.
+#
+# Run a query with Ctrl-Enter or the play button.
+# Request headers (e.g. Authorization) go in
+# the "Headers" tab below.
+
+{
+  __typename
+}
+"""
+
+# What GraphiQL 4.1 really needs (checked in headless Chromium with CSP violation reports,
+# loading the page, running a query with headers and opening the settings dialog):
+# scripts, styles, images and fetches from 'self' only; data: fonts (embedded in
+# graphiql.min.css); and 'unsafe-inline' styles, because its dialogs (react-remove-scroll)
+# inject a <style> element whose content varies, so no hash or nonce can cover it.
+# No inline script and no eval: the bootstrap is the local file explorer.js.
+_CSP_DIRECTIVES = (
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self' 'unsafe-inline'",
+    "connect-src 'self'",
+    "img-src 'self'",
+    "font-src 'self' data:",
+    "base-uri 'none'",
+    "form-action 'none'",
+    "frame-ancestors 'none'",
+)
+EXPLORER_CSP = "; ".join(_CSP_DIRECTIVES)
+
+_HTML_MEDIA = ("text/html", "application/xhtml+xml")
+_JSON_MEDIA = ("application/json", "application/graphql-response+json")
+
+_PAGE_TEMPLATE = """\
+<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex">
+<title>{title}</title>
+<link rel="stylesheet" href="{prefix}/graphiql.min.css">
+<link rel="stylesheet" href="{prefix}/explorer.css">
+</head>
+<body>
+<div id="graphiql" data-endpoint="{endpoint}" data-default-query="{default_query}">Loading\u2026</div>
+<noscript>The GraphQL explorer needs JavaScript. API clients: POST JSON to {endpoint}.</noscript>
+<script src="{prefix}/react.production.min.js"></script>
+<script src="{prefix}/react-dom.production.min.js"></script>
+<script src="{prefix}/graphiql.min.js"></script>
+<script src="{prefix}/explorer.js"></script>
+</body>
+</html>
+"""
+
+
+def _parse_accept(header: str) -> list[tuple[str, float]]:
+    """Parse an Accept header into ``(media_range, q)`` pairs (lower-cased, params dropped)."""
+    ranges: list[tuple[str, float]] = []
+    for part in header.split(","):
+        pieces = [p.strip() for p in part.split(";")]
+        media = pieces[0].lower()
+        if not media or "/" not in media:
+            continue
+        q = 1.0
+        for param in pieces[1:]:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0
+                q = min(max(q, 0.0), 1.0)
+        ranges.append((media, q))
+    return ranges
+
+
+def _quality(ranges: list[tuple[str, float]], media_type: str) -> float:
+    """The q of ``media_type`` under the most specific matching range (RFC 9110 12.5.1)."""
+    main = media_type.split("/", 1)[0]
+    best_specificity = -1
+    best_q = 0.0
+    for media, q in ranges:
+        if media == media_type:
+            specificity = 2
+        elif media == f"{main}/*":
+            specificity = 1
+        elif media == "*/*":
+            specificity = 0
+        else:
+            continue
+        if specificity > best_specificity or (specificity == best_specificity and q > best_q):
+            best_specificity, best_q = specificity, q
+    return best_q
+
+
+def wants_explorer(request: Request) -> bool:
+    """True for a browser navigation: a GET without a ``query`` parameter whose Accept
+    header prefers text/html over JSON (``*/*`` alone, a missing Accept or a JSON Accept
+    all mean an API client, which gets JSON)."""
+    if request.method != "GET":
+        return False
+    if "query" in request.query_params:
+        return False
+    ranges = _parse_accept(request.headers.get("accept", ""))
+    if not ranges:
+        return False
+    html_q = max(_quality(ranges, media) for media in _HTML_MEDIA)
+    json_q = max(_quality(ranges, media) for media in _JSON_MEDIA)
+    return html_q > 0 and html_q > json_q
+
+
+def explorer_page(
+    request: Request,
+    default_query: str = DEFAULT_QUERY,
+    static_prefix: str = DEFAULT_STATIC_PREFIX,
+    *,
+    title: str = "hutong GraphQL explorer",
+) -> HTMLResponse:
+    """The GraphiQL page for ``request``; it queries the request's own path (same origin).
+
+    ``default_query`` is shown in the editor when the browser has no saved tabs. Every
+    value is HTML-attribute-escaped into the page; no value is placed in script text.
+    """
+    prefix = static_prefix.rstrip("/")
+    page = _PAGE_TEMPLATE.format(
+        title=html.escape(title, quote=True),
+        prefix=html.escape(prefix, quote=True),
+        endpoint=html.escape(request.url.path, quote=True),
+        default_query=html.escape(default_query, quote=True),
+    )
+    return HTMLResponse(
+        page,
+        headers={
+            "Content-Security-Policy": EXPLORER_CSP,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+            "Vary": "Accept",
+        },
+    )
+
+
+def explorer_routes(static_prefix: str = DEFAULT_STATIC_PREFIX) -> list:
+    """Routes serving the vendored explorer assets under ``static_prefix``."""
+    return [
+        Mount(
+            static_prefix.rstrip("/"),
+            app=StaticFiles(directory=EXPLORER_STATIC_DIR),
+            name="explorer-static",
+        )
+    ]

@@ -1,0 +1,130 @@
+"""GraphQL over HTTP (GraphQL Foundation specification) for the ``/graphql`` endpoint.
+
+- ``POST`` with ``Content-Type: application/json``; ``GET`` with ``query``, ``operationName``
+  and ``variables`` (JSON) parameters, for queries only.
+- Responses are ``application/graphql-response+json`` when the client accepts it: then a
+  request that fails before execution (parse, validation, variables) gets 400. Clients
+  that accept only ``application/json`` get 200 for any well-formed request, as the
+  specification asks for compatibility; malformed requests get 400 either way.
+- A browser navigating to ``GET /graphql`` gets the offline explorer.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import Code, GraphQLErrorOut, RequestError
+from gateway.explorer import explorer_page, wants_explorer
+from gateway.pipeline import Gateway, Outcome
+
+__all__ = ["graphql_endpoint", "json_response"]
+
+log = logging.getLogger("hutong.http")
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+JSON = "application/json"
+MAX_BODY = 1 << 20  # 1 MiB of JSON is far beyond any legitimate query with its variables
+
+
+def json_response(body: Any, status: int = 200, media_type: str = JSON,
+                  headers: dict[str, str] | None = None) -> Response:
+    content = orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+    return Response(content, status_code=status, media_type=f"{media_type}; charset=utf-8", headers=headers)
+
+
+def _negotiate(accept: str | None) -> str | None:
+    """The response media type for an Accept header, or None if we can offer nothing it accepts."""
+    if not accept:
+        return JSON
+    best: tuple[float, str] | None = None
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for p in params:
+            if p.startswith("q="):
+                try:
+                    q = float(p[2:])
+                except ValueError:
+                    q = 0.0
+        offer = {GRAPHQL_RESPONSE: GRAPHQL_RESPONSE, JSON: JSON, "application/*": GRAPHQL_RESPONSE,
+                 "*/*": GRAPHQL_RESPONSE}.get(media.lower())
+        if offer and q > 0 and (best is None or q > best[0]):
+            best = (q, offer)
+    return best[1] if best else None
+
+
+async def _params(request: Request) -> tuple[Any, Any, Any]:
+    if request.method == "GET":
+        qp = request.query_params
+        variables: Any = None
+        if qp.get("variables"):
+            try:
+                variables = orjson.loads(qp["variables"])
+            except orjson.JSONDecodeError:
+                raise RequestError(Code.BAD_REQUEST, "the variables parameter is not valid JSON") from None
+        return qp.get("query"), qp.get("operationName"), variables
+
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != JSON:
+        raise RequestError(Code.UNSUPPORTED_MEDIA_TYPE,
+                           f"send the request as Content-Type: application/json (got {ctype or 'none'!r})", 415)
+    size = int(request.headers.get("content-length") or 0)
+    if size > MAX_BODY:
+        raise RequestError(Code.BAD_REQUEST, f"the request body is larger than {MAX_BODY} bytes", 413)
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise RequestError(Code.BAD_REQUEST, f"the request body is larger than {MAX_BODY} bytes", 413)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(Code.BAD_REQUEST, f"the request body is not valid JSON ({exc.args[0]})") from None
+    if isinstance(body, list):
+        raise RequestError(Code.BAD_REQUEST, "batched requests (a JSON array) are not accepted: send one object")
+    if not isinstance(body, dict):
+        raise RequestError(Code.BAD_REQUEST, "the request body must be a JSON object with a 'query' string")
+    return body.get("query"), body.get("operationName"), body.get("variables")
+
+
+async def graphql_endpoint(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    if len(request_id) > 64 or not request_id.replace("-", "").isalnum():
+        request_id = uuid.uuid4().hex  # never echo arbitrary header text back
+    headers = {"X-Request-Id": request_id}
+
+    if request.method == "GET" and wants_explorer(request):
+        return explorer_page(request)
+
+    media = _negotiate(request.headers.get("accept"))
+    if media is None:
+        err = GraphQLErrorOut(f"cannot answer in any type the Accept header allows: accept {GRAPHQL_RESPONSE} "
+                              f"or {JSON}", Code.NOT_ACCEPTABLE)
+        return json_response({"errors": [err.to_dict()]}, 406, JSON, headers)
+
+    try:
+        query, operation_name, variables = await _params(request)
+        outcome = await gateway.run(query, operation_name, variables, method=request.method)
+    except RequestError as exc:
+        outcome = Outcome(exc.status, {"errors": [e.to_dict() for e in exc.errors]}, None, exc.headers)
+    except Exception:
+        log.exception("request %s failed", request_id)
+        err = GraphQLErrorOut(f"internal error; quote request id {request_id} to the operators",
+                              Code.INTERNAL_SERVER_ERROR)
+        return json_response({"errors": [err.to_dict()]}, 500, media, headers)
+
+    status = outcome.status
+    if media == JSON and status == 400 and _code(outcome.body) != Code.BAD_REQUEST.value:
+        status = 200  # application/json clients expect 200 for any well-formed GraphQL request
+    return json_response(outcome.body, status, media, {**headers, **outcome.headers})
+
+
+def _code(body: dict[str, Any]) -> str | None:
+    errors = body.get("errors") or [{}]
+    return errors[0].get("extensions", {}).get("code")
+

@@ -1,0 +1,109 @@
+"""The request pipeline, stage by stage: parse and validate -> plan -> execute -> shape.
+
+Later stages (authorisation, masking, consent, audit) hook in between these, each in a
+module of its own, reading the same :class:`~gateway.plan.Plan`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from graphql import ExecutionResult, execute
+
+from catalog.model import Catalog
+from gateway.config import Settings
+from gateway.document import DocumentCache, Prepared, prepare
+from gateway.errors import Code, GraphQLErrorOut, RequestError
+from gateway.executor import execute as execute_plan
+from gateway.plan import Const, Meta, Plan, RootEntity, RootPage
+from gateway.planner import Planner
+from gateway.schema import BuiltSchema, build_schema
+from gateway.shape import Shaper
+from resolvers.registry import Sources
+
+__all__ = ["Gateway", "Outcome"]
+
+log = logging.getLogger("hutong.pipeline")
+
+
+@dataclass
+class Outcome:
+    """The answer to one GraphQL request, before HTTP encoding."""
+
+    status: int
+    body: dict[str, Any]
+    plan: Plan | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Gateway:
+    """Everything one gateway process holds: catalogue, schema, planner, source connectors."""
+
+    def __init__(self, catalog: Catalog, settings: Settings, sources: Sources | None = None) -> None:
+        self.catalog = catalog
+        self.settings = settings
+        self.built: BuiltSchema = build_schema(catalog)
+        self.documents = DocumentCache(self.built.graphql)
+        self.planner = Planner(catalog, self.built.graphql, self.built.index, settings)
+        self.sources = sources or Sources(catalog, settings.base_dir, settings.source_urls)
+
+    def prepare(self, query: Any, operation_name: Any = None, variables: Any = None, method: str = "POST") -> Prepared:
+        return prepare(self.documents, query, operation_name, variables, method)
+
+    def plan(self, query: Any, operation_name: Any = None, variables: Any = None) -> Plan:
+        return self.planner.plan(self.prepare(query, operation_name, variables))
+
+    async def run(self, query: Any, operation_name: Any = None, variables: Any = None, *,
+                  method: str = "POST", debug: bool | None = None) -> Outcome:
+        started = time.perf_counter()
+        plan: Plan | None = None
+        try:
+            prep = self.prepare(query, operation_name, variables, method)
+            plan = self.planner.plan(prep)
+            results = await execute_plan(plan, self.sources)
+            shaper = Shaper(plan, results)
+            data: dict[str, Any] = {}
+            meta = [r.key for r in plan.roots if isinstance(r, Meta)]
+            meta_result = self._meta(prep) if meta else None
+            for root in plan.roots:
+                if isinstance(root, Const):
+                    data[root.key] = root.value
+                elif isinstance(root, Meta):
+                    assert meta_result is not None
+                    data[root.key] = (meta_result.data or {}).get(root.key)
+                elif isinstance(root, RootPage | RootEntity):
+                    data[root.key] = shaper.root(root)
+            errors = [e.to_dict() for e in shaper.errors]
+            if meta_result is not None and meta_result.errors:
+                errors.extend(_meta_error(e) for e in meta_result.errors)
+            body: dict[str, Any] = {"data": data}
+            if errors:
+                body["errors"] = errors
+        except RequestError as exc:
+            return Outcome(exc.status, {"errors": [e.to_dict() for e in exc.errors]}, plan, exc.headers)
+        if debug if debug is not None else self.settings.debug:
+            body["extensions"] = {"plan": plan.describe(),
+                                  "timing": {"ms": round((time.perf_counter() - started) * 1000, 2)}}
+        return Outcome(200, body, plan)
+
+    def _meta(self, prep: Prepared) -> ExecutionResult:
+        """Introspection and ``catalog`` run through graphql-core. With no root value, graphene's
+        default resolvers give null for the data roots (the plan answers those), so graphql-core
+        never walks data."""
+        result = execute(self.built.graphql, prep.document, root_value=None,
+                         context_value={"catalog": self.catalog}, variable_values=prep.variables,
+                         operation_name=prep.operation.name.value if prep.operation.name else None)
+        assert isinstance(result, ExecutionResult)  # no async resolvers among the meta fields
+        return result
+
+    async def close(self) -> None:
+        await self.sources.close()
+
+
+def _meta_error(err: Any) -> dict[str, Any]:
+    log.error("metadata resolver failed: %s", err.message)
+    return GraphQLErrorOut("internal error while reading the catalogue", Code.INTERNAL_SERVER_ERROR,
+                           path=list(err.path or [])).to_dict()

@@ -1,0 +1,286 @@
+"""Stage 2: turn a validated operation into a :class:`~gateway.plan.Plan`.
+
+The planner walks the selection (fragments, aliases, ``@skip``/``@include`` resolved by
+graphql-core's ``collect_fields``) against :class:`~gateway.schema.SchemaIndex`, and emits
+one :class:`~gateway.plan.Fetch` per dataset occurrence: the columns it needs (selected
+fields plus join and ordering columns), its filters, limits and where its keys come from.
+Argument values are checked here, once: invalid entity keys, bad limits and foreign
+cursors fail the request with ``BAD_USER_INPUT`` before any source is asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Any
+
+from graphql import FieldNode, GraphQLObjectType, GraphQLSchema
+from graphql.execution.collect_fields import collect_fields, collect_sub_fields
+from graphql.execution.values import get_argument_values
+
+from catalog.keys import KEY_KINDS, InvalidKey
+from catalog.model import Catalog, Dataset
+from gateway.config import Settings
+from gateway.cursor import decode_cursor
+from gateway.document import Prepared
+from gateway.errors import Code, GraphQLErrorOut, RequestError
+from gateway.plan import (
+    ENTITY_KEY,
+    Const,
+    EntityRef,
+    Fetch,
+    KeyValue,
+    Meta,
+    Nested,
+    ObjShape,
+    PageInfoShape,
+    Plan,
+    RootEntity,
+    RootPage,
+    Scalar,
+)
+from gateway.schema import SchemaIndex
+from resolvers.query import Condition, Op, SourceQuery
+
+__all__ = ["Planner"]
+
+META_ROOTS = {"catalog", "__schema", "__type"}
+_OPS = {"eq": Op.EQ, "ne": Op.NE, "in_": Op.IN, "lt": Op.LT, "lte": Op.LTE, "gt": Op.GT, "gte": Op.GTE,
+        "prefix": Op.PREFIX, "is_null": Op.IS_NULL}
+
+# Where an object's rows come from: a fetch (dataset objects), or for entity objects the
+# fetch and column holding their key, or the keys written in the request (fetch None).
+Producer = tuple[int | None, str | None]
+
+
+class Planner:
+    def __init__(self, catalog: Catalog, schema: GraphQLSchema, index: SchemaIndex, settings: Settings) -> None:
+        self.catalog = catalog
+        self.schema = schema
+        self.index = index
+        self.settings = settings
+
+    def plan(self, prep: Prepared) -> Plan:
+        return _Build(self, prep).run()
+
+
+class _Build:
+    """The state of planning one request."""
+
+    def __init__(self, planner: Planner, prep: Prepared) -> None:
+        self.p = planner
+        self.prep = prep
+        self.plan = Plan(operation=prep.operation.name.value if prep.operation.name else None)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def fail(self, message: str, path: Iterable[str | int], node: FieldNode) -> RequestError:
+        loc = node.loc.source.get_location(node.loc.start) if node.loc else None
+        err = GraphQLErrorOut(message, Code.BAD_USER_INPUT, path=list(path),
+                              locations=[{"line": loc.line, "column": loc.column}] if loc else None)
+        return RequestError(Code.BAD_USER_INPUT, message, 400, errors=[err])
+
+    def args(self, parent_type: GraphQLObjectType, node: FieldNode) -> dict[str, Any]:
+        return get_argument_values(parent_type.fields[node.name.value], node, self.prep.variables)
+
+    def subfields(self, type_name: str, nodes: list[FieldNode]) -> dict[str, list[FieldNode]]:
+        t = self.p.schema.get_type(type_name)
+        assert isinstance(t, GraphQLObjectType)
+        return collect_sub_fields(self.p.schema, self.prep.fragments, self.prep.variables, t, nodes)
+
+    def new_fetch(self, ds: Dataset, level: int, path: str, **kw: Any) -> Fetch:
+        types = {f.name: f.type for f in ds.fields}
+        query = SourceQuery(dataset=ds.code, location=ds.location, columns=(), types=types, **kw)
+        fetch = Fetch(id=len(self.plan.fetches), dataset=ds.code, source=ds.source, level=level,
+                      query=query, path=path)
+        self.plan.fetches.append(fetch)
+        return fetch
+
+    @staticmethod
+    def need(fetch: Fetch, column: str, selected: bool = False) -> None:
+        if column not in fetch.query.columns:
+            fetch.query = replace(fetch.query, columns=(*fetch.query.columns, column))
+        if selected and column not in fetch.selected:
+            fetch.selected.append(column)
+
+    def limit(self, value: Any, path: list[str | int], node: FieldNode, default: int | None) -> int | None:
+        if value is None:
+            return default
+        top = self.p.settings.max_limit
+        if value < 0 or value > top:
+            raise self.fail(f"limit must be between 0 and {top}, got {value}", path, node)
+        return value
+
+    def conditions(self, ds: Dataset, flt: dict[str, Any] | None, path: list[str | int],
+                   node: FieldNode) -> tuple[Condition, ...]:
+        out: list[Condition] = []
+        columns = self.p.index.filters[ds.code]
+        for gql_name, ops in (flt or {}).items():
+            if ops is None:
+                continue
+            spec = ds.field(columns[gql_name])
+            for op_name, value in ops.items():
+                if value is None:
+                    continue
+                op = _OPS[op_name]
+                if spec.key and op in (Op.EQ, Op.NE, Op.IN):
+                    value = self.keys(spec.key, value if op is Op.IN else [value], path,
+                                      node, f"filter.{gql_name}.{'in' if op is Op.IN else op.value}")
+                    value = value if op is Op.IN else value[0]
+                if op is Op.IN and len(value) > self.p.settings.max_keys:
+                    raise self.fail(f"filter.{gql_name}.in has {len(value)} values; "
+                                    f"at most {self.p.settings.max_keys} are accepted", path, node)
+                out.append(Condition(spec.name, op, value))
+        return tuple(out)
+
+    def keys(self, kind: str, values: list[Any], path: list[str | int], node: FieldNode, arg: str) -> list[str]:
+        normalise = KEY_KINDS[kind].normalise
+        out = []
+        for i, v in enumerate(values):
+            try:
+                out.append(normalise(v))
+            except InvalidKey as exc:
+                where = f"{arg}[{i}]" if len(values) > 1 or arg.endswith("s") else arg
+                raise self.fail(f"{where}: {exc}", path, node) from None
+        return out
+
+    # --- roots -----------------------------------------------------------------------------
+
+    def run(self) -> Plan:
+        query_type = self.p.schema.query_type
+        assert query_type is not None
+        roots = collect_fields(self.p.schema, self.prep.fragments, self.prep.variables, query_type,
+                               self.prep.operation.selection_set)
+        for key, nodes in roots.items():
+            name = nodes[0].name.value
+            if name == "__typename":
+                self.plan.roots.append(Const(key, "Query"))
+            elif name in META_ROOTS:
+                self.plan.roots.append(Meta(key))
+            else:
+                kind, code = self.p.index.roots[name]
+                args = self.args(query_type, nodes[0])
+                if kind == "list":
+                    self.plan.roots.append(self.root_page(key, code, nodes, args))
+                else:
+                    self.plan.roots.append(self.root_entity(key, kind, code, nodes, args))
+        return self.plan
+
+    def root_page(self, key: str, code: str, nodes: list[FieldNode], args: dict[str, Any]) -> RootPage:
+        ds = self.p.catalog.datasets[code]
+        node = nodes[0]
+        limit = self.limit(args.get("limit"), [key], node, self.p.settings.default_limit)
+        assert limit is not None
+        after = None
+        if args.get("after") is not None:
+            try:
+                after = decode_cursor(args["after"], ds.field(ds.primary_key).type)
+            except ValueError as exc:
+                raise self.fail(f"after: {exc}", [key], node) from None
+        fetch = self.new_fetch(ds, 0, f"{key}.nodes", conditions=self.conditions(ds, args.get("filter"), [key], node),
+                               order_by=ds.primary_key, after=after, limit=limit + 1)
+        fetch.page = True
+        self.need(fetch, ds.primary_key)
+        page = RootPage(key=key, fetch=fetch.id, limit=limit, order_by=ds.primary_key, nodes=[], page_info=[],
+                        typename=[])
+        for sub_key, sub_nodes in self.subfields(f"{ds.graphql.type}Page", nodes).items():
+            name = sub_nodes[0].name.value
+            if name == "nodes":
+                page.nodes.append((sub_key, self.dataset_object(ds, fetch, sub_nodes, [key, sub_key])))
+            elif name == "pageInfo":
+                entries = [(k, n[0].name.value) for k, n in self.subfields("PageInfo", sub_nodes).items()]
+                page.page_info.append(PageInfoShape(sub_key, entries))
+            else:
+                page.typename.append((sub_key, f"{ds.graphql.type}Page"))
+        return page
+
+    def root_entity(self, key: str, kind: str, code: str, nodes: list[FieldNode], args: dict[str, Any]) -> RootEntity:
+        ent = self.p.catalog.entities[code]
+        arg = ent.graphql.argument
+        if kind == "one":
+            keys = self.keys(ent.key, [args[arg]], [key], nodes[0], arg)
+        else:
+            raw = args[f"{arg}s"]
+            if len(raw) > self.p.settings.max_keys:
+                raise self.fail(f"{arg}s has {len(raw)} keys; at most {self.p.settings.max_keys} are accepted",
+                                [key], nodes[0])
+            keys = self.keys(ent.key, raw, [key], nodes[0], f"{arg}s")
+        literal = tuple(dict.fromkeys(keys))
+        shape = self.entity_object(code, (None, None), nodes, [key], literal)
+        return RootEntity(key=key, keys=keys, many=kind == "many", shape=shape)
+
+    # --- objects ---------------------------------------------------------------------------
+
+    def dataset_object(self, ds: Dataset, fetch: Fetch, nodes: list[FieldNode], path: list[str | int]) -> ObjShape:
+        type_name = ds.graphql.type
+        gtype = self.p.schema.get_type(type_name)
+        assert isinstance(gtype, GraphQLObjectType)
+        shape = ObjShape()
+        for key, sub in self.subfields(type_name, nodes).items():
+            name = sub[0].name.value
+            if name == "__typename":
+                shape.entries.append(Const(key, type_name))
+                continue
+            m = self.p.index.members[(type_name, name)]
+            if m.kind == "column":
+                assert m.column is not None
+                self.need(fetch, m.column, selected=True)
+                shape.entries.append(Scalar(key, m.column, ds.field(m.column).type))
+            elif m.kind == "relation":
+                assert m.relation is not None and m.dataset is not None
+                (mine, theirs), = m.relation.join.items()
+                self.need(fetch, mine)
+                target = self.p.catalog.datasets[m.dataset]
+                args = self.args(gtype, sub[0]) if m.many else {}
+                child = self.child_fetch(target, theirs, (fetch.id, mine), fetch.level + 1, sub, [*path, key],
+                                         args, m.many, f"{fetch.path}.{key}")
+                shape.entries.append(Nested(key, child.id, mine, m.many,
+                                            self.dataset_object(target, child, sub, [*path, key])))
+            else:  # an entity seen from one of its key fields
+                assert m.column is not None and m.entity is not None
+                self.need(fetch, m.column)
+                shape.entries.append(EntityRef(key, m.column, self.entity_object(
+                    m.entity, (fetch.id, m.column), sub, [*path, key], None, f"{fetch.path}.{key}")))
+        return shape
+
+    def entity_object(self, code: str, producer: Producer, nodes: list[FieldNode], path: list[str | int],
+                      literal: tuple[str, ...] | None, base: str | None = None) -> ObjShape:
+        ent = self.p.catalog.entities[code]
+        type_name = ent.graphql.type
+        gtype = self.p.schema.get_type(type_name)
+        assert isinstance(gtype, GraphQLObjectType)
+        parent = producer[0]
+        level = 0 if parent is None else self.plan.fetches[parent].level + 1
+        base = base or str(path[0])
+        shape = ObjShape()
+        for key, sub in self.subfields(type_name, nodes).items():
+            name = sub[0].name.value
+            if name == "__typename":
+                shape.entries.append(Const(key, type_name))
+                continue
+            m = self.p.index.members[(type_name, name)]
+            if m.kind == "key":
+                shape.entries.append(KeyValue(key))
+                continue
+            assert m.link is not None and m.dataset is not None
+            ds = self.p.catalog.datasets[m.dataset]
+            args = self.args(gtype, sub[0]) if m.many else {}
+            child = self.child_fetch(ds, m.link.field, producer, level, sub, [*path, key], args, m.many,
+                                     f"{base}.{key}", literal)
+            shape.entries.append(Nested(key, child.id, ENTITY_KEY, m.many,
+                                        self.dataset_object(ds, child, sub, [*path, key])))
+        return shape
+
+    def child_fetch(self, ds: Dataset, key_column: str, producer: Producer, level: int, nodes: list[FieldNode],
+                    path: list[str | int], args: dict[str, Any], many: bool, fetch_path: str,
+                    literal: tuple[str, ...] | None = None) -> Fetch:
+        per_key = self.limit(args.get("limit"), path, nodes[0], None) if many else None
+        conds = self.conditions(ds, args.get("filter"), path, nodes[0]) if many else ()
+        fetch = self.new_fetch(ds, level, fetch_path, conditions=conds, key_column=key_column,
+                               order_by=ds.primary_key, limit_per_key=per_key)
+        fetch.parent, fetch.parent_column = producer
+        fetch.literal_keys = literal if producer[0] is None else None
+        self.need(fetch, key_column)
+        self.need(fetch, ds.primary_key)
+        return fetch
+

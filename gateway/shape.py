@@ -1,0 +1,117 @@
+"""Stage 5: shape fetched rows into the response, following the plan's shapes.
+
+Values are serialised per the catalogue's data type (dates as ISO 8601, decimals as
+strings). A fetch that failed becomes ``null`` at every path where its records would
+appear, each with an error carrying the source failure code, while the rest stands.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from catalog.model import DataType
+from gateway.cursor import encode_cursor
+from gateway.errors import Code, GraphQLErrorOut
+from gateway.executor import FetchResult
+from gateway.plan import (
+    ENTITY_KEY,
+    Const,
+    EntityRef,
+    KeyValue,
+    Nested,
+    ObjShape,
+    Plan,
+    RootEntity,
+    RootPage,
+    Scalar,
+)
+from resolvers.base import Row
+
+__all__ = ["Shaper"]
+
+Path = list[str | int]
+
+
+def serialise(value: Any, data_type: DataType) -> Any:
+    if value is None:
+        return None
+    if data_type is DataType.DATE and isinstance(value, date | datetime):
+        return (value.date() if isinstance(value, datetime) else value).isoformat()
+    if data_type is DataType.DATETIME and isinstance(value, datetime):
+        return value.isoformat()
+    if data_type is DataType.DECIMAL:
+        return str(value)
+    if data_type is DataType.FLOAT:
+        return float(value)
+    if data_type is DataType.INTEGER and isinstance(value, Decimal):
+        return int(value)
+    if data_type is DataType.BOOLEAN:
+        return bool(value)
+    if data_type is DataType.STRING and not isinstance(value, str):
+        return value.isoformat() if isinstance(value, date) else str(value)
+    return value
+
+
+class Shaper:
+    def __init__(self, plan: Plan, results: dict[int, FetchResult]) -> None:
+        self.plan = plan
+        self.results = results
+        self.errors: list[GraphQLErrorOut] = []
+
+    def fail(self, result: FetchResult, path: Path) -> None:
+        assert result.error is not None
+        self.errors.append(GraphQLErrorOut(result.error.message, Code(result.error.failure.value), path=path,
+                                           extra={"source": result.error.source}))
+
+    def root(self, entry: RootPage | RootEntity) -> Any:
+        if isinstance(entry, RootEntity):
+            if entry.many:
+                return [self.obj(entry.shape, {ENTITY_KEY: k}, [entry.key, i]) for i, k in enumerate(entry.keys)]
+            return self.obj(entry.shape, {ENTITY_KEY: entry.keys[0]}, [entry.key])
+        result = self.results[entry.fetch]
+        if result.error is not None:
+            self.fail(result, [entry.key])
+            return None
+        out: dict[str, Any] = {}
+        rows = result.rows
+        for key, typename in entry.typename:
+            out[key] = typename
+        for key, shape in entry.nodes:
+            out[key] = [self.obj(shape, r, [entry.key, key, i]) for i, r in enumerate(rows)]
+        for info in entry.page_info:
+            out[info.key] = {
+                k: (result.has_next if what == "hasNextPage"
+                    else (encode_cursor(rows[-1][entry.order_by]) if rows else None) if what == "endCursor"
+                    else "PageInfo")
+                for k, what in info.entries
+            }
+        return out
+
+    def obj(self, shape: ObjShape, row: Row, path: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for e in shape.entries:
+            if isinstance(e, Scalar):
+                out[e.key] = serialise(row.get(e.column), e.type)
+            elif isinstance(e, Nested):
+                out[e.key] = self.nested(e, row, [*path, e.key])
+            elif isinstance(e, EntityRef):
+                k = row.get(e.column)
+                out[e.key] = None if k is None else self.obj(e.shape, {ENTITY_KEY: k}, [*path, e.key])
+            elif isinstance(e, KeyValue):
+                out[e.key] = row[ENTITY_KEY]
+            elif isinstance(e, Const):
+                out[e.key] = e.value
+        return out
+
+    def nested(self, e: Nested, row: Row, path: Path) -> Any:
+        result = self.results[e.fetch]
+        if result.error is not None:
+            self.fail(result, path)
+            return None
+        k = row.get(e.parent_column)
+        rows = result.by_key.get(k, []) if k is not None else []
+        if e.many:
+            return [self.obj(e.shape, r, [*path, i]) for i, r in enumerate(rows)]
+        return self.obj(e.shape, rows[0], path) if rows else None

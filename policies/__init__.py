@@ -1,0 +1,1 @@
+"""Who may see what: policy model and store, decisions, masking and consent."""

@@ -1,0 +1,1 @@
+"""Connectors to department sources (SQL, REST): pushed-down, batched fetches."""

@@ -1,0 +1,207 @@
+"""Shared fixtures: a small demo city on disk, its Housing REST service on a real port, gateways
+over it, and throwaway PostgreSQL / MariaDB databases on this machine.
+
+Tests of real services skip when a service is unreachable, with the reason, unless
+``HUTONG_REQUIRE_SERVICES=1`` (set by ``.ci/run``): then they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from catalog.loader import load_catalog
+from demo.build import City, build_demo
+from demo.housing_service import create_app as housing_app
+from gateway.config import REPO_ROOT, Settings, load_settings
+from gateway.pipeline import Gateway
+
+DEMO_CATALOG = REPO_ROOT / "demo" / "catalog"
+TEST_RESIDENTS = 1_500
+REQUIRE_SERVICES = os.environ.get("HUTONG_REQUIRE_SERVICES") == "1"
+
+
+def arun(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, even when called inside a running loop
+    (session fixtures may be first requested from an async test)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def service_unavailable(what: str, exc: BaseException) -> None:
+    reason = f"{what} is unreachable ({type(exc).__name__}: {exc})"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"{reason}, and HUTONG_REQUIRE_SERVICES=1 requires it")
+    pytest.skip(f"{reason}; start it, or set HUTONG_REQUIRE_SERVICES=1 to make this a failure")
+
+
+class ServerThread:
+    """A uvicorn server in a background thread, on a free loopback port."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def built_city(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, City]:
+    root = tmp_path_factory.mktemp("city")
+    return root, arun(build_demo(root / "data", residents=TEST_RESIDENTS))
+
+
+@pytest.fixture(scope="session")
+def city_dir(built_city: tuple[Path, City]) -> Path:
+    """A deployment folder: data/ with the demo sources (small city) and room for hutong.toml."""
+    return built_city[0]
+
+
+@pytest.fixture(scope="session")
+def city(built_city: tuple[Path, City]) -> City:
+    """The same city as Python rows: what the tests expect the gateway to return."""
+    return built_city[1]
+
+
+@pytest.fixture(scope="session")
+def housing_url(city_dir: Path) -> Iterator[str]:
+    with ServerThread(housing_app(city_dir / "data" / "housing.json")) as server:
+        yield f"http://127.0.0.1:{server.port}"
+
+
+def write_config(folder: Path, sources: dict[str, str] | None = None, **gateway: Any) -> Path:
+    lines = ["[gateway]", f'catalog = "{DEMO_CATALOG}"']
+    lines += [f"{k} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{k} = {str(v).lower()}"
+              for k, v in gateway.items()]
+    for code, url in (sources or {}).items():
+        lines += [f"[sources.{code}]", f'url = "{url}"']
+    path = folder / f"hutong-{uuid.uuid4().hex[:8]}.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def make_settings(city_dir: Path, housing_url: str) -> Any:
+    def make(sources: dict[str, str] | None = None, **gateway: Any) -> Settings:
+        urls = {"housing_api": housing_url, **(sources or {})}
+        return load_settings(write_config(city_dir, urls, **gateway), environ={})
+
+    return make
+
+
+@pytest.fixture
+async def gateway(make_settings: Any) -> AsyncIterator[Gateway]:
+    settings = make_settings(debug=False)
+    gw = Gateway(load_catalog(*settings.catalog), settings)
+    yield gw
+    await gw.close()
+
+
+# --- real database services ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_url(city: City) -> Iterator[str]:
+    """A throwaway PostgreSQL database holding every SQL department's demo tables."""
+    import asyncpg
+
+    from demo.build import write_department
+
+    name = f"hutong_test_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="postgres", timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        arun(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        service_unavailable("PostgreSQL at 127.0.0.1:5432", exc)
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+
+    async def load() -> None:
+        for dept in ("psb", "hrss", "mr", "health", "civil"):
+            await write_department(city, dept, url)
+
+    try:
+        arun(load())
+        yield url
+    finally:
+        arun(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def mariadb_url(city: City) -> Iterator[str]:
+    """A throwaway MariaDB database holding every SQL department's demo tables."""
+    import aiomysql
+
+    from demo.build import write_department
+
+    name = f"hutong_test_{uuid.uuid4().hex[:10]}"
+
+    async def admin(sql: str) -> None:
+        conn = await aiomysql.connect(host="127.0.0.1", port=3306, user="root", password="", connect_timeout=5)
+        try:
+            async with conn.cursor() as cur:
+                await cur.execute(sql)
+        finally:
+            conn.close()
+
+    try:
+        arun(admin(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
+    except Exception as exc:
+        service_unavailable("MariaDB at 127.0.0.1:3306", exc)
+    url = f"mysql+aiomysql://root@127.0.0.1:3306/{name}?charset=utf8mb4"
+
+    async def load() -> None:
+        for dept in ("psb", "hrss", "mr", "health", "civil"):
+            await write_department(city, dept, url)
+
+    try:
+        arun(load())
+        yield url
+    finally:
+        arun(admin(f"DROP DATABASE IF EXISTS `{name}`"))

@@ -1,0 +1,220 @@
+"""The offline GraphiQL explorer: page negotiation, local assets, CSP and escaping."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from gateway.explorer import (
+    DEFAULT_QUERY,
+    EXPLORER_STATIC_DIR,
+    explorer_page,
+    explorer_routes,
+    wants_explorer,
+)
+
+BROWSER_ACCEPT = (
+    "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+    "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7"
+)
+NASTY_QUERY = '# </script><script>alert("x")</script> \' " & <!-- \n{ __typename }\n'
+
+VENDORED = [
+    "graphiql.min.js",
+    "graphiql.min.css",
+    "react.production.min.js",
+    "react-dom.production.min.js",
+]
+
+
+def make_app(default_query: str = DEFAULT_QUERY) -> Starlette:
+    async def graphql(request: Request):
+        if wants_explorer(request):
+            return explorer_page(request, default_query=default_query)
+        return JSONResponse({"data": None, "errors": [{"message": "no schema in this test app"}]})
+
+    return Starlette(routes=[Route("/graphql", graphql, methods=["GET", "POST"]), *explorer_routes()])
+
+
+@pytest.fixture
+def client() -> TestClient:
+    return TestClient(make_app())
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[str] = []
+        self.stylesheets: list[str] = []
+        self.script_bodies: list[str] = []
+        self.root_attrs: dict[str, str | None] | None = None
+        self.root_count = 0
+        self._in_script = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "script":
+            self._in_script = True
+            if a.get("src"):
+                self.scripts.append(a["src"])
+        elif tag == "link" and a.get("rel") == "stylesheet":
+            self.stylesheets.append(a["href"])
+        if a.get("id") == "graphiql":
+            self.root_count += 1
+            self.root_attrs = a
+
+    def handle_endtag(self, tag):
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data):
+        if self._in_script and data.strip():
+            self.script_bodies.append(data)
+
+
+def _parse(page: str) -> _Collector:
+    parser = _Collector()
+    parser.feed(page)
+    parser.close()
+    return parser
+
+
+_URL = re.compile(r"(?i)\bhttps?://[^\s\"'<>]+")
+
+
+def _foreign_urls(text: str) -> list[str]:
+    """Absolute http(s) URLs in ``text`` (the page and the bootstrap must have none)."""
+    return [m.group(0) for m in _URL.finditer(text)]
+
+
+def test_browser_gets_page_with_local_assets_only(client: TestClient) -> None:
+    resp = client.get("/graphql", headers={"Accept": BROWSER_ACCEPT})
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/html")
+    page = resp.text
+    parsed = _parse(page)
+    assert parsed.root_count == 1
+    assert parsed.root_attrs is not None
+    assert parsed.root_attrs["data-endpoint"] == "/graphql"
+    assert parsed.root_attrs["data-default-query"] == DEFAULT_QUERY
+    assert parsed.scripts == [
+        "/static/explorer/react.production.min.js",
+        "/static/explorer/react-dom.production.min.js",
+        "/static/explorer/graphiql.min.js",
+        "/static/explorer/explorer.js",
+    ]
+    assert parsed.stylesheets == ["/static/explorer/graphiql.min.css", "/static/explorer/explorer.css"]
+    assert parsed.script_bodies == []  # no inline script: CSP script-src stays 'self'
+    assert _foreign_urls(page) == []
+    for ref in parsed.scripts + parsed.stylesheets:
+        assert ref.startswith("/") and not ref.startswith("//"), ref  # same origin
+    bootstrap = (EXPLORER_STATIC_DIR / "explorer.js").read_text()
+    assert _foreign_urls(bootstrap) == []
+    assert "isHeadersEditorEnabled: true" in bootstrap
+    assert "shouldPersistHeaders: true" in bootstrap
+    assert "application/graphql-response+json, application/json" in bootstrap
+
+
+def test_every_referenced_asset_is_served(client: TestClient) -> None:
+    page = client.get("/graphql", headers={"Accept": BROWSER_ACCEPT}).text
+    parsed = _parse(page)
+    refs = [(src, "javascript") for src in parsed.scripts] + [(h, "text/css") for h in parsed.stylesheets]
+    assert len(refs) == 6
+    for url, kind in refs:
+        resp = client.get(url)
+        assert resp.status_code == 200, url
+        assert kind in resp.headers["content-type"], (url, resp.headers["content-type"])
+        assert len(resp.content) > 100, url
+
+
+def test_vendored_files_and_licenses_present() -> None:
+    for name in VENDORED:
+        assert (EXPLORER_STATIC_DIR / name).is_file(), name
+    for lib in ("graphiql", "react", "react-dom"):
+        assert (EXPLORER_STATIC_DIR / f"{lib}.LICENSE").is_file(), lib
+    versions = (EXPLORER_STATIC_DIR / "VERSIONS.txt").read_text()
+    for pkg in ("graphiql@", "react@", "react-dom@", "npm pack"):
+        assert pkg in versions
+    total = sum(p.stat().st_size for p in EXPLORER_STATIC_DIR.iterdir() if p.is_file())
+    assert total < 3 * 1024 * 1024
+
+
+def test_csp_header(client: TestClient) -> None:
+    resp = client.get("/graphql", headers={"Accept": BROWSER_ACCEPT})
+    csp = resp.headers["content-security-policy"]
+    directives = {d.split()[0]: d.split()[1:] for d in (x.strip() for x in csp.split(";")) if d}
+    assert directives["default-src"] == ["'none'"]
+    assert directives["script-src"] == ["'self'"]
+    assert directives["connect-src"] == ["'self'"]
+    assert "'self'" in directives["style-src"]
+    assert directives["frame-ancestors"] == ["'none'"]
+    for sources in directives.values():
+        assert not any(s.startswith(("http:", "https:", "*")) for s in sources), csp
+        assert "'unsafe-eval'" not in sources
+    assert resp.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Accept": "application/json"},
+        {"Accept": "application/graphql-response+json, application/json;q=0.9"},
+        {"Accept": "*/*"},
+        {"Accept": ""},
+        {"Accept": "text/html;q=0.5, application/json"},
+        {"Accept": "text/html;q=0"},
+    ],
+)
+def test_api_clients_get_json(client: TestClient, headers: dict[str, str]) -> None:
+    resp = client.get("/graphql", headers=headers)
+    assert resp.headers["content-type"].startswith("application/json")
+    assert "errors" in resp.json()
+
+
+def test_query_param_or_post_never_gets_page(client: TestClient) -> None:
+    resp = client.get("/graphql", params={"query": "{ __typename }"}, headers={"Accept": BROWSER_ACCEPT})
+    assert resp.headers["content-type"].startswith("application/json")
+    resp = client.post("/graphql", json={"query": "{ __typename }"}, headers={"Accept": BROWSER_ACCEPT})
+    assert resp.headers["content-type"].startswith("application/json")
+
+
+def test_html_preferred_over_json_by_q() -> None:
+    app = make_app()
+    with TestClient(app) as c:
+        resp = c.get("/graphql", headers={"Accept": "application/json;q=0.5, text/*"})
+        assert resp.headers["content-type"].startswith("text/html")
+
+
+def test_default_query_is_escaped() -> None:
+    client = TestClient(make_app(default_query=NASTY_QUERY))
+    page = client.get("/graphql", headers={"Accept": BROWSER_ACCEPT}).text
+    assert "</script><script>" not in page
+    assert 'alert("x")' not in page
+    parsed = _parse(page)
+    assert parsed.root_count == 1
+    assert parsed.root_attrs is not None
+    assert parsed.root_attrs["data-default-query"] == NASTY_QUERY  # round-trips exactly
+    assert parsed.script_bodies == []
+    assert len(parsed.scripts) == 4
+
+
+def test_custom_static_prefix() -> None:
+    async def graphql(request: Request):
+        return explorer_page(request, static_prefix="/assets/gql/")
+
+    app = Starlette(routes=[Route("/api/graphql", graphql), *explorer_routes("/assets/gql")])
+    client = TestClient(app)
+    page = client.get("/api/graphql").text
+    parsed = _parse(page)
+    assert parsed.root_attrs is not None
+    assert parsed.root_attrs["data-endpoint"] == "/api/graphql"
+    assert all(src.startswith("/assets/gql/") for src in parsed.scripts + parsed.stylesheets)
+    for url in parsed.scripts + parsed.stylesheets:
+        assert client.get(url).status_code == 200
