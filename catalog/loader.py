@@ -177,7 +177,7 @@ def _describe(item: Any, err: Any) -> str:
     for step in loc:
         if isinstance(step, int):
             name = node[step].get("name") if isinstance(node, list) and isinstance(node[step], dict) else None
-            parts[-1:] = [f"{parts[-1] if parts else ''}[{step + 1}{f' {name!r}' if name else ''}]"]
+            parts[-1:] = [f"{parts[-1] if parts else ''}[{step + 1}{f':{name}' if name else ''}]"]
         else:
             parts.append(str(step))
         try:
@@ -187,9 +187,9 @@ def _describe(item: Any, err: Any) -> str:
     where = ".".join(parts) or "entry"
     kind = err["type"]
     if kind == "extra_forbidden":
-        return f"unknown key {where!r}: check its spelling against docs/catalogue.md"
+        return f"unknown key {where}: check its spelling against docs/catalogue.md"
     if kind == "missing":
-        return f"missing required key {where!r}"
+        return f"missing required key {where}"
     return f"{where}: {err['msg']}"
 
 

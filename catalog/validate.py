@@ -119,8 +119,8 @@ def _check_dataset(cat: Catalog, ds: Dataset, at: str, problems: Problems) -> No
         if target is None:
             problems.add(rat, f"unknown target dataset {rel.target!r}; known: {_known(cat.datasets)}")
             continue
-        if not rel.join:
-            problems.add(rat, "'join' must map at least one column")
+        if len(rel.join) != 1:
+            problems.add(rat, "'join' must map exactly one column to one column (composite joins are not supported)")
         tnames = {f.name for f in target.fields}
         for mine, theirs in rel.join.items():
             if mine not in names:

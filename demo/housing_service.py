@@ -1,7 +1,7 @@
 """The Housing department's own REST service: property records over a JSON file.
 
 It speaks the "hutong REST source convention", the small contract the gateway's REST
-resolver relies on (GET only):
+resolver relies on (docs/rest-sources.md):
 
 - ``GET /healthz`` -> ``{"status": "ok"}``.
 - ``GET /properties`` -> ``{"items": [...]}``, with query parameters ``fields=a,b``
@@ -10,6 +10,9 @@ resolver relies on (GET only):
   ``f__isnull=true|false``, all ANDed; ``order_by=f`` (ascending, default property_id);
   ``after=v`` (keyset: only items whose order_by value is greater than v); ``limit=N``
   (1..10000, default 1000).
+- ``POST /properties/_query`` with ``{"params": [["name", "value"], ...]}``: exactly the same
+  parameters, carried in the body. The gateway uses it for batched key lookups
+  (``owner_id_number__in`` with hundreds of keys), which would not fit in a URL.
 
 Values arrive as strings and are coerced to the field's kind (float, bool, date as an
 ISO string, or string). Any bad parameter is answered 400 with ``{"error": ...}``
@@ -323,9 +326,26 @@ def create_app(data_path: Path) -> Starlette:
             return _error(str(exc))
         return JSONResponse({"items": store.query(query)})
 
+    async def properties_query(request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error("the body is not valid JSON: send {\"params\": [[name, value], ...]}")
+        pairs = body.get("params") if isinstance(body, dict) else None
+        if not isinstance(pairs, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in pairs
+        ):
+            return _error("params: expected a list of [name, value] string pairs")
+        try:
+            query = parse_query(QueryParams([tuple(p) for p in pairs]))
+        except BadParameter as exc:
+            return _error(str(exc))
+        return JSONResponse({"items": store.query(query)})
+
     routes: list[Route] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/properties", properties, methods=["GET"]),
+        Route("/properties/_query", properties_query, methods=["POST"]),
     ]
     app = Starlette(routes=routes)
     app.state.store = store  # for introspection in tests and debugging

@@ -19,6 +19,7 @@ import httpx
 import orjson
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from catalog.loader import CatalogError, load_catalog
 from gateway.config import REPO_ROOT, ConfigError, Settings, load_settings
@@ -30,8 +31,8 @@ demo_app = typer.Typer(help="The demo city: build its department sources and ser
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(demo_app, name="demo")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Configuration file (default: $HUTONG_CONFIG, "
                                                                       "else the demo's).")]
@@ -58,11 +59,15 @@ SHOWCASE_QUERY = """query SubsistenceCheck($applicant: String!) {
 }"""
 
 
+def _error(message: str) -> None:
+    err.print(Text("error: ", style="red") + Text(message))
+
+
 def _settings(config: Path | None) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        _error(f"{exc}")
         raise typer.Exit(2) from None
 
 
@@ -107,13 +112,13 @@ def catalog_check(config: ConfigOpt = None,
         urls = {code: resolve_url(src, settings.base_dir, settings.source_urls.get(code))
                 for code, src in cat.sources.items()}
     except KeyError as exc:
-        err.print(f"[red]error:[/] {exc.args[0]}")
+        _error(f"{exc.args[0]}")
         raise typer.Exit(1) from None
     problems = asyncio.run(check_sources(cat, urls))
     for p in problems:
-        err.print(f"[red]-[/] {p}", markup=True, highlight=False)
+        err.print(Text("- ", style="red") + Text(p))
     if problems:
-        err.print(f"[red]{len(problems)} problem(s) with the live sources[/]")
+        err.print(f"{len(problems)} problem(s) with the live sources", style="red")
         raise typer.Exit(1)
     out.print("live sources match the catalogue")
 
@@ -133,16 +138,16 @@ def catalog_discover(source: Annotated[str, typer.Argument(help="A catalogue sou
         settings = _settings(config)
         cat = _catalog(settings)
         if source not in cat.sources:
-            err.print(f"[red]error:[/] unknown source {source!r}; known: {', '.join(sorted(cat.sources))}")
+            _error(f"unknown source {source!r}; known: {', '.join(sorted(cat.sources))}")
             raise typer.Exit(2)
         if cat.sources[source].kind != "sql":
-            err.print(f"[red]error:[/] source {source!r} is REST; discovery reflects SQL sources")
+            _error(f"source {source!r} is REST; discovery reflects SQL sources")
             raise typer.Exit(2)
         url, code = resolve_url(cat.sources[source], settings.base_dir, settings.source_urls.get(source)), source
     try:
         drafts = asyncio.run(discover_sql(url, table or None))
     except Exception as exc:
-        err.print(f"[red]error:[/] cannot reflect the source: {type(exc).__name__}")
+        _error(f"cannot reflect the source: {type(exc).__name__}")
         raise typer.Exit(1) from None
     text = draft_yaml(code, drafts)
     if output:
@@ -161,7 +166,7 @@ def catalog_export(config: ConfigOpt = None,
 
     cat = _catalog(_settings(config))
     if fmt not in ("json", "dcat"):
-        err.print(f"[red]error:[/] unknown format {fmt!r}; use json or dcat")
+        _error(f"unknown format {fmt!r}; use json or dcat")
         raise typer.Exit(2)
     doc = to_json(cat) if fmt == "json" else to_dcat(cat)
     sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -181,7 +186,7 @@ def plan(query: Annotated[str, typer.Argument(help="The GraphQL query, or @file 
     try:
         vars_ = json.loads(variables) if variables else None
     except json.JSONDecodeError as exc:
-        err.print(f"[red]error:[/] --variables is not valid JSON: {exc}")
+        _error(f"--variables is not valid JSON: {exc}")
         raise typer.Exit(2) from None
     settings = _settings(config)
     gw = Gateway(_catalog(settings), settings)
@@ -189,7 +194,7 @@ def plan(query: Annotated[str, typer.Argument(help="The GraphQL query, or @file 
         p = gw.plan(text, operation, vars_)
     except RequestError as exc:
         for e in exc.errors:
-            err.print(f"[red]{e.code.value}:[/] {e.message}", highlight=False)
+            err.print(Text(f"{e.code.value}: ", style="red") + Text(e.message))
         raise typer.Exit(1) from None
     doc = p.describe()
     if sql:
@@ -231,7 +236,7 @@ def demo_serve(port: Annotated[int | None, typer.Option(help="Gateway port (defa
 
     showcase_file = DEMO_DATA / "showcase.json"
     if not showcase_file.exists():
-        err.print("[red]error:[/] the demo city is not built: run `make demo` or `hutong demo build`")
+        _error("the demo city is not built: run `make demo` or `hutong demo build`")
         raise typer.Exit(2)
     os.environ["HUTONG_HOUSING_PORT"] = str(housing_port)
     settings = _settings(None)
@@ -253,7 +258,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 15) -> 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            err.print(f"[red]error:[/] the Housing service exited (status {proc.returncode}); is its port in use?")
+            _error(f"the Housing service exited (status {proc.returncode}); is its port in use?")
             raise typer.Exit(1)
         try:
             if httpx.get(url, timeout=1).status_code == 200:
@@ -261,7 +266,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 15) -> 
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    err.print(f"[red]error:[/] the Housing service did not answer at {url} within {seconds:g} s")
+    _error(f"the Housing service did not answer at {url} within {seconds:g} s")
     raise typer.Exit(1)
 
 

@@ -125,7 +125,7 @@ class _Build:
                 op = _OPS[op_name]
                 if spec.key and op in (Op.EQ, Op.NE, Op.IN):
                     value = self.keys(spec.key, value if op is Op.IN else [value], path,
-                                      node, f"filter.{gql_name}.{'in' if op is Op.IN else op.value}")
+                                      node, f"filter.{gql_name}.{'in' if op is Op.IN else op.value}", op is Op.IN)
                     value = value if op is Op.IN else value[0]
                 if op is Op.IN and len(value) > self.p.settings.max_keys:
                     raise self.fail(f"filter.{gql_name}.in has {len(value)} values; "
@@ -133,15 +133,16 @@ class _Build:
                 out.append(Condition(spec.name, op, value))
         return tuple(out)
 
-    def keys(self, kind: str, values: list[Any], path: list[str | int], node: FieldNode, arg: str) -> list[str]:
+    def keys(self, kind: str, values: list[Any], path: list[str | int], node: FieldNode, arg: str,
+             listed: bool) -> list[str]:
+        """Normalised keys; an invalid one fails the request, naming the argument (and index if ``listed``)."""
         normalise = KEY_KINDS[kind].normalise
         out = []
         for i, v in enumerate(values):
             try:
                 out.append(normalise(v))
             except InvalidKey as exc:
-                where = f"{arg}[{i}]" if len(values) > 1 or arg.endswith("s") else arg
-                raise self.fail(f"{where}: {exc}", path, node) from None
+                raise self.fail(f"{f'{arg}[{i}]' if listed else arg}: {exc}", path, node) from None
         return out
 
     # --- roots -----------------------------------------------------------------------------
@@ -198,13 +199,13 @@ class _Build:
         ent = self.p.catalog.entities[code]
         arg = ent.graphql.argument
         if kind == "one":
-            keys = self.keys(ent.key, [args[arg]], [key], nodes[0], arg)
+            keys = self.keys(ent.key, [args[arg]], [key], nodes[0], arg, False)
         else:
             raw = args[f"{arg}s"]
             if len(raw) > self.p.settings.max_keys:
                 raise self.fail(f"{arg}s has {len(raw)} keys; at most {self.p.settings.max_keys} are accepted",
                                 [key], nodes[0])
-            keys = self.keys(ent.key, raw, [key], nodes[0], f"{arg}s")
+            keys = self.keys(ent.key, raw, [key], nodes[0], f"{arg}s", True)
         literal = tuple(dict.fromkeys(keys))
         shape = self.entity_object(code, (None, None), nodes, [key], literal)
         return RootEntity(key=key, keys=keys, many=kind == "many", shape=shape)

@@ -2,9 +2,10 @@
 
 ``GET {base}{endpoint}?fields=a,b&col=v&col__in=v1&col__in=v2&order_by=c&after=v&limit=n``
 answers ``{"items": [...]}`` (see docs/rest-sources.md). Filters, projection, ordering
-and limits are pushed into the request; batched joins send ``key__in`` values,
-``max_batch`` keys per request. Per-key limits are applied here, since the convention
-has no per-key limit.
+and limits are pushed into the request. Batched joins send the same parameters in the
+body of ``POST {endpoint}/_query`` (``{"params": [[name, value], ...]}``), because a few
+hundred keys do not fit in a URL: one request per ``max_batch`` keys. Per-key limits are
+applied here, since the convention has no per-key limit.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class RESTConnector:
     kind = "rest"
 
     def __init__(self, code: str, base_url: str, *, headers: dict[str, str] | None = None,
-                 pool_size: int = 5, timeout: float = 10.0, max_batch: int = 200,
+                 pool_size: int = 5, timeout: float = 10.0, max_batch: int = 5000,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.code = code
         self.timeout = timeout
@@ -99,7 +100,10 @@ class RESTConnector:
             params = [p for p in params if p[0] != "limit"]
         self.statements += 1
         try:
-            resp = await self.client.get(query.location, params=params)
+            if keys is None:
+                resp = await self.client.get(query.location, params=params)
+            else:
+                resp = await self.client.post(query.location.rstrip("/") + "/_query", json={"params": params})
         except httpx.TimeoutException:
             raise SourceError(self.code, SourceFailure.TIMEOUT,
                               f"source {self.code!r} did not answer within {self.timeout:g} s") from None

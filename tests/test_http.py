@@ -1,0 +1,186 @@
+"""GraphQL over HTTP: media types, status codes, error codes, and sources that are down."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from catalog.loader import load_catalog
+from demo.build import City
+from gateway.app import create_app
+from gateway.pipeline import Gateway
+from tests.conftest import free_port
+
+GQL = "application/graphql-response+json"
+
+
+async def client_for(settings: Any) -> tuple[httpx.AsyncClient, Gateway]:
+    gw = Gateway(load_catalog(*settings.catalog), settings)
+    app = create_app(settings, gw)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw"), gw
+
+
+@pytest.fixture
+async def client(make_settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    c, gw = await client_for(make_settings())
+    async with c:
+        yield c
+    await gw.close()
+
+
+def code_of(resp: httpx.Response) -> str:
+    return resp.json()["errors"][0]["extensions"]["code"]
+
+
+async def test_post_returns_graphql_response_json(client: httpx.AsyncClient) -> None:
+    r = await client.post("/graphql", json={"query": "{ residents(limit: 2) { nodes { idNumber } } }"},
+                          headers={"accept": f"{GQL}, application/json;q=0.9"})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith(GQL)
+    assert len(r.json()["data"]["residents"]["nodes"]) == 2
+    assert r.headers["x-request-id"]
+
+
+async def test_get_query_with_variables(client: httpx.AsyncClient, city: City) -> None:
+    applicant = city.showcase["applicant_id_number"]
+    r = await client.get("/graphql", params={"query": "query($id: String!) { person(idNumber: $id) { idNumber } }",
+                                             "variables": json.dumps({"id": applicant})},
+                         headers={"accept": "application/json"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    assert r.json() == {"data": {"person": {"idNumber": applicant}}}
+
+
+@pytest.mark.parametrize(("accept", "status"), [(GQL, 400), ("application/json", 200)])
+async def test_validation_errors_status_follows_the_media_type(client: httpx.AsyncClient, accept: str,
+                                                               status: int) -> None:
+    r = await client.post("/graphql", json={"query": "{ residents { nodes { shoeSize } } }"},
+                          headers={"accept": accept})
+    assert r.status_code == status
+    body = r.json()
+    assert "data" not in body
+    assert body["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    assert "shoeSize" in body["errors"][0]["message"] and body["errors"][0]["locations"]
+
+
+async def test_parse_error(client: httpx.AsyncClient) -> None:
+    r = await client.post("/graphql", json={"query": "{ residents { "}, headers={"accept": GQL})
+    assert r.status_code == 400 and code_of(r) == "GRAPHQL_PARSE_FAILED"
+
+
+@pytest.mark.parametrize(("content", "ctype", "status", "code", "words"), [
+    (b'{"query": ', "application/json", 400, "BAD_REQUEST", "not valid JSON"),
+    (b"[]", "application/json", 400, "BAD_REQUEST", "batched requests"),
+    (b'"{ x }"', "application/json", 400, "BAD_REQUEST", "must be a JSON object"),
+    (b"{}", "application/json", 400, "BAD_REQUEST", "has no query"),
+    (b'{"query": "{ __typename }", "variables": [1]}', "application/json", 400, "BAD_REQUEST", "variables must be"),
+    (b"query=%7B__typename%7D", "application/x-www-form-urlencoded", 415, "UNSUPPORTED_MEDIA_TYPE",
+     "Content-Type: application/json"),
+])
+async def test_malformed_requests(client: httpx.AsyncClient, content: bytes, ctype: str, status: int, code: str,
+                                  words: str) -> None:
+    # Malformed requests get 400 whatever the client accepts.
+    r = await client.post("/graphql", content=content, headers={"content-type": ctype, "accept": "application/json"})
+    assert r.status_code == status
+    assert code_of(r) == code and words in r.json()["errors"][0]["message"]
+    assert "Traceback" not in r.text
+
+
+async def test_wrong_variable_types(client: httpx.AsyncClient) -> None:
+    r = await client.post("/graphql", json={"query": "query($n: Int) { residents(limit: $n) { nodes { name } } }",
+                                            "variables": {"n": "ten"}}, headers={"accept": GQL})
+    assert r.status_code == 400 and code_of(r) == "BAD_USER_INPUT"
+    assert "$n" in r.json()["errors"][0]["message"]
+
+
+@pytest.mark.parametrize(("query", "words"), [
+    ('{ person(idNumber: "990111198009303430") { idNumber } }', "idNumber: invalid ID number: check digit"),
+    ('{ organisation(creditCode: "91990106902457878I") { creditCode } }', "outside GB 32100's alphabet"),
+    ('{ persons(idNumbers: ["11010519491231002X", "123"]) { idNumber } }', "idNumbers[1]: invalid ID number"),
+    ('{ residents(filter: {idNumber: {in: ["x"]}}) { nodes { name } } }', "filter.idNumber.in[0]: invalid ID"),
+    ("{ residents(limit: 100000) { nodes { name } } }", "limit must be between 0 and 1000"),
+    ("{ residents(limit: -1) { nodes { name } } }", "limit must be between 0 and 1000"),
+    ('{ residents(after: "bm9wZQ") { nodes { name } } }', "not a cursor returned by this gateway"),
+])
+async def test_bad_argument_values_are_clear_errors(client: httpx.AsyncClient, query: str, words: str) -> None:
+    r = await client.post("/graphql", json={"query": query}, headers={"accept": GQL})
+    assert r.status_code == 400, r.text
+    err = r.json()["errors"][0]
+    assert err["extensions"]["code"] == "BAD_USER_INPUT"
+    assert words in err["message"]
+    assert err["path"]
+
+
+async def test_not_acceptable_and_methods(client: httpx.AsyncClient) -> None:
+    r = await client.post("/graphql", json={"query": "{ __typename }"}, headers={"accept": "text/csv"})
+    assert r.status_code == 406 and code_of(r) == "NOT_ACCEPTABLE"
+    r = await client.put("/graphql", json={"query": "{ __typename }"})
+    assert r.status_code == 405
+
+
+async def test_browser_gets_the_explorer(client: httpx.AsyncClient) -> None:
+    r = await client.get("/graphql", headers={"accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "/static/explorer/graphiql.min.js" in r.text
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    r = await client.get("/readyz")
+    assert r.status_code == 200
+    sources = r.json()["sources"]
+    assert set(sources) == {"psb_registry", "hrss_db", "mr_register", "health_db", "civil_db", "housing_api"}
+    assert all(s["status"] == "ok" for s in sources.values())
+
+
+async def test_sources_that_are_down_fail_only_their_part(make_settings: Any, city: City) -> None:
+    closed = free_port()  # nothing listens there
+    settings = make_settings({"housing_api": f"http://127.0.0.1:{closed}",
+                              "hrss_db": f"postgresql+asyncpg://postgres@127.0.0.1:{closed}/none"})
+    c, gw = await client_for(settings)
+    applicant = city.showcase["applicant_id_number"]
+    query = """query($id: String!) { person(idNumber: $id) {
+        resident { name } properties { propertyId } pensions { status } businesses { name } } }"""
+    async with c:
+        r = await c.post("/graphql", json={"query": query, "variables": {"id": applicant}}, headers={"accept": GQL})
+        ready = await c.get("/readyz")
+    await gw.close()
+    assert r.status_code == 200
+    body = r.json()
+    person = body["data"]["person"]
+    assert person["resident"]["name"] and person["businesses"]  # PSB and Market Regulation still answer
+    assert person["properties"] is None and person["pensions"] is None
+    errors = {tuple(e["path"]): e["extensions"] for e in body["errors"]}
+    assert errors == {("person", "properties"): {"code": "SOURCE_UNAVAILABLE", "source": "housing_api"},
+                      ("person", "pensions"): {"code": "SOURCE_UNAVAILABLE", "source": "hrss_db"}}
+    assert ready.status_code == 503
+    assert ready.json()["sources"]["housing_api"]["status"] == "SOURCE_UNAVAILABLE"
+    assert ready.json()["sources"]["psb_registry"]["status"] == "ok"
+
+
+async def test_nested_failure_is_reported_at_each_path(make_settings: Any, city: City) -> None:
+    settings = make_settings({"housing_api": f"http://127.0.0.1:{free_port()}"})
+    c, gw = await client_for(settings)
+    query = """query($id: String!) { person(idNumber: $id) { resident { householdMembers {
+        name person { properties { propertyId } } } } } }"""
+    async with c:
+        r = await c.post("/graphql", json={"query": query, "variables": {"id": city.showcase["applicant_id_number"]}})
+    await gw.close()
+    body = r.json()
+    members = body["data"]["person"]["resident"]["householdMembers"]
+    assert all(m["name"] and m["person"]["properties"] is None for m in members)
+    assert [e["path"] for e in body["errors"]] == [
+        ["person", "resident", "householdMembers", i, "person", "properties"] for i in range(len(members))]
+
+
+async def test_a_missing_sqlite_file_is_unavailable_and_not_created(make_settings: Any, city_dir: Any) -> None:
+    missing = city_dir / "data" / "nothing-here.sqlite"
+    settings = make_settings({"mr_register": f"sqlite+aiosqlite:///{missing}"})
+    gw = Gateway(load_catalog(*settings.catalog), settings)
+    out = await gw.run("{ businesses { nodes { name } } }")
+    await gw.close()
+    assert out.body["errors"][0]["extensions"]["code"] == "SOURCE_UNAVAILABLE"
+    assert not missing.exists()  # the gateway opens department files read-only

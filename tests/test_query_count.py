@@ -1,0 +1,44 @@
+"""Batching: the number of source queries depends on the shape of the request, never on the
+number of rows (one query per dataset occurrence per level of the plan)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.pipeline import Gateway
+
+QUERY = """query($n: Int!) { residents(limit: $n) { nodes { idNumber name
+    person {
+        employments { employerName }
+        pensions { status }
+        properties { propertyId }
+    }
+    householdMembers { idNumber }
+} } }"""
+
+
+async def count(gw: Gateway, n: int) -> tuple[dict[str, int], int]:
+    before = gw.sources.statements()
+    out = await gw.run(QUERY, None, {"n": n})
+    assert out.status == 200 and "errors" not in out.body, out.body
+    after = gw.sources.statements()
+    used = {code: after[code] - before.get(code, 0) for code in after}
+    return used, len(out.body["data"]["residents"]["nodes"])
+
+
+async def test_source_queries_are_constant_in_the_row_count(gateway: Gateway, city: Any) -> None:
+    small, rows_small = await count(gateway, 10)
+    large, rows_large = await count(gateway, 1000)
+    assert (rows_small, rows_large) == (10, 1000)
+    # residents + householdMembers from PSB, employments + pensions from HRSS, properties from Housing.
+    assert small == large == {"psb_registry": 2, "hrss_db": 2, "housing_api": 1}
+
+
+async def test_plan_levels_match_the_query_shape(gateway: Gateway) -> None:
+    plan = gateway.plan(QUERY, None, {"n": 1000})
+    levels = [[(f.dataset, f.source) for f in level] for level in plan.levels]
+    assert levels == [
+        [("psb.resident", "psb_registry")],
+        [("hrss.employment", "hrss_db"), ("hrss.pension", "hrss_db"), ("housing.property", "housing_api"),
+         ("psb.resident", "psb_registry")],
+    ]
