@@ -272,9 +272,8 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 15) -> 
 
 def _banner(host: str, port: int, housing_port: int, showcase: dict[str, str]) -> None:
     endpoint = f"http://{host}:{port}/graphql"
-    body = json.dumps({"query": SHOWCASE_QUERY, "variables": {"applicant": showcase["applicant_id_number"]}},
-                      ensure_ascii=False)
-    compact = " ".join(body.split())
+    compact = json.dumps({"query": " ".join(SHOWCASE_QUERY.split()),
+                          "variables": {"applicant": showcase["applicant_id_number"]}}, ensure_ascii=False)
     out.rule("[bold]hutong demo city")
     out.print(f"GraphQL endpoint   {endpoint}   (open it in a browser for the explorer)")
     out.print(f"Health             http://{host}:{port}/healthz   readiness: http://{host}:{port}/readyz")

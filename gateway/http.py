@@ -29,7 +29,19 @@ log = logging.getLogger("hutong.http")
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 JSON = "application/json"
-MAX_BODY = 1 << 20  # 1 MiB of JSON is far beyond any legitimate query with its variables
+MAX_BODY = 1 << 20
+# What a newcomer sees first in the explorer: what exists, who provides it, on what terms.
+EXPLORER_QUERY = """# Welcome to hutong. Run this (Ctrl-Enter) to see what the departments share,
+# then ask for data: the Docs panel lists every dataset and the Person/Organisation entities.
+{
+  catalog {
+    datasets {
+      code name provider { code name }
+      fields { graphqlPath type shareType sensitivity }
+    }
+  }
+}
+"""  # 1 MiB of JSON is far beyond any legitimate query with its variables
 
 
 def json_response(body: Any, status: int = 200, media_type: str = JSON,
@@ -99,7 +111,7 @@ async def graphql_endpoint(request: Request) -> Response:
     headers = {"X-Request-Id": request_id}
 
     if request.method == "GET" and wants_explorer(request):
-        return explorer_page(request)
+        return explorer_page(request, EXPLORER_QUERY)
 
     media = _negotiate(request.headers.get("accept"))
     if media is None:
