@@ -108,7 +108,8 @@ async def graphql_endpoint(request: Request) -> Response:
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
     if len(request_id) > 64 or not request_id.replace("-", "").isalnum():
         request_id = uuid.uuid4().hex  # never echo arbitrary header text back
-    headers = {"X-Request-Id": request_id}
+    # The same URL answers HTML (explorer) or JSON depending on Accept: caches must know.
+    headers = {"X-Request-Id": request_id, "Vary": "Accept"}
 
     if request.method == "GET" and wants_explorer(request):
         return explorer_page(request, EXPLORER_QUERY)

@@ -3,31 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
-from catalog.loader import load_catalog
 from demo.build import City
 from gateway.cli import SHOWCASE_QUERY
 from gateway.pipeline import Gateway
 from tests.oracle import rows, showcase_answer
-
-SQL_SOURCES = ("psb_registry", "hrss_db", "mr_register", "health_db", "civil_db")
-
-
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-async def any_gateway(request: pytest.FixtureRequest, make_settings: Any) -> AsyncIterator[Gateway]:
-    """The same catalogue over SQLite files, or with every SQL department moved to a real server."""
-    overrides: dict[str, str] = {}
-    if request.param != "sqlite":
-        url = request.getfixturevalue("pg_url" if request.param == "postgresql" else "mariadb_url")
-        overrides = dict.fromkeys(SQL_SOURCES, url)
-    settings = make_settings(overrides)
-    gw = Gateway(load_catalog(*settings.catalog), settings)
-    yield gw
-    await gw.close()
 
 
 async def run(gw: Gateway, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""Benchmarks of the hutong gateway against hand-written baselines (see bench/README.md)."""

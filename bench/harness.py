@@ -1,0 +1,126 @@
+"""Plumbing the benchmark's contestants share: the Housing service in a thread, and the
+baselines' own connections to the department sources, which count what they send.
+
+The baselines get connections of their own rather than borrowing the gateway's, so that
+nothing the gateway configures (pre-ping, pool sizes, type processing) leaks into the
+numbers they stand for. They open the very same SQLite files, read-only, as the gateway does.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+import uvicorn
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+__all__ = ["SQL_DEPARTMENTS", "Baseline", "ServerThread", "keyed"]
+
+# The departments kept in SQLite files by demo.build, named <code>.sqlite.
+SQL_DEPARTMENTS = ("psb", "hrss", "mr", "health", "civil")
+
+
+def keyed(text: str) -> sa.TextClause:
+    """A literal SQL statement whose ``:keys`` parameter expands to ``IN (?, ?, ...)``.
+
+    Expanding binds keep the statement text constant (so SQLAlchemy compiles it once) while
+    every key still travels as a bound parameter, as the gateway's batched joins do.
+    """
+    return sa.text(text).bindparams(sa.bindparam("keys", expanding=True))
+
+
+class ServerThread:
+    """A uvicorn server in a daemon thread on a free loopback port (as in tests/conftest.py).
+
+    Copied rather than imported: tests/conftest.py pulls in pytest, which a benchmark run
+    should not need.
+    """
+
+    def __init__(self, app: Any) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the Housing service did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+class Baseline:
+    """Connections for the hand-written contestants, counting source queries as the gateway does.
+
+    One async engine per department file (read-only URI, the gateway's own form) and one
+    HTTP client for the Housing service. ``statements`` counts SQL statements sent to a
+    cursor and HTTP requests made, the same units as ``Gateway.sources.statements()``.
+    """
+
+    def __init__(self, data_dir: Path, housing_url: str) -> None:
+        self.statements = 0
+        self.engines: dict[str, AsyncEngine] = {}
+        for dept in SQL_DEPARTMENTS:
+            path = (data_dir / f"{dept}.sqlite").resolve()
+            # Engine defaults otherwise: no pre-ping, because a ping is a round trip that the
+            # fewest-round-trips baseline would not make.
+            engine = create_async_engine(f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true")
+            event.listen(engine.sync_engine, "before_cursor_execute", self._count_statement)
+            self.engines[dept] = engine
+        # The gateway's REST connector limits: five pooled connections per source.
+        self.http = httpx.AsyncClient(
+            base_url=housing_url, timeout=10.0,
+            limits=httpx.Limits(max_connections=5, max_keepalive_connections=5),
+            event_hooks={"request": [self._count_request]},
+        )
+
+    def _count_statement(self, *_: Any) -> None:
+        self.statements += 1
+
+    async def _count_request(self, _request: httpx.Request) -> None:
+        self.statements += 1
+
+    async def rows(self, dept: str, stmt: sa.TextClause, params: dict[str, Any]) -> Sequence[sa.Row[Any]]:
+        """One statement on one department, rows as tuples (the cheapest form SQLAlchemy gives)."""
+        async with self.engines[dept].connect() as conn:
+            return (await conn.execute(stmt, params)).all()
+
+    async def dicts(self, dept: str, stmt: sa.TextClause, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """One statement, rows as plain dicts: what graphene's default resolvers can read."""
+        async with self.engines[dept].connect() as conn:
+            return [dict(r) for r in (await conn.execute(stmt, params)).mappings()]
+
+    async def properties(self, params: list[tuple[str, str]], *, batched: bool) -> list[dict[str, Any]]:
+        """Housing records: ``POST /properties/_query`` for key batches (keys do not fit in a
+        URL), ``GET /properties`` otherwise; the gateway's REST connector does the same."""
+        if batched:
+            resp = await self.http.post("/properties/_query", json={"params": [list(p) for p in params]})
+        else:
+            resp = await self.http.get("/properties", params=params)
+        resp.raise_for_status()
+        items: list[dict[str, Any]] = resp.json()["items"]
+        return items
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        for engine in self.engines.values():
+            await engine.dispose()
