@@ -10,7 +10,7 @@ cursors fail the request with ``BAD_USER_INPUT`` before any source is asked.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -39,7 +39,7 @@ from gateway.plan import (
     RootPage,
     Scalar,
 )
-from gateway.schema import SchemaIndex
+from gateway.schema import Member, SchemaIndex
 from resolvers.query import Condition, Op, SourceQuery
 
 __all__ = ["Planner"]
@@ -212,17 +212,24 @@ class _Build:
 
     # --- objects ---------------------------------------------------------------------------
 
-    def dataset_object(self, ds: Dataset, fetch: Fetch, nodes: list[FieldNode], path: list[str | int]) -> ObjShape:
-        type_name = ds.graphql.type
-        gtype = self.p.schema.get_type(type_name)
+    def object_type(self, name: str) -> tuple[GraphQLObjectType, ObjShape]:
+        gtype = self.p.schema.get_type(name)
         assert isinstance(gtype, GraphQLObjectType)
-        shape = ObjShape()
-        for key, sub in self.subfields(type_name, nodes).items():
+        return gtype, ObjShape()
+
+    def members(self, gtype: GraphQLObjectType, nodes: list[FieldNode],
+                shape: ObjShape) -> Iterator[tuple[str, list[FieldNode], Member]]:
+        """The selected fields of an object with what each means; ``__typename`` is answered here."""
+        for key, sub in self.subfields(gtype.name, nodes).items():
             name = sub[0].name.value
             if name == "__typename":
-                shape.entries.append(Const(key, type_name))
-                continue
-            m = self.p.index.members[(type_name, name)]
+                shape.entries.append(Const(key, gtype.name))
+            else:
+                yield key, sub, self.p.index.members[(gtype.name, name)]
+
+    def dataset_object(self, ds: Dataset, fetch: Fetch, nodes: list[FieldNode], path: list[str | int]) -> ObjShape:
+        gtype, shape = self.object_type(ds.graphql.type)
+        for key, sub, m in self.members(gtype, nodes, shape):
             if m.kind == "column":
                 assert m.column is not None
                 self.need(fetch, m.column, selected=True)
@@ -247,19 +254,11 @@ class _Build:
     def entity_object(self, code: str, producer: Producer, nodes: list[FieldNode], path: list[str | int],
                       literal: tuple[str, ...] | None, base: str | None = None) -> ObjShape:
         ent = self.p.catalog.entities[code]
-        type_name = ent.graphql.type
-        gtype = self.p.schema.get_type(type_name)
-        assert isinstance(gtype, GraphQLObjectType)
+        gtype, shape = self.object_type(ent.graphql.type)
         parent = producer[0]
         level = 0 if parent is None else self.plan.fetches[parent].level + 1
         base = base or str(path[0])
-        shape = ObjShape()
-        for key, sub in self.subfields(type_name, nodes).items():
-            name = sub[0].name.value
-            if name == "__typename":
-                shape.entries.append(Const(key, type_name))
-                continue
-            m = self.p.index.members[(type_name, name)]
+        for key, sub, m in self.members(gtype, nodes, shape):
             if m.kind == "key":
                 shape.entries.append(KeyValue(key))
                 continue

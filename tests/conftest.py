@@ -156,12 +156,17 @@ async def any_gateway(request: pytest.FixtureRequest, make_settings: Any) -> Asy
 # --- real database services ---------------------------------------------------------------
 
 
+async def load_sql_departments(city: City, url: str) -> None:
+    from demo.build import write_department
+
+    for dept in ("psb", "hrss", "mr", "health", "civil"):
+        await write_department(city, dept, url)
+
+
 @pytest.fixture(scope="session")
 def pg_url(city: City) -> Iterator[str]:
     """A throwaway PostgreSQL database holding every SQL department's demo tables."""
     import asyncpg
-
-    from demo.build import write_department
 
     name = f"hutong_test_{uuid.uuid4().hex[:10]}"
 
@@ -178,12 +183,8 @@ def pg_url(city: City) -> Iterator[str]:
         service_unavailable("PostgreSQL at 127.0.0.1:5432", exc)
     url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
 
-    async def load() -> None:
-        for dept in ("psb", "hrss", "mr", "health", "civil"):
-            await write_department(city, dept, url)
-
     try:
-        arun(load())
+        arun(load_sql_departments(city, url))
         yield url
     finally:
         arun(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -193,8 +194,6 @@ def pg_url(city: City) -> Iterator[str]:
 def mariadb_url(city: City) -> Iterator[str]:
     """A throwaway MariaDB database holding every SQL department's demo tables."""
     import aiomysql
-
-    from demo.build import write_department
 
     name = f"hutong_test_{uuid.uuid4().hex[:10]}"
 
@@ -212,12 +211,8 @@ def mariadb_url(city: City) -> Iterator[str]:
         service_unavailable("MariaDB at 127.0.0.1:3306", exc)
     url = f"mysql+aiomysql://root@127.0.0.1:3306/{name}?charset=utf8mb4"
 
-    async def load() -> None:
-        for dept in ("psb", "hrss", "mr", "health", "civil"):
-            await write_department(city, dept, url)
-
     try:
-        arun(load())
+        arun(load_sql_departments(city, url))
         yield url
     finally:
         arun(admin(f"DROP DATABASE IF EXISTS `{name}`"))
