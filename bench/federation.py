@@ -34,6 +34,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -56,10 +57,10 @@ PAGE_QUERY = "{ residents(limit: 1000) { nodes { idNumber name gender birthDate 
 DEFAULT_RESIDENTS = 10_000
 DEFAULT_ROUNDS = 20
 DEFAULT_WARMUP = 2
-# The naive contestant needs seconds per bulk run (thousands of source queries), so its
-# timed rounds are capped to keep the whole benchmark within a couple of minutes; its
-# spread between rounds is small next to the ratios it is compared by.
-DEFAULT_NAIVE_ROUNDS = 3
+# The naive contestant needs seconds per bulk run (thousands of source queries), so it gets
+# a fifth of the timed rounds, 1 to 3, to keep the whole benchmark within a couple of
+# minutes. Its spread between rounds is small next to the ratios it is compared by.
+MAX_NAIVE_ROUNDS = 3
 
 Data = dict[str, Any]
 console = Console(highlight=False)
@@ -85,6 +86,8 @@ class Contestant:
     run: Callable[[], Awaitable[Data]]
     statements: Callable[[], int]  # source queries issued so far, cumulative
     rounds: int
+    warm: bool = True  # gets the warm-up rounds
+    trace_under: float | None = None  # trace memory only if the checking run took at most this many seconds
 
 
 @dataclass
@@ -92,7 +95,7 @@ class Measurement:
     name: str
     queries: int = 0  # source queries (SQL statements + HTTP requests) per run
     times: list[float] = field(default_factory=list)  # seconds, one per timed round
-    peak: int = 0  # tracemalloc peak of one run, bytes
+    peak: int | None = None  # tracemalloc peak of one run, bytes; None when not traced
 
     @property
     def median_ms(self) -> float:
@@ -106,6 +109,10 @@ class WorkloadResult:
 
     def ratio(self, name: str, over: str) -> float:
         return self.measurements[name].median_ms / self.measurements[over].median_ms
+
+
+def naive_rounds_for(rounds: int) -> int:
+    return min(MAX_NAIVE_ROUNDS, max(1, rounds // 5))
 
 
 def workloads(applicant: str) -> list[Workload]:
@@ -154,11 +161,22 @@ def write_config(folder: Path, housing_url: str) -> Path:
 async def measure(workload: Workload, contestants: list[Contestant], warmup: int) -> WorkloadResult:
     results = {c.name: Measurement(c.name) for c in contestants}
 
-    # Check and count once, before any timing: every contestant must give hutong's answer.
+    for _ in range(warmup):
+        for c in contestants:
+            if c.warm:
+                await c.run()
+
+    # Check and count once, before anything is measured: every contestant must give hutong's
+    # answer. For the naive contestant this is also its only warm-up: its caches and pools
+    # are warm after the first few of its thousands of source queries, and it shares its
+    # connections with "direct", which has just been warmed.
     reference: Data | None = None
+    checked: dict[str, float] = {}
     for c in contestants:
         before = c.statements()
+        started = time.perf_counter()
         data = await c.run()
+        checked[c.name] = time.perf_counter() - started
         results[c.name].queries = c.statements() - before
         if reference is None:
             reference = data
@@ -166,9 +184,18 @@ async def measure(workload: Workload, contestants: list[Contestant], warmup: int
             raise MismatchError(f"{workload.name}: {c.name} differs from hutong at "
                                 f"{first_difference(reference, data)}")
 
-    for _ in range(warmup):
-        for c in contestants:
+    # Memory in runs of their own: tracing every allocation slows Python about threefold,
+    # so a traced run is never a timed one.
+    for c in contestants:
+        if c.trace_under is not None and checked[c.name] > c.trace_under:
+            continue  # too slow to trace in a quick run; reported as skipped
+        gc.collect()
+        tracemalloc.start()
+        try:
             await c.run()
+            results[c.name].peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
 
     # Rounds interleave the contestants, so a slow spell of the machine (another process,
     # thermal throttling) hits all of them alike instead of skewing one contestant's median.
@@ -181,17 +208,6 @@ async def measure(workload: Workload, contestants: list[Contestant], warmup: int
             started = time.perf_counter()
             await c.run()
             results[c.name].times.append(time.perf_counter() - started)
-
-    # Memory in runs of their own: tracing every allocation slows Python several-fold, so
-    # traced runs would make useless timings.
-    for c in contestants:
-        gc.collect()
-        tracemalloc.start()
-        try:
-            await c.run()
-            results[c.name].peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
     return WorkloadResult(workload, results)
 
 
@@ -199,21 +215,30 @@ def _ratio(value: float) -> str:
     return f"{value:.1f}x" if value < 10 else f"{value:.0f}x"
 
 
+def _ms(seconds: float) -> str:
+    ms = seconds * 1000
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}"
+
+
 def report(result: WorkloadResult) -> None:
     w = result.workload
-    table = Table(title=f"[bold]{w.name}[/]: {w.description}", title_justify="left")
+    # SIMPLE_HEAD keeps the table within 80 columns, the width rich assumes when piped.
+    table = Table(title=f"[bold]{w.name}[/]: {w.description}", title_justify="left", caption_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("contestant")
     table.add_column("median ms", justify="right")
-    table.add_column("min–max ms", justify="right")
+    table.add_column("range ms", justify="right")
     table.add_column("rounds", justify="right")
     table.add_column("vs direct", justify="right")
-    table.add_column("source queries/run", justify="right")
+    table.add_column("queries", justify="right")
     table.add_column("peak MiB", justify="right")
+    if any(m.peak is None for m in result.measurements.values()):
+        table.caption = "peak skipped: tracing triples a slow run; traced with 2+ naive rounds (--rounds 10+)"
     for name, m in result.measurements.items():
-        table.add_row(
-            name, f"{m.median_ms:.2f}", f"{min(m.times) * 1000:.1f}–{max(m.times) * 1000:.1f}", str(len(m.times)),
-            _ratio(result.ratio(name, "direct")), str(m.queries), f"{m.peak / 2**20:.2f}",
-        )
+        peak = "skipped" if m.peak is None else f"{m.peak / 2**20:.2f}"
+        spread = _ms(m.times[0]) if len(m.times) == 1 else f"{_ms(min(m.times))}–{_ms(max(m.times))}"
+        table.add_row(name, f"{m.median_ms:.2f}", spread, str(len(m.times)),
+                      _ratio(result.ratio(name, "direct")), str(m.queries), peak)
     console.print(table)
 
 
@@ -267,8 +292,10 @@ def _contestants(w: Workload, gateway: Gateway, baseline: Baseline, naive: Naive
     out = [Contestant("hutong", hutong, hutong_statements, rounds),
            Contestant("direct", partial(w.direct, baseline), baseline_statements, rounds)]
     if w.naive:
+        # A quick run (one naive round) skips tracing a naive run of over a second: traced, the
+        # bulk one takes about 20 s on a 2-core machine, more than the rest of a quick run together.
         out.append(Contestant("naive", partial(naive.run, w.query, w.variables), baseline_statements,
-                              min(rounds, naive_rounds)))
+                              naive_rounds, warm=False, trace_under=1.0 if naive_rounds == 1 else None))
     return out
 
 
@@ -280,23 +307,27 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help=f"timed rounds per contestant (default {DEFAULT_ROUNDS})")
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
                         help=f"untimed rounds first (default {DEFAULT_WARMUP})")
-    parser.add_argument("--naive-rounds", type=int, default=DEFAULT_NAIVE_ROUNDS,
-                        help=f"at most this many timed rounds for the slow naive contestant "
-                             f"(default {DEFAULT_NAIVE_ROUNDS})")
+    parser.add_argument("--naive-rounds", type=int, default=None,
+                        help=f"timed rounds of the slow naive contestant (default: a fifth of --rounds, "
+                             f"1 to {MAX_NAIVE_ROUNDS})")
     args = parser.parse_args(argv)
+    if args.naive_rounds is None:
+        args.naive_rounds = naive_rounds_for(args.rounds)
     if args.residents < 1000:
         parser.error("--residents must be at least 1000: the bulk and page workloads ask for 1,000 residents")
     if args.rounds < 1 or args.warmup < 0 or args.naive_rounds < 1:
         parser.error("--rounds and --naive-rounds must be at least 1, --warmup at least 0")
 
-    console.print(f"hutong federation benchmark, {dt.date.today().isoformat()}: Python {platform.python_version()}, "
-                  f"{os.cpu_count()} CPUs, {platform.machine()} {platform.system()}; "
-                  f"{args.rounds} rounds after {args.warmup} warm-up (naive: {min(args.rounds, args.naive_rounds)})")
+    console.print(f"hutong federation benchmark, {dt.date.today().isoformat()}, Python {platform.python_version()}, "
+                  f"{os.cpu_count()} CPUs ({platform.machine()} {platform.system()})")
+    console.print(f"{args.residents:,} residents; timed rounds: {args.rounds} after {args.warmup} warm-up "
+                  f"(naive: {args.naive_rounds}, no warm-up)")
     started = time.perf_counter()
     try:
         results = asyncio.run(run(args.residents, args.rounds, args.warmup, args.naive_rounds))
     except MismatchError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        # markup=False: the message quotes data, whose brackets rich would take for markup.
+        console.print(f"error: {exc}", style="red", markup=False)
         sys.exit(1)
     console.print()
     for r in results:

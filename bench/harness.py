@@ -8,6 +8,7 @@ numbers they stand for. They open the very same SQLite files, read-only, as the 
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -25,6 +26,8 @@ __all__ = ["SQL_DEPARTMENTS", "Baseline", "ServerThread", "keyed"]
 
 # The departments kept in SQLite files by demo.build, named <code>.sqlite.
 SQL_DEPARTMENTS = ("psb", "hrss", "mr", "health", "civil")
+# Connections per source: SQLAlchemy's default pool size, and the gateway's for REST sources.
+POOL_SIZE = 5
 
 
 def keyed(text: str) -> sa.TextClause:
@@ -86,10 +89,15 @@ class Baseline:
             engine = create_async_engine(f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true")
             event.listen(engine.sync_engine, "before_cursor_execute", self._count_statement)
             self.engines[dept] = engine
-        # The gateway's REST connector limits: five pooled connections per source.
+        # At most as many statements in flight per source as the pool holds connections, and
+        # as many requests as the HTTP client keeps connections. Without these, graphql-core
+        # starts every resolver of a 1,000-item list at once, and the thousands of waiters
+        # make SQLAlchemy's pool and httpx's connection pool spend seconds on queueing alone
+        # (with pool timeouts after 30 s): a failure no real N+1 server would be left with.
+        self.limits = {dept: asyncio.Semaphore(POOL_SIZE) for dept in (*SQL_DEPARTMENTS, "housing")}
         self.http = httpx.AsyncClient(
             base_url=housing_url, timeout=10.0,
-            limits=httpx.Limits(max_connections=5, max_keepalive_connections=5),
+            limits=httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE),
             event_hooks={"request": [self._count_request]},
         )
 
@@ -101,21 +109,22 @@ class Baseline:
 
     async def rows(self, dept: str, stmt: sa.TextClause, params: dict[str, Any]) -> Sequence[sa.Row[Any]]:
         """One statement on one department, rows as tuples (the cheapest form SQLAlchemy gives)."""
-        async with self.engines[dept].connect() as conn:
+        async with self.limits[dept], self.engines[dept].connect() as conn:
             return (await conn.execute(stmt, params)).all()
 
     async def dicts(self, dept: str, stmt: sa.TextClause, params: dict[str, Any]) -> list[dict[str, Any]]:
         """One statement, rows as plain dicts: what graphene's default resolvers can read."""
-        async with self.engines[dept].connect() as conn:
+        async with self.limits[dept], self.engines[dept].connect() as conn:
             return [dict(r) for r in (await conn.execute(stmt, params)).mappings()]
 
     async def properties(self, params: list[tuple[str, str]], *, batched: bool) -> list[dict[str, Any]]:
         """Housing records: ``POST /properties/_query`` for key batches (keys do not fit in a
         URL), ``GET /properties`` otherwise; the gateway's REST connector does the same."""
-        if batched:
-            resp = await self.http.post("/properties/_query", json={"params": [list(p) for p in params]})
-        else:
-            resp = await self.http.get("/properties", params=params)
+        async with self.limits["housing"]:
+            if batched:
+                resp = await self.http.post("/properties/_query", json={"params": [list(p) for p in params]})
+            else:
+                resp = await self.http.get("/properties", params=params)
         resp.raise_for_status()
         items: list[dict[str, Any]] = resp.json()["items"]
         return items

@@ -63,7 +63,7 @@ async def check_sources(catalog: Catalog, urls: dict[str, str]) -> list[str]:
         if src.kind == "sql":
             try:
                 tables = await _reflect(url)
-            except Exception as exc:
+            except Exception as exc:  # any connection failure: reported by kind
                 problems.append(f"source {code}: cannot connect to reflect its tables ({type(exc).__name__})")
                 continue
             for ds in datasets:

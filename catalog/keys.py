@@ -9,6 +9,7 @@ typo is caught at the edge of the gateway instead of silently returning nothing.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -33,11 +34,17 @@ class InvalidKey(ValueError):
         self.reason = reason
 
 
+def _canonical(value: str) -> str:
+    """NFKC folds the full-width digits and letters Chinese input methods produce (１２３Ｘ) into
+    ASCII; spaces anywhere are dropped, letters upper-cased."""
+    return "".join(unicodedata.normalize("NFKC", value).split()).upper()
+
+
 # --- GB 11643-1999: citizen identification number ----------------------------------------
 
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
-_ID_SHAPE = re.compile(r"^\d{17}[\dX]$")
+_ID_SHAPE = re.compile(r"^[0-9]{17}[0-9X]$")
 
 
 def id_number_check_char(first17: str) -> str:
@@ -54,7 +61,7 @@ def normalise_id_number(value: str) -> str:
     """
     if not isinstance(value, str):
         raise InvalidKey("ID number", "expected a string of 18 characters")
-    v = value.strip().replace(" ", "").upper()
+    v = _canonical(value)
     if len(v) != 18:
         raise InvalidKey("ID number", f"expected 18 characters, got {len(v)}")
     if not _ID_SHAPE.match(v):
@@ -85,7 +92,7 @@ def normalise_credit_code(value: str) -> str:
     """Return the canonical form (upper case, no spaces) or raise InvalidKey."""
     if not isinstance(value, str):
         raise InvalidKey("credit code", "expected a string of 18 characters")
-    v = value.strip().replace(" ", "").upper()
+    v = _canonical(value)
     if len(v) != 18:
         raise InvalidKey("credit code", f"expected 18 characters, got {len(v)}")
     if any(c not in _CC_VALUE for c in v):

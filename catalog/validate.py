@@ -14,9 +14,11 @@ from policies.masks import MASKS
 if TYPE_CHECKING:
     from catalog.model import Catalog, Dataset
 
-# Names the gateway itself puts in the schema; a dataset may not take them.
-RESERVED_TYPES = {"Query", "Mutation", "PageInfo", "Catalog", "CatalogDepartment", "CatalogDataset",
-                  "CatalogField", "CatalogSource", "CatalogEntity", "Date", "DateTime", "Decimal"}
+# Names the gateway itself puts in the schema; a dataset or entity may not take them.
+SCALAR_NAMES = ("String", "Int", "Float", "Boolean", "ID", "Date", "DateTime", "Decimal")
+RESERVED_TYPES = {"Query", "Mutation", "Subscription", "PageInfo", "ShareType", "Sensitivity", "CatalogRoot",
+                  "CatalogContact", "CatalogDepartment", "CatalogDataset", "CatalogField", "CatalogEntity",
+                  *SCALAR_NAMES, *(f"{s}Filter" for s in SCALAR_NAMES)}
 RESERVED_ROOTS = {"catalog", "node", "nodes"}
 
 
@@ -55,7 +57,9 @@ def cross_validate(cat: Catalog, problems: Problems) -> list[EntityLink]:
 
     for ds in cat.datasets.values():
         at = f"{where[f'dataset {ds.code!r}']}: datasets[{ds.code}]"
-        _claim(types, ds.graphql.type, at, "GraphQL type", problems, RESERVED_TYPES)
+        # Each dataset type brings its page and filter input types along.
+        for name in (ds.graphql.type, f"{ds.graphql.type}Page", f"{ds.graphql.type}Filter"):
+            _claim(types, name, at, "GraphQL type", problems, RESERVED_TYPES)
         _claim(roots, ds.graphql.list, at, "root field", problems, RESERVED_ROOTS)
         _check_dataset(cat, ds, at, problems)
 
@@ -190,7 +194,7 @@ def _check_url(kind: str, url: str, at: str, problems: Problems) -> None:
 
 
 def _claim(taken: dict[str, str], name: str, at: str, what: str, problems: Problems, reserved: set[str]) -> None:
-    if name in reserved:
+    if name in reserved or name.startswith("__"):
         problems.add(at, f"{what} {name!r} is reserved by the gateway; choose another")
     elif name in taken:
         problems.add(at, f"{what} {name!r} is already used by {taken[name]}")

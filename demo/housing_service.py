@@ -9,7 +9,7 @@ resolver relies on (docs/rest-sources.md):
   several values), ``f__lt``, ``f__lte``, ``f__gt``, ``f__gte``, ``f__prefix``,
   ``f__isnull=true|false``, all ANDed; ``order_by=f`` (ascending, default property_id);
   ``after=v`` (keyset: only items whose order_by value is greater than v); ``limit=N``
-  (1..10000, default 1000).
+  (1..100000, default 1000).
 - ``POST /properties/_query`` with ``{"params": [["name", "value"], ...]}``: exactly the same
   parameters, carried in the body. The gateway uses it for batched key lookups
   (``owner_id_number__in`` with hundreds of keys), which would not fit in a URL.
@@ -46,7 +46,7 @@ from demo.schema import HOUSING_FIELDS
 __all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "create_app", "main"]
 
 DEFAULT_LIMIT = 1000
-MAX_LIMIT = 10_000
+MAX_LIMIT = 100_000
 PRIMARY_KEY = "property_id"
 
 Item = dict[str, Any]

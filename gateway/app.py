@@ -7,11 +7,13 @@ import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from catalog.loader import load_catalog
+from gateway.access_log import AccessLog
 from gateway.config import Settings, load_settings
 from gateway.explorer import explorer_routes
 from gateway.http import graphql_endpoint, json_response
@@ -46,12 +48,14 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None)
 
     app = Starlette(
         routes=[
-            Route("/graphql", graphql_endpoint, methods=["GET", "POST"]),
+            # Every method reaches the endpoint, so that refusals are GraphQL errors with a code.
+            Route("/graphql", graphql_endpoint, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             *explorer_routes(),
         ],
         lifespan=lifespan,
+        middleware=[Middleware(AccessLog)],
     )
     app.state.gateway = gw
     app.state.settings = settings

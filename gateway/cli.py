@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import orjson
 import typer
 from rich.console import Console
@@ -23,6 +22,7 @@ from rich.text import Text
 
 from catalog.loader import CatalogError, load_catalog
 from gateway.config import REPO_ROOT, ConfigError, Settings, load_settings
+from gateway.logs import LOG_CONFIG
 
 app = typer.Typer(help="hutong: federated data catalogue and GraphQL gateway.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -79,6 +79,20 @@ def _catalog(settings: Settings) -> Any:
         raise typer.Exit(1) from None
 
 
+def _gateway(settings: Settings, cat: Any) -> Any:
+    """The gateway over ``cat``: builds the schema and checks the URL overrides, or exits with why."""
+    from gateway.pipeline import Gateway
+
+    try:
+        return Gateway(cat, settings)
+    except ConfigError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    except Exception as exc:  # graphene/graphql-core name errors: shown without a traceback
+        _error(f"the catalogue does not make a valid GraphQL schema: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def serve(config: ConfigOpt = None,
           host: Annotated[str | None, typer.Option(help="Address to bind (default from config).")] = None,
@@ -88,10 +102,10 @@ def serve(config: ConfigOpt = None,
     import uvicorn
 
     settings = _settings(config)
-    _catalog(settings)  # fail fast, with the catalogue's own message, before binding
+    _gateway(settings, _catalog(settings))  # fail fast, with the catalogue's own message, before binding
     os.environ["HUTONG_CONFIG"] = str(settings.path)
     uvicorn.run("gateway.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-                workers=workers, log_level="info", proxy_headers=False)
+                workers=workers, log_config=LOG_CONFIG, access_log=False, proxy_headers=False)
 
 
 @catalog_app.command("check")
@@ -104,6 +118,7 @@ def catalog_check(config: ConfigOpt = None,
 
     settings = _settings(config)
     cat = _catalog(settings)
+    _gateway(settings, cat)
     out.print(f"catalogue ok: {len(cat.departments)} departments, {len(cat.sources)} sources, "
               f"{len(cat.datasets)} datasets, {sum(len(d.fields) for d in cat.datasets.values())} fields")
     if offline:
@@ -146,7 +161,7 @@ def catalog_discover(source: Annotated[str, typer.Argument(help="A catalogue sou
         url, code = resolve_url(cat.sources[source], settings.base_dir, settings.source_urls.get(source)), source
     try:
         drafts = asyncio.run(discover_sql(url, table or None))
-    except Exception as exc:
+    except Exception as exc:  # shown by kind, never with the URL's secrets
         _error(f"cannot reflect the source: {type(exc).__name__}")
         raise typer.Exit(1) from None
     text = draft_yaml(code, drafts)
@@ -180,16 +195,19 @@ def plan(query: Annotated[str, typer.Argument(help="The GraphQL query, or @file 
          sql: Annotated[bool, typer.Option(help="Also show the SQL each SQL fetch runs.")] = True) -> None:
     """Show the plan of a query: its fetches per level, columns, filters and joins."""
     from gateway.errors import RequestError
-    from gateway.pipeline import Gateway
 
-    text = Path(query[1:]).read_text(encoding="utf-8") if query.startswith("@") else query
+    try:
+        text = Path(query[1:]).read_text(encoding="utf-8") if query.startswith("@") else query
+    except OSError as exc:
+        _error(f"cannot read the query file {query[1:]}: {exc.strerror}")
+        raise typer.Exit(2) from None
     try:
         vars_ = json.loads(variables) if variables else None
     except json.JSONDecodeError as exc:
         _error(f"--variables is not valid JSON: {exc}")
         raise typer.Exit(2) from None
     settings = _settings(config)
-    gw = Gateway(_catalog(settings), settings)
+    gw = _gateway(settings, _catalog(settings))
     try:
         p = gw.plan(text, operation, vars_)
     except RequestError as exc:
@@ -234,6 +252,8 @@ def demo_serve(port: Annotated[int | None, typer.Option(help="Gateway port (defa
     """Start the Housing department's REST service and serve the gateway over the demo city."""
     import uvicorn
 
+    from demo.housing_service import create_app as housing_app
+
     showcase_file = DEMO_DATA / "showcase.json"
     if not showcase_file.exists():
         _error("the demo city is not built: run `make demo` or `hutong demo build`")
@@ -241,33 +261,28 @@ def demo_serve(port: Annotated[int | None, typer.Option(help="Gateway port (defa
     os.environ["HUTONG_HOUSING_PORT"] = str(housing_port)
     settings = _settings(None)
     gw_port = port or settings.port
-    housing = subprocess.Popen([sys.executable, "-m", "demo.housing_service", "--data",
-                                str(DEMO_DATA / "housing.json"), "--port", str(housing_port)], cwd=REPO_ROOT)
-    try:
-        _wait_http(f"http://127.0.0.1:{housing_port}/healthz", housing)
-        showcase = json.loads(showcase_file.read_text(encoding="utf-8"))
-        _banner(settings.host, gw_port, housing_port, showcase)
-        os.environ["HUTONG_CONFIG"] = str(settings.path)
-        uvicorn.run("gateway.app:create_app", factory=True, host=settings.host, port=gw_port, log_level="info")
-    finally:
-        housing.terminate()
-        housing.wait(timeout=10)
-
-
-def _wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 15) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            _error(f"the Housing service exited (status {proc.returncode}); is its port in use?")
+    # The Housing bureau's service runs in a thread of this process, so that however the demo
+    # is stopped (Ctrl-C, SIGTERM), it stops too and never holds its port afterwards.
+    housing = uvicorn.Server(uvicorn.Config(housing_app(DEMO_DATA / "housing.json"), host="127.0.0.1",
+                                            port=housing_port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=housing.run, name="housing-service", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not housing.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            _error(f"the Housing service could not start on port {housing_port}; is it in use? "
+                   "Set HOUSING_PORT=... (make) or --housing-port")
             raise typer.Exit(1)
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    _error(f"the Housing service did not answer at {url} within {seconds:g} s")
-    raise typer.Exit(1)
+        time.sleep(0.05)
+    showcase = json.loads(showcase_file.read_text(encoding="utf-8"))
+    _banner(settings.host, gw_port, housing_port, showcase)
+    os.environ["HUTONG_CONFIG"] = str(settings.path)
+    try:
+        uvicorn.run("gateway.app:create_app", factory=True, host=settings.host, port=gw_port,
+                    log_config=LOG_CONFIG, access_log=False)
+    finally:
+        housing.should_exit = True
+        thread.join(timeout=5)
 
 
 def _banner(host: str, port: int, housing_port: int, showcase: dict[str, str]) -> None:

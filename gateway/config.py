@@ -33,6 +33,9 @@ class Settings:
     default_limit: int = 100  # rows per page when a query gives no limit
     max_limit: int = 1000  # the largest limit a query may ask for
     max_keys: int = 1000  # keys in one persons(idNumbers: [...]) style argument
+    max_depth: int = 12  # nesting of objects in a query
+    max_rows: int = 10_000  # rows one fetch may return (a nested list over many parents included)
+    max_nodes: int = 200_000  # objects in one response
     source_urls: dict[str, str] = field(default_factory=dict)  # per-source URL overrides
 
     @property
@@ -51,8 +54,12 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{cfg_path}: not valid TOML: {exc}") from None
 
+    sections = sorted(set(raw) - {"gateway", "sources"})
+    if sections:
+        raise ConfigError(f"{cfg_path}: unknown section(s) {', '.join(sections)}; known: [gateway], [sources.CODE]")
     gw: dict[str, Any] = raw.get("gateway", {})
-    known = {"catalog", "host", "port", "debug", "default_limit", "max_limit", "max_keys"}
+    known = {"catalog", "host", "port", "debug", "default_limit", "max_limit", "max_keys", "max_depth", "max_rows",
+             "max_nodes"}
     unknown = sorted(set(gw) - known)
     if unknown:
         raise ConfigError(f"{cfg_path}: [gateway] has unknown key(s) {', '.join(unknown)}; "
@@ -61,7 +68,11 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     cats = [cats] if isinstance(cats, str) else list(cats)
     base = cfg_path.parent
 
-    overrides = {code: str(v["url"]) for code, v in raw.get("sources", {}).items() if "url" in v}
+    overrides: dict[str, str] = {}
+    for code, entry in raw.get("sources", {}).items():
+        if not isinstance(entry, dict) or set(entry) != {"url"}:
+            raise ConfigError(f"{cfg_path}: [sources.{code}] takes exactly one key, url")
+        overrides[code] = str(entry["url"])
     prefix = "HUTONG_SOURCE_"
     for key, value in env.items():
         if key.startswith(prefix) and key.endswith("_URL"):
@@ -77,7 +88,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
             raise ConfigError(f"{name} out of range: {n}")
         return n
 
-    return Settings(
+    settings = Settings(
         path=cfg_path,
         catalog=tuple((base / c).resolve() for c in cats),
         host=env.get("HUTONG_HOST", gw.get("host", "127.0.0.1")),
@@ -86,5 +97,12 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         default_limit=num("default_limit", 100),
         max_limit=num("max_limit", 1000),
         max_keys=num("max_keys", 1000),
+        max_depth=num("max_depth", 12),
+        max_rows=num("max_rows", 10_000),
+        max_nodes=num("max_nodes", 200_000),
         source_urls=overrides,
     )
+    if settings.default_limit > settings.max_limit:
+        raise ConfigError(f"{cfg_path}: default_limit ({settings.default_limit}) exceeds max_limit "
+                          f"({settings.max_limit})")
+    return settings

@@ -106,6 +106,10 @@ def prepare(cache: DocumentCache, text: Any, operation_name: Any, variables: Any
             raise RequestError(Code.OPERATION_NOT_FOUND,
                                f"no operation named {operation_name!r} in the document; it has: {names}")
         operation = found[0]
+    if cache.schema.get_root_type(operation.operation) is None:
+        # graphql-core's validation leaves this to execution; refuse it here, before planning.
+        raise RequestError(Code.GRAPHQL_VALIDATION_FAILED,
+                           f"this gateway has no {operation.operation.value} operations: send a query")
     if operation.operation is not OperationType.QUERY and method == "GET":
         raise RequestError(Code.METHOD_NOT_ALLOWED, f"{operation.operation.value} operations must be sent with POST",
                            405, headers={"Allow": "POST"})

@@ -19,12 +19,15 @@ class Code(StrEnum):
     GRAPHQL_VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
     BAD_USER_INPUT = "BAD_USER_INPUT"  # arguments or variables with wrong values (invalid keys, limits)
     OPERATION_NOT_FOUND = "OPERATION_NOT_FOUND"
+    QUERY_TOO_DEEP = "QUERY_TOO_DEEP"  # nesting beyond max_depth
+    QUERY_TOO_COSTLY = "QUERY_TOO_COSTLY"  # the answer would hold more than max_nodes objects
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     NOT_ACCEPTABLE = "NOT_ACCEPTABLE"
     SOURCE_UNAVAILABLE = "SOURCE_UNAVAILABLE"
     SOURCE_TIMEOUT = "SOURCE_TIMEOUT"
     SOURCE_ERROR = "SOURCE_ERROR"
+    ROW_LIMIT_EXCEEDED = "ROW_LIMIT_EXCEEDED"  # one fetch matched more than max_rows records
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
 
 

@@ -15,6 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gateway.logs import where
 from gateway.plan import Fetch, Plan
 from resolvers.base import Row
 from resolvers.errors import SourceError, SourceFailure
@@ -51,10 +52,15 @@ async def execute(plan: Plan, sources: Sources) -> dict[int, FetchResult]:
         except SourceError as exc:
             log.warning("fetch %d (%s) failed: %s %s", f.id, f.dataset, exc.failure.value, exc.message)
             return FetchResult(f, error=exc)
-        except Exception:  # a bug or an unexpected driver error: logged here, reported as SOURCE_ERROR
-            log.exception("fetch %d (%s) raised", f.id, f.dataset)
+        except Exception as exc:  # a bug or an unexpected driver error: logged here, reported as SOURCE_ERROR
+            log.error("fetch %d (%s) raised %s at %s", f.id, f.dataset, type(exc).__name__, where(exc))
             return FetchResult(f, error=SourceError(f.source, SourceFailure.ERROR,
                                                     f"source {f.source!r} failed unexpectedly"))
+        if f.row_cap is not None and len(rows) > f.row_cap:
+            return FetchResult(f, error=SourceError(
+                f.source, SourceFailure.ROW_LIMIT,
+                f"{f.dataset} matched more than {f.row_cap} records for this request (max_rows): "
+                "ask for fewer parents or filter the nested list"))
         result = FetchResult(f, rows=rows)
         if f.page and f.query.limit is not None:
             # One row beyond the page was asked for only to learn whether a next page exists.

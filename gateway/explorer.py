@@ -21,6 +21,8 @@ from starlette.responses import HTMLResponse
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
+from gateway.accept import parse_accept, quality
+
 __all__ = [
     "DEFAULT_QUERY",
     "EXPLORER_CSP",
@@ -91,59 +93,18 @@ _PAGE_TEMPLATE = """\
 """
 
 
-def _parse_accept(header: str) -> list[tuple[str, float]]:
-    """Parse an Accept header into ``(media_range, q)`` pairs (lower-cased, params dropped)."""
-    ranges: list[tuple[str, float]] = []
-    for part in header.split(","):
-        pieces = [p.strip() for p in part.split(";")]
-        media = pieces[0].lower()
-        if not media or "/" not in media:
-            continue
-        q = 1.0
-        for param in pieces[1:]:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value.strip())
-                except ValueError:
-                    q = 0.0
-                q = min(max(q, 0.0), 1.0)
-        ranges.append((media, q))
-    return ranges
-
-
-def _quality(ranges: list[tuple[str, float]], media_type: str) -> float:
-    """The q of ``media_type`` under the most specific matching range (RFC 9110 12.5.1)."""
-    main = media_type.split("/", 1)[0]
-    best_specificity = -1
-    best_q = 0.0
-    for media, q in ranges:
-        if media == media_type:
-            specificity = 2
-        elif media == f"{main}/*":
-            specificity = 1
-        elif media == "*/*":
-            specificity = 0
-        else:
-            continue
-        if specificity > best_specificity or (specificity == best_specificity and q > best_q):
-            best_specificity, best_q = specificity, q
-    return best_q
-
-
 def wants_explorer(request: Request) -> bool:
-    """True for a browser navigation: a GET without a ``query`` parameter whose Accept
-    header prefers text/html over JSON (``*/*`` alone, a missing Accept or a JSON Accept
-    all mean an API client, which gets JSON)."""
+    """True for a browser navigation: a GET whose Accept header prefers text/html over JSON
+    (``*/*`` alone, a missing Accept or a JSON Accept all mean an API client, which gets
+    JSON). A browser opening a shared ``/graphql?query=...`` link gets the explorer with
+    that query in the editor."""
     if request.method != "GET":
         return False
-    if "query" in request.query_params:
-        return False
-    ranges = _parse_accept(request.headers.get("accept", ""))
+    ranges = parse_accept(request.headers.get("accept", ""))
     if not ranges:
         return False
-    html_q = max(_quality(ranges, media) for media in _HTML_MEDIA)
-    json_q = max(_quality(ranges, media) for media in _JSON_MEDIA)
+    html_q = max(quality(ranges, media) for media in _HTML_MEDIA)
+    json_q = max(quality(ranges, media) for media in _JSON_MEDIA)
     return html_q > 0 and html_q > json_q
 
 

@@ -19,8 +19,10 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.accept import best_of
 from gateway.errors import Code, GraphQLErrorOut, RequestError
 from gateway.explorer import explorer_page, wants_explorer
+from gateway.logs import where
 from gateway.pipeline import Gateway, Outcome
 
 __all__ = ["graphql_endpoint", "json_response"]
@@ -29,6 +31,7 @@ log = logging.getLogger("hutong.http")
 
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 JSON = "application/json"
+# 1 MiB of JSON is far beyond any legitimate query with its variables.
 MAX_BODY = 1 << 20
 # What a newcomer sees first in the explorer: what exists, who provides it, on what terms.
 EXPLORER_QUERY = """# Welcome to hutong. Run this (Ctrl-Enter) to see what the departments share,
@@ -50,27 +53,6 @@ def json_response(body: Any, status: int = 200, media_type: str = JSON,
     return Response(content, status_code=status, media_type=f"{media_type}; charset=utf-8", headers=headers)
 
 
-def _negotiate(accept: str | None) -> str | None:
-    """The response media type for an Accept header, or None if we can offer nothing it accepts."""
-    if not accept:
-        return JSON
-    best: tuple[float, str] | None = None
-    for part in accept.split(","):
-        media, *params = (p.strip() for p in part.split(";"))
-        q = 1.0
-        for p in params:
-            if p.startswith("q="):
-                try:
-                    q = float(p[2:])
-                except ValueError:
-                    q = 0.0
-        offer = {GRAPHQL_RESPONSE: GRAPHQL_RESPONSE, JSON: JSON, "application/*": GRAPHQL_RESPONSE,
-                 "*/*": GRAPHQL_RESPONSE}.get(media.lower())
-        if offer and q > 0 and (best is None or q > best[0]):
-            best = (q, offer)
-    return best[1] if best else None
-
-
 async def _params(request: Request) -> tuple[Any, Any, Any]:
     if request.method == "GET":
         qp = request.query_params
@@ -86,12 +68,20 @@ async def _params(request: Request) -> tuple[Any, Any, Any]:
     if ctype != JSON:
         raise RequestError(Code.UNSUPPORTED_MEDIA_TYPE,
                            f"send the request as Content-Type: application/json (got {ctype or 'none'!r})", 415)
-    size = int(request.headers.get("content-length") or 0)
-    if size > MAX_BODY:
-        raise RequestError(Code.BAD_REQUEST, f"the request body is larger than {MAX_BODY} bytes", 413)
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise RequestError(Code.BAD_REQUEST, f"the request body is larger than {MAX_BODY} bytes", 413)
+    too_large = RequestError(Code.BAD_REQUEST, f"the request body is larger than {MAX_BODY} bytes", 413)
+    declared = request.headers.get("content-length")
+    if declared is not None and not declared.isdigit():
+        raise RequestError(Code.BAD_REQUEST, "the Content-Length header is not a number")
+    if int(declared or 0) > MAX_BODY:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():  # counted as it arrives: a chunked upload has no Content-Length
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise too_large
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -111,10 +101,14 @@ async def graphql_endpoint(request: Request) -> Response:
     # The same URL answers HTML (explorer) or JSON depending on Accept: caches must know.
     headers = {"X-Request-Id": request_id, "Vary": "Accept"}
 
-    if request.method == "GET" and wants_explorer(request):
-        return explorer_page(request, EXPLORER_QUERY)
+    if request.method not in ("GET", "POST"):
+        err = GraphQLErrorOut(f"{request.method} is not supported: send queries with GET or POST",
+                              Code.METHOD_NOT_ALLOWED)
+        return json_response({"errors": [err.to_dict()]}, 405, JSON, {**headers, "Allow": "GET, POST"})
+    if wants_explorer(request):
+        return explorer_page(request, request.query_params.get("query") or EXPLORER_QUERY)
 
-    media = _negotiate(request.headers.get("accept"))
+    media = best_of(request.headers.get("accept"), (GRAPHQL_RESPONSE, JSON))
     if media is None:
         err = GraphQLErrorOut(f"cannot answer in any type the Accept header allows: accept {GRAPHQL_RESPONSE} "
                               f"or {JSON}", Code.NOT_ACCEPTABLE)
@@ -125,8 +119,9 @@ async def graphql_endpoint(request: Request) -> Response:
         outcome = await gateway.run(query, operation_name, variables, method=request.method)
     except RequestError as exc:
         outcome = Outcome(exc.status, {"errors": [e.to_dict() for e in exc.errors]}, None, exc.headers)
-    except Exception:
-        log.exception("request %s failed", request_id)
+    except Exception as exc:
+        # Type and place only: exception text may quote data values.
+        log.error("request %s failed: %s at %s", request_id, type(exc).__name__, where(exc))
         err = GraphQLErrorOut(f"internal error; quote request id {request_id} to the operators",
                               Code.INTERNAL_SERVER_ERROR)
         return json_response({"errors": [err.to_dict()]}, 500, media, headers)

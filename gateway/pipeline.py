@@ -14,7 +14,7 @@ from typing import Any
 from graphql import ExecutionResult, execute
 
 from catalog.model import Catalog
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.document import DocumentCache, Prepared, prepare
 from gateway.errors import Code, GraphQLErrorOut, RequestError
 from gateway.executor import execute as execute_plan
@@ -43,6 +43,12 @@ class Gateway:
     """Everything one gateway process holds: catalogue, schema, planner, source connectors."""
 
     def __init__(self, catalog: Catalog, settings: Settings, sources: Sources | None = None) -> None:
+        unknown = sorted(set(settings.source_urls) - set(catalog.sources))
+        if unknown:
+            # A misspelt override would silently leave the catalogue's URL (perhaps the demo's) in use.
+            raise ConfigError(f"{settings.path}: URL overrides for unknown source(s) {', '.join(unknown)} "
+                              "([sources.CODE] or HUTONG_SOURCE_CODE_URL); "
+                              f"known: {', '.join(sorted(catalog.sources))}")
         self.catalog = catalog
         self.settings = settings
         self.built: BuiltSchema = build_schema(catalog)
@@ -64,7 +70,7 @@ class Gateway:
             prep = self.prepare(query, operation_name, variables, method)
             plan = self.planner.plan(prep)
             results = await execute_plan(plan, self.sources)
-            shaper = Shaper(plan, results)
+            shaper = Shaper(plan, results, self.settings.max_nodes)
             data: dict[str, Any] = {}
             meta = [r.key for r in plan.roots if isinstance(r, Meta)]
             meta_result = self._meta(prep) if meta else None

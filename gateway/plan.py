@@ -38,11 +38,13 @@ class Fetch:
     level: int
     query: SourceQuery  # keys are filled in at execution
     path: str  # response path of the records, e.g. residents.nodes.person.employments
-    selected: list[str] = field(default_factory=list)  # dataset fields the client asked for
+    selected: list[str] = field(default_factory=list)  # dataset fields whose values the client receives
+    filtered: list[str] = field(default_factory=list)  # dataset fields the client's conditions test
     literal_keys: tuple[Any, ...] | None = None  # keys given in the request (entity roots)
     parent: int | None = None  # fetch whose rows give the keys ...
     parent_column: str | None = None  # ... in this column
     page: bool = False  # a root page: one extra row is fetched to know whether there is a next page
+    row_cap: int | None = None  # more rows than this is an error (ROW_LIMIT_EXCEEDED), not a silent cut
 
 
 @dataclass(slots=True)
@@ -150,8 +152,16 @@ class Plan:
         return sorted({f.dataset for f in self.fetches})
 
     def fields(self) -> list[str]:
-        """``dataset.field`` for every field the request selected (what authorisation decides on)."""
-        return sorted({f"{f.dataset}.{c}" for f in self.fetches for c in f.selected})
+        """``dataset.field`` for every field the request reads or tests: what authorisation decides on.
+
+        A filter reveals something about a field even when it is not returned (which ID numbers
+        earn more than X), so filtered fields count; join columns the gateway adds do not.
+        """
+        return sorted({f"{f.dataset}.{c}" for f in self.fetches for c in (*f.selected, *f.filtered)})
+
+    def filtered(self) -> list[str]:
+        """``dataset.field`` for every field a condition of the request tests."""
+        return sorted({f"{f.dataset}.{c}" for f in self.fetches for c in f.filtered})
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready view of the plan. It shows the shape of conditions, never their values."""
@@ -179,4 +189,5 @@ class Plan:
                 for level in self.levels
             ],
             "fields": self.fields(),
+            "filtered": self.filtered(),
         }

@@ -103,6 +103,12 @@ class _Build:
         if selected and column not in fetch.selected:
             fetch.selected.append(column)
 
+    @staticmethod
+    def filters(fetch: Fetch) -> None:
+        for c in fetch.query.conditions:
+            if c.column not in fetch.filtered:
+                fetch.filtered.append(c.column)
+
     def limit(self, value: Any, path: list[str | int], node: FieldNode, default: int | None) -> int | None:
         if value is None:
             return default
@@ -120,9 +126,11 @@ class _Build:
                 continue
             spec = ds.field(columns[gql_name])
             for op_name, value in ops.items():
-                if value is None:
-                    continue
                 op = _OPS[op_name]
+                if value is None:
+                    # An explicit null would mean "no condition" here and "= NULL" (never true) in SQL.
+                    raise self.fail(f"filter.{gql_name}.{op.value} is null: to test for an empty value "
+                                    f"use {{isNull: true}}", path, node)
                 if spec.key and op in (Op.EQ, Op.NE, Op.IN):
                     value = self.keys(spec.key, value if op is Op.IN else [value], path,
                                       node, f"filter.{gql_name}.{'in' if op is Op.IN else op.value}", op is Op.IN)
@@ -175,12 +183,13 @@ class _Build:
         after = None
         if args.get("after") is not None:
             try:
-                after = decode_cursor(args["after"], ds.field(ds.primary_key).type)
+                after = decode_cursor(args["after"], ds.code, ds.field(ds.primary_key).type)
             except ValueError as exc:
                 raise self.fail(f"after: {exc}", [key], node) from None
         fetch = self.new_fetch(ds, 0, f"{key}.nodes", conditions=self.conditions(ds, args.get("filter"), [key], node),
                                order_by=ds.primary_key, after=after, limit=limit + 1)
         fetch.page = True
+        self.filters(fetch)
         self.need(fetch, ds.primary_key)
         page = RootPage(key=key, fetch=fetch.id, limit=limit, order_by=ds.primary_key, nodes=[], page_info=[],
                         typename=[])
@@ -212,6 +221,14 @@ class _Build:
 
     # --- objects ---------------------------------------------------------------------------
 
+    def depth(self, path: list[str | int], node: FieldNode) -> None:
+        top = self.p.settings.max_depth
+        if len(path) > top:
+            message = (f"the query nests objects {len(path)} levels deep; at most {top} are allowed "
+                       f"(max_depth): split it or ask for fewer levels")
+            err = GraphQLErrorOut(message, Code.QUERY_TOO_DEEP, path=list(path))
+            raise RequestError(Code.QUERY_TOO_DEEP, message, 400, errors=[err])
+
     def object_type(self, name: str) -> tuple[GraphQLObjectType, ObjShape]:
         gtype = self.p.schema.get_type(name)
         assert isinstance(gtype, GraphQLObjectType)
@@ -228,6 +245,7 @@ class _Build:
                 yield key, sub, self.p.index.members[(gtype.name, name)]
 
     def dataset_object(self, ds: Dataset, fetch: Fetch, nodes: list[FieldNode], path: list[str | int]) -> ObjShape:
+        self.depth(path, nodes[0])
         gtype, shape = self.object_type(ds.graphql.type)
         for key, sub, m in self.members(gtype, nodes, shape):
             if m.kind == "column":
@@ -246,14 +264,17 @@ class _Build:
                                             self.dataset_object(target, child, sub, [*path, key])))
             else:  # an entity seen from one of its key fields
                 assert m.column is not None and m.entity is not None
-                self.need(fetch, m.column)
-                shape.entries.append(EntityRef(key, m.column, self.entity_object(
-                    m.entity, (fetch.id, m.column), sub, [*path, key], None, f"{fetch.path}.{key}")))
+                entity = self.entity_object(m.entity, (fetch.id, m.column), sub, [*path, key], None,
+                                            f"{fetch.path}.{key}")
+                # The entity's key value is this record's column: returned if the key is selected.
+                self.need(fetch, m.column, selected=any(isinstance(e, KeyValue) for e in entity.entries))
+                shape.entries.append(EntityRef(key, m.column, entity))
         return shape
 
     def entity_object(self, code: str, producer: Producer, nodes: list[FieldNode], path: list[str | int],
                       literal: tuple[str, ...] | None, base: str | None = None) -> ObjShape:
         ent = self.p.catalog.entities[code]
+        self.depth(path, nodes[0])
         gtype, shape = self.object_type(ent.graphql.type)
         parent = producer[0]
         level = 0 if parent is None else self.plan.fetches[parent].level + 1
@@ -276,10 +297,13 @@ class _Build:
                     literal: tuple[str, ...] | None = None) -> Fetch:
         per_key = self.limit(args.get("limit"), path, nodes[0], None) if many else None
         conds = self.conditions(ds, args.get("filter"), path, nodes[0]) if many else ()
+        cap = self.p.settings.max_rows
         fetch = self.new_fetch(ds, level, fetch_path, conditions=conds, key_column=key_column,
-                               order_by=ds.primary_key, limit_per_key=per_key)
+                               order_by=ds.primary_key, limit_per_key=per_key, limit=cap + 1)
+        fetch.row_cap = cap
         fetch.parent, fetch.parent_column = producer
         fetch.literal_keys = literal if producer[0] is None else None
+        self.filters(fetch)
         self.need(fetch, key_column)
         self.need(fetch, ds.primary_key)
         return fetch

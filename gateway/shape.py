@@ -13,7 +13,7 @@ from typing import Any
 
 from catalog.model import DataType
 from gateway.cursor import encode_cursor
-from gateway.errors import Code, GraphQLErrorOut
+from gateway.errors import Code, GraphQLErrorOut, RequestError
 from gateway.executor import FetchResult
 from gateway.plan import (
     ENTITY_KEY,
@@ -55,10 +55,12 @@ def serialise(value: Any, data_type: DataType) -> Any:
 
 
 class Shaper:
-    def __init__(self, plan: Plan, results: dict[int, FetchResult]) -> None:
+    def __init__(self, plan: Plan, results: dict[int, FetchResult], max_nodes: int) -> None:
         self.plan = plan
         self.results = results
         self.errors: list[GraphQLErrorOut] = []
+        self.max_nodes = max_nodes
+        self.budget = max_nodes
 
     def fail(self, result: FetchResult, path: Path) -> None:
         assert result.error is not None
@@ -83,13 +85,25 @@ class Shaper:
         for info in entry.page_info:
             out[info.key] = {
                 k: (result.has_next if what == "hasNextPage"
-                    else (encode_cursor(rows[-1][entry.order_by]) if rows else None) if what == "endCursor"
+                    else self.cursor(result, entry.order_by) if what == "endCursor"
                     else "PageInfo")
                 for k, what in info.entries
             }
         return out
 
+    @staticmethod
+    def cursor(result: FetchResult, order_by: str) -> str | None:
+        return encode_cursor(result.fetch.dataset, result.rows[-1][order_by]) if result.rows else None
+
     def obj(self, shape: ObjShape, row: Row, path: Path) -> dict[str, Any]:
+        self.budget -= 1
+        if self.budget < 0:
+            # Fan-out (the same child rows under many parents) can make an answer far larger
+            # than the rows fetched; stop before it exhausts memory.
+            message = (f"the answer would hold more than {self.max_nodes} objects (max_nodes): "
+                       "ask for fewer records or fewer nested levels")
+            raise RequestError(Code.QUERY_TOO_COSTLY, message, 400,
+                               errors=[GraphQLErrorOut(message, Code.QUERY_TOO_COSTLY)])
         out: dict[str, Any] = {}
         for e in shape.entries:
             if isinstance(e, Scalar):

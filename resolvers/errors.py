@@ -11,6 +11,7 @@ class SourceFailure(StrEnum):
     UNAVAILABLE = "SOURCE_UNAVAILABLE"  # cannot connect
     TIMEOUT = "SOURCE_TIMEOUT"  # no answer within the source's timeout
     ERROR = "SOURCE_ERROR"  # answered, but with an error or with garbage
+    ROW_LIMIT = "ROW_LIMIT_EXCEEDED"  # matched more rows than the gateway takes from one fetch
 
 
 class SourceError(Exception):

@@ -52,3 +52,9 @@ class SourceQuery:
     after: Any = None  # keyset cursor: order_by > after
     limit: int | None = None  # rows in all
     limit_per_key: int | None = None  # rows per key value (nested lists)
+
+    @property
+    def matches_nothing(self) -> bool:
+        """An empty key list or ``in: []`` can match no row: connectors answer without asking the source."""
+        return (self.keys is not None and not self.keys) or any(
+            c.op is Op.IN and not c.value for c in self.conditions)

@@ -15,6 +15,7 @@ from collections import defaultdict
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -24,6 +25,8 @@ from resolvers.errors import SourceError, SourceFailure
 from resolvers.query import Condition, Op, SourceQuery
 
 __all__ = ["RESTConnector", "request_params"]
+
+MAX_QUERY_STRING = 2000  # characters; well inside the URL limits of common servers and proxies
 
 _SUFFIX = {Op.EQ: "", Op.NE: "__ne", Op.IN: "__in", Op.LT: "__lt", Op.LTE: "__lte", Op.GT: "__gt",
            Op.GTE: "__gte", Op.PREFIX: "__prefix", Op.IS_NULL: "__isnull"}
@@ -72,12 +75,11 @@ class RESTConnector:
         )
 
     async def fetch(self, query: SourceQuery) -> list[Row]:
+        if query.matches_nothing:
+            return []
         if query.keys is not None:
-            if not query.keys:
-                return []
             keys = list(query.keys)
             chunks = [keys[i:i + self.max_batch] for i in range(0, len(keys), self.max_batch)]
-            # A key-batched request asks for every matching row; the limit applies per key below.
             parts = await asyncio.gather(*(self._get(query, chunk) for chunk in chunks))
             rows = [row for part in parts for row in part]
         else:
@@ -96,11 +98,10 @@ class RESTConnector:
 
     async def _get(self, query: SourceQuery, keys: list[Any] | None) -> list[Row]:
         params = request_params(query, keys)
-        if keys is not None:  # per-key limits are applied by the caller
-            params = [p for p in params if p[0] != "limit"]
         self.statements += 1
         try:
-            if keys is None:
+            # Key batches, and filters too long for a URL, travel in the body of POST _query.
+            if keys is None and len(urlencode(params)) <= MAX_QUERY_STRING:
                 resp = await self.client.get(query.location, params=params)
             else:
                 resp = await self.client.post(query.location.rstrip("/") + "/_query", json={"params": params})
@@ -139,25 +140,64 @@ class RESTConnector:
 
 
 def _decode(row: Row, query: SourceQuery, source: str) -> Row:
-    """Keep the asked columns and turn JSON values into the catalogue's types."""
+    """Keep the asked columns and check each JSON value against the catalogue type.
+
+    JSON is loosely typed and REST services vary; a value of the wrong type ("12" for an
+    integer, "false" for a boolean) is the source's error, never silently coerced.
+    """
     out: Row = {}
     for col in query.columns:
         v = row.get(col)
-        t = query.types[col]
-        if v is None:
-            out[col] = None
-            continue
-        try:
-            if t is DataType.DATE and isinstance(v, str):
-                v = date.fromisoformat(v[:10])
-            elif t is DataType.DATETIME and isinstance(v, str):
-                v = datetime.fromisoformat(v)
-            elif t is DataType.DECIMAL:
-                v = Decimal(str(v))
-            elif t is DataType.FLOAT and isinstance(v, int | float) and not isinstance(v, bool):
-                v = float(v)
-        except ValueError:
-            raise SourceError(source, SourceFailure.ERROR,
-                              f"source answered a value of the wrong type for {query.dataset}.{col}") from None
+        if v is not None:
+            try:
+                v = _DECODERS[query.types[col]](v)
+            except (ValueError, TypeError, ArithmeticError):
+                # The message names the field, never the value: it may be personal data.
+                raise SourceError(source, SourceFailure.ERROR,
+                                  f"source {source!r} answered a value of the wrong type for "
+                                  f"{query.dataset}.{col} ({query.types[col].value} expected)") from None
         out[col] = v
     return out
+
+
+def _strict(*types: type) -> Any:
+    def check(v: Any) -> Any:
+        if (isinstance(v, bool) and bool not in types) or not isinstance(v, types):
+            raise TypeError
+        return v
+    return check
+
+
+def _number(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise TypeError
+    return float(v)
+
+
+def _decimal(v: Any) -> Decimal:
+    if isinstance(v, bool) or not isinstance(v, str | int | float):
+        raise TypeError
+    return Decimal(str(v))
+
+
+def _date(v: Any) -> date:
+    if not isinstance(v, str) or len(v) != 10:
+        raise TypeError
+    return date.fromisoformat(v)
+
+
+def _datetime(v: Any) -> datetime:
+    if not isinstance(v, str):
+        raise TypeError
+    return datetime.fromisoformat(v)
+
+
+_DECODERS: dict[DataType, Any] = {
+    DataType.STRING: _strict(str),
+    DataType.INTEGER: _strict(int),
+    DataType.FLOAT: _number,
+    DataType.DECIMAL: _decimal,
+    DataType.BOOLEAN: _strict(bool),
+    DataType.DATE: _date,
+    DataType.DATETIME: _datetime,
+}

@@ -61,9 +61,9 @@ class SQLConnector:
         self.statements += 1
 
     async def fetch(self, query: SourceQuery) -> list[Row]:
+        if query.matches_nothing:
+            return []
         if query.keys is not None:
-            if not query.keys:
-                return []
             chunks = [query.keys[i:i + self.max_batch] for i in range(0, len(query.keys), self.max_batch)]
             parts = await asyncio.gather(*(self._run(self.select(query, chunk)) for chunk in chunks))
             return [row for part in parts for row in part]
@@ -122,7 +122,7 @@ class SQLConnector:
                     await conn.execute(sa.text("SELECT 1"))
         except TimeoutError:
             raise SourceError(self.code, SourceFailure.TIMEOUT, "no answer to SELECT 1") from None
-        except Exception as exc:
+        except Exception as exc:  # any failure means not ready; the kind is reported
             raise SourceError(self.code, SourceFailure.UNAVAILABLE, f"unavailable: {_kind(exc)}") from None
 
     async def close(self) -> None:

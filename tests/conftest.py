@@ -207,7 +207,7 @@ def mariadb_url(city: City) -> Iterator[str]:
 
     try:
         arun(admin(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"))
-    except Exception as exc:
+    except Exception as exc:  # aiomysql raises several kinds when the server is away
         service_unavailable("MariaDB at 127.0.0.1:3306", exc)
     url = f"mysql+aiomysql://root@127.0.0.1:3306/{name}?charset=utf8mb4"
 

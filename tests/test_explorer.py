@@ -37,7 +37,7 @@ VENDORED = [
 def make_app(default_query: str = DEFAULT_QUERY) -> Starlette:
     async def graphql(request: Request):
         if wants_explorer(request):
-            return explorer_page(request, default_query=default_query)
+            return explorer_page(request, default_query=request.query_params.get("query") or default_query)
         return JSONResponse({"data": None, "errors": [{"message": "no schema in this test app"}]})
 
     return Starlette(routes=[Route("/graphql", graphql, methods=["GET", "POST"]), *explorer_routes()])
@@ -178,9 +178,10 @@ def test_api_clients_get_json(client: TestClient, headers: dict[str, str]) -> No
     assert "errors" in resp.json()
 
 
-def test_query_param_or_post_never_gets_page(client: TestClient) -> None:
+def test_shared_query_link_opens_in_the_explorer_and_post_never_gets_page(client: TestClient) -> None:
     resp = client.get("/graphql", params={"query": "{ __typename }"}, headers={"Accept": BROWSER_ACCEPT})
-    assert resp.headers["content-type"].startswith("application/json")
+    assert resp.headers["content-type"].startswith("text/html")
+    assert 'data-default-query="{ __typename }"' in resp.text
     resp = client.post("/graphql", json={"query": "{ __typename }"}, headers={"Accept": BROWSER_ACCEPT})
     assert resp.headers["content-type"].startswith("application/json")
 
