@@ -94,6 +94,9 @@ def test_the_demo_catalogue_is_valid() -> None:
     ({"datasets__0__fields__1__share": _DELETE}, "missing required key fields[2:name].share"),
     ({"datasets__0__graphql__type": "Query"}, "GraphQL type 'Query' is reserved"),
     ({"datasets__0__graphql__type": "Person"}, "GraphQL type 'Person' is already used"),
+    ({"datasets__0__graphql__type": "String"}, "GraphQL type 'String' is reserved"),
+    ({"datasets__0__graphql__type": "StringFilter"}, "GraphQL type 'StringFilter' is reserved"),
+    ({"datasets__0__graphql__type": "CatalogField"}, "GraphQL type 'CatalogField' is reserved"),
     ({"datasets__0__graphql__list": "person"}, "root field 'person' is already used"),
     ({"sources__0__url": "postgresql+asyncpg://app:hunter2@db/x"}, "url contains a literal password"),
     ({"sources__0__kind": "rest", "datasets__0__table": _DELETE, "datasets__0__endpoint": "/r",
@@ -232,3 +235,12 @@ async def test_discover_drafts_a_loadable_entry_and_finds_keys(city_dir: Path, t
     doc["datasets"] = [business]
     write(tmp_path, doc)
     assert "mr.business" in load_catalog(tmp_path).datasets
+
+
+def test_a_type_may_not_take_another_datasets_page_name(tmp_path: Path) -> None:
+    doc = copy.deepcopy(BASE)
+    second = copy.deepcopy(doc["datasets"][0])
+    second.update(code="psb.extra", graphql={"type": "ResidentPage", "list": "extras"})
+    doc["datasets"].append(second)
+    found = problems(tmp_path, doc)
+    assert any("datasets[psb.extra]: GraphQL type 'ResidentPage' is already used" in p for p in found), found

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from gateway.cli import app
-from tests.conftest import write_config
+from tests.conftest import DEMO_CATALOG, write_config
 
 runner = CliRunner()
 
@@ -87,3 +88,19 @@ def test_discover_from_a_url(city_dir: Path, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     text = out.read_text(encoding="utf-8")
     assert "table: subsistence_case" in text and "key: id_number" in text and "TODO" in text
+
+
+@pytest.mark.parametrize(("toml", "words"), [
+    ('[gateway]\ncatalog = "CAT"\n[source.psb_registry]\nurl = "x"\n', "unknown section(s) source"),
+    ('[gateway]\ncatalog = "CAT"\n[sources.hrss]\nurl = "sqlite+aiosqlite:///x"\n',
+     "URL overrides for unknown source(s) hrss"),
+    ('[gateway]\ncatalog = "CAT"\n[sources.hrss_db]\nurll = "x"\n', "[sources.hrss_db] takes exactly one key, url"),
+    ('[gateway]\ncatalog = "CAT"\ndefault_limit = 500\nmax_limit = 50\n', "default_limit (500) exceeds max_limit"),
+    ('[gateway]\ncatalog = "CAT"\nmax_lmit = 5\n', "[gateway] has unknown key(s) max_lmit"),
+])
+def test_configuration_typos_are_refused(tmp_path: Path, toml: str, words: str) -> None:
+    cfg = tmp_path / "h.toml"
+    cfg.write_text(toml.replace("CAT", str(DEMO_CATALOG)), encoding="utf-8")
+    r = run("catalog", "check", "--offline", "--config", str(cfg))
+    assert r.exit_code == 2, r.output
+    assert words in r.output

@@ -184,3 +184,87 @@ async def test_a_missing_sqlite_file_is_unavailable_and_not_created(make_setting
     await gw.close()
     assert out.body["errors"][0]["extensions"]["code"] == "SOURCE_UNAVAILABLE"
     assert not missing.exists()  # the gateway opens department files read-only
+
+
+@pytest.mark.parametrize(("query", "code", "words"), [
+    ("{ residents { nodes { " + "householdMembers { " * 13 + "name" + " }" * 13 + " } } }", "QUERY_TOO_DEEP",
+     "at most 12 are allowed (max_depth)"),
+    ('{ residents(filter: {district: {eq: null}}) { nodes { name } } }', "BAD_USER_INPUT",
+     "filter.district.eq is null: to test for an empty value use {isNull: true}"),
+    ("mutation { residents { nodes { name } } }", "GRAPHQL_VALIDATION_FAILED", "no mutation operations"),
+    ("subscription { residents { nodes { name } } }", "GRAPHQL_VALIDATION_FAILED", "no subscription operations"),
+])
+async def test_request_guards(client: httpx.AsyncClient, query: str, code: str, words: str) -> None:
+    r = await client.post("/graphql", json={"query": query}, headers={"accept": GQL})
+    assert r.status_code == 400, r.text
+    assert code_of(r) == code and words in r.json()["errors"][0]["message"]
+
+
+async def test_cursor_from_another_list_is_refused(client: httpx.AsyncClient) -> None:
+    r = await client.post("/graphql", json={"query": "{ businesses(limit: 1) { pageInfo { endCursor } } }"})
+    cursor = r.json()["data"]["businesses"]["pageInfo"]["endCursor"]
+    r = await client.post("/graphql", json={"query": "query($c: String) { residents(after: $c) { nodes { name } } }",
+                                            "variables": {"c": cursor}}, headers={"accept": GQL})
+    assert r.status_code == 400 and code_of(r) == "BAD_USER_INPUT"
+    assert "belongs to another list (mr.business)" in r.json()["errors"][0]["message"]
+
+
+async def test_fan_out_is_capped_by_max_nodes(make_settings: Any) -> None:
+    c, gw = await client_for(make_settings(max_nodes=500))
+    async with c:
+        query = "{ residents(limit: 300) { nodes { householdMembers { name } } } }"
+        r = await c.post("/graphql", json={"query": query}, headers={"accept": GQL})
+    await gw.close()
+    assert r.status_code == 400 and code_of(r) == "QUERY_TOO_COSTLY"
+    assert "more than 500 objects (max_nodes)" in r.json()["errors"][0]["message"]
+    assert "data" not in r.json()
+
+
+async def test_a_nested_list_over_max_rows_is_an_error_not_a_cut(make_settings: Any) -> None:
+    c, gw = await client_for(make_settings(max_rows=50))
+    query = "{ residents(limit: 200) { nodes { name person { vaccinations { vaccine } } } } }"
+    async with c:
+        r = await c.post("/graphql", json={"query": query}, headers={"accept": GQL})
+    await gw.close()
+    body = r.json()
+    assert r.status_code == 200 and len(body["data"]["residents"]["nodes"]) == 200
+    assert {e["extensions"]["code"] for e in body["errors"]} == {"ROW_LIMIT_EXCEEDED"}
+    assert "health.vaccination matched more than 50 records" in body["errors"][0]["message"]
+    assert all(n["person"]["vaccinations"] is None for n in body["data"]["residents"]["nodes"])
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS"])
+async def test_other_methods_get_a_graphql_405(client: httpx.AsyncClient, method: str) -> None:
+    r = await client.request(method, "/graphql")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    assert code_of(r) == "METHOD_NOT_ALLOWED"
+
+
+async def test_bad_content_length_and_oversize_bodies(client: httpx.AsyncClient) -> None:
+    big = b'{"query": "{ __typename }", "pad": "' + b"x" * (1 << 20) + b'"}'
+    r = await client.post("/graphql", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and code_of(r) == "BAD_REQUEST"
+
+    async def chunks() -> Any:  # no Content-Length: the cap is counted as the body streams in
+        for _ in range(20):
+            yield b"x" * 100_000
+
+    r = await client.post("/graphql", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+async def test_empty_in_lists_match_nothing_on_every_kind_of_source(client: httpx.AsyncClient) -> None:
+    for root in ("residents", "properties"):
+        r = await client.post("/graphql", json={"query": f"{{ {root}(filter: {{district: {{in: []}}}}) "
+                                                         "{ nodes { district } } }"})
+        assert r.json()["data"][root]["nodes"] == [], root
+
+
+async def test_long_in_filters_on_rest_sources_travel_in_the_body(client: httpx.AsyncClient, city: City) -> None:
+    ids = [h["property_id"] for h in city.housing][:40] + [f"P{n:013d}" for n in range(400)]
+    r = await client.post("/graphql", json={"query": "query($ids: [String!]) { properties(limit: 1000, "
+                                            "filter: {propertyId: {in: $ids}}) { nodes { propertyId } } }",
+                                            "variables": {"ids": ids}})
+    body = r.json()
+    assert "errors" not in body, body
+    assert [n["propertyId"] for n in body["data"]["properties"]["nodes"]] == sorted(ids[:40])

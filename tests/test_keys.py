@@ -76,3 +76,11 @@ def test_generated_id_numbers_validate_and_any_single_digit_change_is_caught(reg
 def test_generated_credit_codes_validate(body: str) -> None:
     code = body + credit_code_check_char(body)
     assert normalise_credit_code(code) == code
+
+
+def test_full_width_input_is_folded_and_other_scripts_refused() -> None:
+    # What a Chinese input method produces in full-width mode.
+    assert normalise_id_number("１１０１０５１９４９１２３１００２ｘ") == GB11643_SAMPLE
+    assert normalise_credit_code("９１３５０１００Ｍ０００１００Ｙ４３") == CREDIT_CODE_SAMPLE
+    with pytest.raises(InvalidKey, match="17 digits"):
+        normalise_id_number("١١٠١٠٥١٩٤٩١٢٣١٠٠٢X")  # Arabic-Indic digits are digits, but not these

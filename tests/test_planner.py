@@ -88,3 +88,13 @@ def test_planning_errors_fail_before_any_fetch(gw: Gateway) -> None:
     with pytest.raises(RequestError) as exc:
         gw.plan('{ person(idNumber: "bad") { idNumber } }')
     assert exc.value.status == 400 and exc.value.errors[0].path == ["person"]
+
+
+def test_fields_count_what_filters_test_and_keys_that_are_returned(gw: Gateway) -> None:
+    plan = gw.plan("{ employments(filter: {monthlyWage: {gte: 20000}}) { nodes { person { idNumber } } } }")
+    # Nothing is selected directly, yet the answer reveals who earns at least 20,000.
+    assert plan.fields() == ["hrss.employment.id_number", "hrss.employment.monthly_wage"]
+    assert plan.filtered() == ["hrss.employment.monthly_wage"]
+    # Following the link without reading the key exposes no key value.
+    plan = gw.plan("{ employments { nodes { position person { resident { name } } } } }")
+    assert plan.fields() == ["hrss.employment.position", "psb.resident.name"]

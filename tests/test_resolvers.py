@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,9 +16,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from catalog.model import DataType
+from demo.housing_service import create_app as housing_app
 from resolvers.errors import SourceError, SourceFailure
 from resolvers.query import Condition, Op, SourceQuery
-from resolvers.rest import RESTConnector
+from resolvers.rest import RESTConnector, _decode
 from resolvers.sql import SQLConnector
 from tests.conftest import ServerThread
 
@@ -69,6 +72,10 @@ async def _slow(_: Request) -> Response:
     (lambda r: JSONResponse({"error": "no"}, status_code=400), SourceFailure.ERROR, "refused the request"),
     (lambda r: JSONResponse({"items": [{"id_number": "1", "birth_date": "not a date"}]}), SourceFailure.ERROR,
      "wrong type"),
+    (lambda r: JSONResponse({"items": [{"id_number": 110105, "birth_date": None}]}), SourceFailure.ERROR,
+     "wrong type for d.id_number (string expected)"),
+    (lambda r: JSONResponse({"items": [{"id_number": "1", "birth_date": "2020-01-01T10:00"}]}), SourceFailure.ERROR,
+     "wrong type for d.birth_date (date expected)"),
     (_slow, SourceFailure.TIMEOUT, "did not answer within 0.3 s"),
 ])
 async def test_rest_failures_are_classified(handler: Any, failure: SourceFailure, words: str) -> None:
@@ -95,3 +102,36 @@ async def test_rest_unreachable_is_unavailable() -> None:
         await conn.fetch(SourceQuery(dataset="d", location="/items", columns=("id_number",), types=Q.types))
     await conn.close()
     assert exc.value.failure is SourceFailure.UNAVAILABLE
+
+
+@pytest.mark.parametrize(("data_type", "value"), [
+    (DataType.INTEGER, "12"), (DataType.INTEGER, 1.5), (DataType.INTEGER, True), (DataType.BOOLEAN, "false"),
+    (DataType.BOOLEAN, 0), (DataType.STRING, {"x": 1}), (DataType.FLOAT, "abc"), (DataType.FLOAT, False),
+    (DataType.DECIMAL, "ten"), (DataType.DATETIME, 20200101),
+])
+def test_rest_values_of_the_wrong_json_type_are_source_errors(data_type: DataType, value: Any) -> None:
+    q = SourceQuery(dataset="d", location="/items", columns=("v",), types={"v": data_type})
+    with pytest.raises(SourceError) as exc:
+        _decode({"v": value}, q, "api")
+    assert exc.value.failure is SourceFailure.ERROR
+    assert str(value) not in exc.value.message  # the value itself is never quoted
+
+
+async def test_rest_key_batches_return_every_row_beyond_the_service_page(tmp_path: Path) -> None:
+    # 1,500 properties of three owners: more than the service's default page of 1,000.
+    owners = ["11010519491231002X", "990111198009303439", "990102198208065908"]
+    props = [{"property_id": f"P{i:05d}", "owner_id_number": owners[i % 3], "address": "a", "district": "d",
+              "area_sqm": 50.0, "usage": "residential", "acquired_on": "2020-01-01", "mortgaged": False}
+             for i in range(1500)]
+    path = tmp_path / "housing.json"
+    path.write_text(json.dumps({"properties": props}), encoding="utf-8")
+    q = SourceQuery(dataset="housing.property", location="/properties", columns=("owner_id_number", "property_id"),
+                    types={"owner_id_number": DataType.STRING, "property_id": DataType.STRING},
+                    key_column="owner_id_number", keys=tuple(owners), order_by="property_id", limit=10_001)
+    with ServerThread(housing_app(path)) as server:
+        conn = RESTConnector("housing_api", f"http://127.0.0.1:{server.port}")
+        try:
+            rows = await conn.fetch(q)
+        finally:
+            await conn.close()
+    assert len(rows) == 1500 and conn.statements == 1
