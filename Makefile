@@ -33,7 +33,7 @@ test: venv
 lint: venv
 	$(BIN)/ruff check .
 
-bench: venv demo-data
+bench: venv
 	$(BIN)/python -m bench.federation
 
 clean:

@@ -8,7 +8,6 @@ appear, each with an error carrying the source failure code, while the rest stan
 from __future__ import annotations
 
 from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
 
 from catalog.model import DataType
@@ -31,27 +30,52 @@ from resolvers.base import Row
 
 __all__ = ["Shaper"]
 
-Path = list[str | int]
+# Paths are built lazily as linked (parent, key) pairs: they are only needed for errors,
+# and copying a list per object costs more than the rest of shaping a row.
+PathLink = tuple[Any, str | int] | None
+
+
+def materialise(link: PathLink) -> list[str | int]:
+    out: list[str | int] = []
+    while link is not None:
+        link, key = link
+        out.append(key)
+    out.reverse()
+    return out
+
+
+def _date(v: Any) -> str:
+    return (v.date() if isinstance(v, datetime) else v).isoformat() if isinstance(v, date) else str(v)
+
+
+def _datetime(v: Any) -> str:
+    return v.isoformat() if isinstance(v, datetime) else str(v)
+
+
+def _string(v: Any) -> str:
+    if v.__class__ is str:
+        return v
+    return v.isoformat() if isinstance(v, date) else str(v)
+
+
+def _integer(v: Any) -> int:
+    return v if v.__class__ is int else int(v)
+
+
+# One serialiser per catalogue type, looked up once per value; None never reaches them.
+SERIALISERS: dict[DataType, Any] = {
+    DataType.STRING: _string,
+    DataType.INTEGER: _integer,
+    DataType.FLOAT: float,
+    DataType.DECIMAL: str,
+    DataType.BOOLEAN: bool,
+    DataType.DATE: _date,
+    DataType.DATETIME: _datetime,
+}
 
 
 def serialise(value: Any, data_type: DataType) -> Any:
-    if value is None:
-        return None
-    if data_type is DataType.DATE and isinstance(value, date | datetime):
-        return (value.date() if isinstance(value, datetime) else value).isoformat()
-    if data_type is DataType.DATETIME and isinstance(value, datetime):
-        return value.isoformat()
-    if data_type is DataType.DECIMAL:
-        return str(value)
-    if data_type is DataType.FLOAT:
-        return float(value)
-    if data_type is DataType.INTEGER and isinstance(value, Decimal):
-        return int(value)
-    if data_type is DataType.BOOLEAN:
-        return bool(value)
-    if data_type is DataType.STRING and not isinstance(value, str):
-        return value.isoformat() if isinstance(value, date) else str(value)
-    return value
+    return None if value is None else SERIALISERS[data_type](value)
 
 
 class Shaper:
@@ -62,26 +86,29 @@ class Shaper:
         self.max_nodes = max_nodes
         self.budget = max_nodes
 
-    def fail(self, result: FetchResult, path: Path) -> None:
+    def fail(self, result: FetchResult, path: PathLink) -> None:
         assert result.error is not None
-        self.errors.append(GraphQLErrorOut(result.error.message, Code(result.error.failure.value), path=path,
+        self.errors.append(GraphQLErrorOut(result.error.message, Code(result.error.failure.value),
+                                           path=materialise(path),
                                            extra={"source": result.error.source}))
 
     def root(self, entry: RootPage | RootEntity) -> Any:
         if isinstance(entry, RootEntity):
+            root: PathLink = (None, entry.key)
             if entry.many:
-                return [self.obj(entry.shape, {ENTITY_KEY: k}, [entry.key, i]) for i, k in enumerate(entry.keys)]
-            return self.obj(entry.shape, {ENTITY_KEY: entry.keys[0]}, [entry.key])
+                return [self.obj(entry.shape, {ENTITY_KEY: k}, (root, i)) for i, k in enumerate(entry.keys)]
+            return self.obj(entry.shape, {ENTITY_KEY: entry.keys[0]}, root)
         result = self.results[entry.fetch]
         if result.error is not None:
-            self.fail(result, [entry.key])
+            self.fail(result, (None, entry.key))
             return None
         out: dict[str, Any] = {}
         rows = result.rows
         for key, typename in entry.typename:
             out[key] = typename
         for key, shape in entry.nodes:
-            out[key] = [self.obj(shape, r, [entry.key, key, i]) for i, r in enumerate(rows)]
+            nodes: PathLink = ((None, entry.key), key)
+            out[key] = [self.obj(shape, r, (nodes, i)) for i, r in enumerate(rows)]
         for info in entry.page_info:
             out[info.key] = {
                 k: (result.has_next if what == "hasNextPage"
@@ -95,7 +122,7 @@ class Shaper:
     def cursor(result: FetchResult, order_by: str) -> str | None:
         return encode_cursor(result.fetch.dataset, result.rows[-1][order_by]) if result.rows else None
 
-    def obj(self, shape: ObjShape, row: Row, path: Path) -> dict[str, Any]:
+    def obj(self, shape: ObjShape, row: Row, path: PathLink) -> dict[str, Any]:
         self.budget -= 1
         if self.budget < 0:
             # Fan-out (the same child rows under many parents) can make an answer far larger
@@ -107,19 +134,20 @@ class Shaper:
         out: dict[str, Any] = {}
         for e in shape.entries:
             if isinstance(e, Scalar):
-                out[e.key] = serialise(row.get(e.column), e.type)
+                v = row.get(e.column)
+                out[e.key] = None if v is None else SERIALISERS[e.type](v)
             elif isinstance(e, Nested):
-                out[e.key] = self.nested(e, row, [*path, e.key])
+                out[e.key] = self.nested(e, row, (path, e.key))
             elif isinstance(e, EntityRef):
                 k = row.get(e.column)
-                out[e.key] = None if k is None else self.obj(e.shape, {ENTITY_KEY: k}, [*path, e.key])
+                out[e.key] = None if k is None else self.obj(e.shape, {ENTITY_KEY: k}, (path, e.key))
             elif isinstance(e, KeyValue):
                 out[e.key] = row[ENTITY_KEY]
             elif isinstance(e, Const):
                 out[e.key] = e.value
         return out
 
-    def nested(self, e: Nested, row: Row, path: Path) -> Any:
+    def nested(self, e: Nested, row: Row, path: PathLink) -> Any:
         result = self.results[e.fetch]
         if result.error is not None:
             self.fail(result, path)
@@ -127,5 +155,5 @@ class Shaper:
         k = row.get(e.parent_column)
         rows = result.by_key.get(k, []) if k is not None else []
         if e.many:
-            return [self.obj(e.shape, r, [*path, i]) for i, r in enumerate(rows)]
+            return [self.obj(e.shape, r, (path, i)) for i, r in enumerate(rows)]
         return self.obj(e.shape, rows[0], path) if rows else None

@@ -101,7 +101,9 @@ class SQLConnector:
             async with asyncio.timeout(self.timeout):
                 async with self.engine.connect() as conn:
                     result = await conn.execute(stmt)
-                    return [dict(r) for r in result.mappings()]
+                    # zip over plain tuples: building a RowMapping per row costs more than the fetch.
+                    keys = tuple(result.keys())
+                    return [dict(zip(keys, r, strict=True)) for r in result.all()]
         except TimeoutError:
             raise SourceError(self.code, SourceFailure.TIMEOUT,
                               f"source {self.code!r} did not answer within {self.timeout:g} s") from None
