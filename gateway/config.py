@@ -37,6 +37,9 @@ class Settings:
     max_rows: int = 10_000  # rows one fetch may return (a nested list over many parents included)
     max_nodes: int = 200_000  # objects in one response
     source_urls: dict[str, str] = field(default_factory=dict)  # per-source URL overrides
+    demo: bool = False  # demo mode: the documented demo credentials are accepted only here
+    auth: dict[str, Any] = field(default_factory=dict)  # the [auth] section, read by gateway.auth.settings
+    policies: dict[str, Any] = field(default_factory=dict)  # the [policies] section, read by policies.settings
 
     @property
     def base_dir(self) -> Path:
@@ -54,11 +57,12 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{cfg_path}: not valid TOML: {exc}") from None
 
-    sections = sorted(set(raw) - {"gateway", "sources"})
+    sections = sorted(set(raw) - {"gateway", "sources", "auth", "policies"})
     if sections:
-        raise ConfigError(f"{cfg_path}: unknown section(s) {', '.join(sections)}; known: [gateway], [sources.CODE]")
+        raise ConfigError(f"{cfg_path}: unknown section(s) {', '.join(sections)}; "
+                          "known: [gateway], [sources.CODE], [auth], [policies]")
     gw: dict[str, Any] = raw.get("gateway", {})
-    known = {"catalog", "host", "port", "debug", "default_limit", "max_limit", "max_keys", "max_depth", "max_rows",
+    known = {"catalog", "demo", "host", "port", "debug", "default_limit", "max_limit", "max_keys", "max_depth", "max_rows",
              "max_nodes"}
     unknown = sorted(set(gw) - known)
     if unknown:
@@ -101,6 +105,9 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         max_rows=num("max_rows", 10_000),
         max_nodes=num("max_nodes", 200_000),
         source_urls=overrides,
+        demo=gw.get("demo", False) is True,
+        auth=dict(raw.get("auth", {})),
+        policies=dict(raw.get("policies", {})),
     )
     if settings.default_limit > settings.max_limit:
         raise ConfigError(f"{cfg_path}: default_limit ({settings.default_limit}) exceeds max_limit "
