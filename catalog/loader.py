@@ -17,14 +17,14 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from catalog.model import Catalog, Dataset, Department, Entity, EntityGraphQL, Source
+from catalog.model import Catalog, Dataset, Department, Entity, EntityGraphQL, Purpose, Source
 from catalog.validate import Problems, cross_validate
 
 __all__ = ["DEFAULT_ENTITIES", "CatalogError", "catalog_files", "expand_env", "load_catalog"]
 
 M = TypeVar("M", bound=BaseModel)
 
-SECTIONS = ("department", "departments", "sources", "datasets", "entities")
+SECTIONS = ("department", "departments", "sources", "datasets", "entities", "purposes")
 
 DEFAULT_ENTITIES = (
     Entity(
@@ -66,6 +66,7 @@ def load_catalog(*paths: Path | str) -> Catalog:
     sources: dict[str, Source] = {}
     datasets: dict[str, Dataset] = {}
     entities: dict[str, Entity] = {}
+    purposes: dict[str, Purpose] = {}
     origin: dict[str, str] = {}
 
     files = [f for p in paths for f in catalog_files(Path(p))]
@@ -110,11 +111,15 @@ def load_catalog(*paths: Path | str) -> Catalog:
             ent = _parse(Entity, item, f"{file}: entities[{_ident(item, i)}]", problems)
             if ent:
                 add("entity", entities, ent, str(file))
+        for i, item in enumerate(_list(raw, "purposes", file, problems)):
+            pur = _parse(Purpose, item, f"{file}: purposes[{_ident(item, i)}]", problems)
+            if pur:
+                add("purpose", purposes, pur, str(file))
 
     for ent in DEFAULT_ENTITIES:
         entities.setdefault(ent.code, ent)
 
-    catalog = Catalog(departments, sources, datasets, entities, links=[], origin=origin)
+    catalog = Catalog(departments, sources, datasets, entities, links=[], purposes=purposes, origin=origin)
     if not problems:
         catalog.links = cross_validate(catalog, problems)
     if problems:

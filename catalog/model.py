@@ -30,6 +30,7 @@ __all__ = [
     "EntityLink",
     "FieldSpec",
     "LinkSpec",
+    "Purpose",
     "Relation",
     "Sensitivity",
     "ShareType",
@@ -177,6 +178,21 @@ class Dataset(_Entry):
         return self.table or self.endpoint or ""
 
 
+PurposeCode = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*[a-z0-9]$", max_length=64)]
+
+
+class Purpose(_Entry):
+    """A declared purpose of use (X-Purpose): what it is for, on what legal basis, and which
+    datasets it may ever touch. Fields of share type ``none`` are opened only by a purpose
+    whose legal basis names them in ``none_fields``."""
+
+    code: PurposeCode
+    description: str
+    legal_basis: str  # reference to the law, regulation or decision
+    datasets: list[Code] = Field(min_length=1)
+    none_fields: list[str] = Field(default_factory=list)  # dataset.field of share type none
+
+
 class EntityGraphQL(_Entry):
     type: GraphQLName
     one: GraphQLName  # root field for one key
@@ -221,6 +237,7 @@ class Catalog:
     datasets: dict[str, Dataset]
     entities: dict[str, Entity]
     links: list[EntityLink]
+    purposes: dict[str, Purpose] = field(default_factory=dict)
     origin: dict[str, str] = field(default_factory=dict)  # entry id -> file it came from
 
     def links_of_entity(self, entity: str) -> list[EntityLink]:

@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 
 from catalog.keys import KEY_KINDS
 from catalog.model import DataType, EntityLink, ShareType
-from policies.masks import MASKS
+from policies.masks import MASKS, mask_for
 
 if TYPE_CHECKING:
-    from catalog.model import Catalog, Dataset
+    from catalog.model import Catalog, Dataset, Purpose
 
 # Names the gateway itself puts in the schema; a dataset or entity may not take them.
 SCALAR_NAMES = ("String", "Int", "Float", "Boolean", "ID", "Date", "DateTime", "Decimal")
@@ -63,6 +63,9 @@ def cross_validate(cat: Catalog, problems: Problems) -> list[EntityLink]:
         _claim(roots, ds.graphql.list, at, "root field", problems, RESERVED_ROOTS)
         _check_dataset(cat, ds, at, problems)
 
+    for pur in cat.purposes.values():
+        _check_purpose(cat, pur, f"{where[f'purpose {pur.code!r}']}: purposes[{pur.code}]", problems)
+
     links: list[EntityLink] = []
     for ds in cat.datasets.values():
         at = f"{where[f'dataset {ds.code!r}']}: datasets[{ds.code}]"
@@ -98,9 +101,10 @@ def _check_dataset(cat: Catalog, ds: Dataset, at: str, problems: Problems) -> No
         gql.add(f.graphql_name)
         if f.graphql_name.startswith("__"):
             problems.add(fat, "GraphQL names may not start with '__'")
-        if f.mask not in MASKS:
-            problems.add(fat, f"unknown mask {f.mask!r}; known: {', '.join(sorted(MASKS))}")
-        elif not MASKS[f.mask].accepts(f.type):
+        mask = mask_for(f.mask)
+        if mask is None:
+            problems.add(fat, f"unknown mask {f.mask!r}; known: {', '.join(sorted(MASKS))}, show_first_N, show_last_N")
+        elif not mask.accepts(f.type):
             problems.add(fat, f"mask {f.mask!r} does not apply to type {f.type.value!r}")
         if f.key is not None:
             if f.key not in KEY_KINDS:
@@ -131,6 +135,22 @@ def _check_dataset(cat: Catalog, ds: Dataset, at: str, problems: Problems) -> No
                 problems.add(rat, f"column {mine!r} is not a field of {ds.code}")
             if theirs not in tnames:
                 problems.add(rat, f"column {theirs!r} is not a field of {target.code}")
+
+
+def _check_purpose(cat: Catalog, pur: Purpose, at: str, problems: Problems) -> None:
+    for code in pur.datasets:
+        if code not in cat.datasets:
+            problems.add(at, f"unknown dataset {code!r}; known: {_known(cat.datasets)}")
+    for ref in pur.none_fields:
+        code, _, name = ref.rpartition(".")
+        ds = cat.datasets.get(code)
+        spec = next((f for f in ds.fields if f.name == name), None) if ds else None
+        if spec is None:
+            problems.add(at, f"none_fields: {ref!r} is not a dataset.field of the catalogue")
+        elif spec.share is not ShareType.NONE:
+            problems.add(at, f"none_fields: {ref!r} has share type {spec.share.value!r}; list only 'none' fields")
+        elif code not in pur.datasets:
+            problems.add(at, f"none_fields: {ref!r} is outside the purpose's datasets")
 
 
 def _links(cat: Catalog, ds: Dataset, at: str, problems: Problems) -> list[EntityLink]:

@@ -1,0 +1,159 @@
+"""Decisions: what a caller may do with each field, for a purpose, taken once per plan.
+
+A decision for (subject, purpose, dataset.field) is the strongest action the policy
+allows and does not deny: ``read`` (in clear), ``read_masked`` (through a mask),
+``verify`` (test a predicate only), or nothing. On top of the policy, the catalogue's
+terms always hold: a purpose never touches a dataset it does not list, and a field of
+share type ``none`` is never returned unless the purpose's legal basis names it.
+
+pycasbin's ``enforce`` scans every policy line per call (0.85 ms at 1,100 lines, 78 ms at
+110,000). Here the lines that concern a subject and purpose are selected once, then every
+field of a plan is decided against that short list with Casbin's own ``key_match``; the
+result is cached per (subject, purpose) until the policy changes. ``tests/test_decide.py``
+checks that every answer equals ``Enforcer.enforce`` on the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import casbin
+from casbin.util import key_match
+
+from catalog.model import Catalog, Purpose, ShareType
+from policies.store import PolicyStore, Snapshot
+
+__all__ = ["Access", "Decider", "Decision", "RowRule", "Subject"]
+
+
+class Access(IntEnum):
+    """Ordered: a stronger access includes the weaker ones."""
+
+    DENIED = 0
+    VERIFY = 1
+    MASKED = 2
+    CLEAR = 3
+
+
+_ACTION = {Access.CLEAR: "read", Access.MASKED: "read_masked", Access.VERIFY: "verify"}
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who asks: the client, its department and roles (from the access token)."""
+
+    client_id: str
+    department: str
+    roles: frozenset[str] = frozenset()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The subject's own names in policy lines: the client id, dept:CODE, role:NAME."""
+        return (self.client_id, f"dept:{self.department}", *sorted(f"role:{r}" for r in self.roles))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    access: Access
+    mask: str | None = None  # for MASKED: the mask to apply
+    reason: str = ""  # for DENIED: why, naming the field and purpose, never a value
+
+
+@dataclass(frozen=True, slots=True)
+class RowRule:
+    column: str
+    op: str
+    value: str  # may hold ${client_id} or ${department}
+
+    def bind(self, subject: Subject) -> str:
+        return self.value.replace("${client_id}", subject.client_id).replace("${department}", subject.department)
+
+
+@dataclass
+class _Compiled:
+    """The policy lines that concern one subject and purpose."""
+
+    rules: list[list[str]]  # p lines: sub, obj, act, pur, eft, mask
+    rows: dict[str, list[RowRule]]  # dataset -> row rules
+    decisions: dict[str, Decision] = field(default_factory=dict)
+
+
+class Decider:
+    def __init__(self, store: PolicyStore, catalog: Catalog, cache_size: int = 4096) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple[Any, ...], _Compiled] = OrderedDict()
+
+    @staticmethod
+    def closure(enforcer: casbin.Enforcer, subject: Subject) -> set[str]:
+        """Every name the subject acts as: its own, plus roles and groups reached through ``g``."""
+        names = set(subject.names)
+        for n in subject.names:
+            names.update(enforcer.get_implicit_roles_for_user(n))
+        return names
+
+    def _compiled(self, subject: Subject, purpose: str) -> _Compiled:
+        snap: Snapshot = self.store.snapshot
+        key = (snap.version, subject, purpose)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        names = self.closure(snap.enforcer, subject)
+        rules = [line for line in snap.enforcer.get_named_policy("p")
+                 if line[0] in names and line[3] in (purpose, "*")]
+        rows: dict[str, list[RowRule]] = {}
+        for sub, dataset, pur, column, op, value in snap.enforcer.get_named_policy("p2"):
+            if sub in names and pur in (purpose, "*"):
+                rows.setdefault(dataset, []).append(RowRule(column, op, value))
+        compiled = _Compiled(rules, rows)
+        self._cache[key] = compiled
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return compiled
+
+    @staticmethod
+    def allowed(rules: list[list[str]], obj: str, act: str) -> tuple[bool, str | None]:
+        """Casbin's matcher and effect over the pre-selected lines: (allowed, mask of the first allow)."""
+        allow = False
+        mask: str | None = None
+        for _sub, pattern, p_act, _pur, eft, p_mask in rules:
+            if (p_act == act or p_act == "*") and key_match(obj, pattern):
+                if eft == "deny":
+                    return False, None
+                if not allow:
+                    allow, mask = True, p_mask
+        return allow, mask
+
+    def decide(self, subject: Subject, purpose: str, obj: str) -> Decision:
+        """The decision for ``obj`` (dataset.field), cached with the subject's compiled policy."""
+        compiled = self._compiled(subject, purpose)
+        hit = compiled.decisions.get(obj)
+        if hit is None:
+            hit = compiled.decisions[obj] = self._decide(compiled, purpose, obj)
+        return hit
+
+    def _decide(self, compiled: _Compiled, purpose: str, obj: str) -> Decision:
+        code, _, name = obj.rpartition(".")
+        ds = self.catalog.datasets[code]
+        spec = ds.field(name)
+        pur: Purpose = self.catalog.purposes[purpose]
+        if code not in pur.datasets:
+            return Decision(Access.DENIED, reason=f"purpose {purpose!r} does not cover dataset {code}")
+        if spec.share is ShareType.NONE and obj not in pur.none_fields:
+            return Decision(Access.DENIED, reason=f"{obj} is not shared (不予共享) and purpose {purpose!r} has "
+                                                  "no legal basis for it")
+        for access in (Access.CLEAR, Access.MASKED, Access.VERIFY):
+            ok, mask = self.allowed(compiled.rules, obj, _ACTION[access])
+            if ok:
+                if access is Access.MASKED:
+                    return Decision(access, mask=spec.mask if mask in (None, "default") else mask)
+                return Decision(access)
+        return Decision(Access.DENIED, reason=f"no policy lets this client read {obj} for purpose {purpose!r}")
+
+    def row_rules(self, subject: Subject, purpose: str, dataset: str) -> list[RowRule]:
+        return self._compiled(subject, purpose).rows.get(dataset, [])

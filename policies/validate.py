@@ -1,0 +1,109 @@
+"""Policy lines checked against the catalogue before they take effect.
+
+A rule naming a department, dataset, field, purpose, action, mask or operator that does
+not exist is an error naming the line; so is a grant of a field whose share type is
+``none`` (不予共享) for a purpose whose legal basis does not list it.
+"""
+
+from __future__ import annotations
+
+import casbin
+
+from catalog.model import Catalog, ShareType
+from policies.masks import mask_for
+from resolvers.query import Op
+
+__all__ = ["ACTIONS", "PolicyError", "validate_policy"]
+
+ACTIONS = ("read", "read_masked", "verify")
+ROW_OPS = {op.value for op in Op} - {Op.IS_NULL.value}
+
+
+class PolicyError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join([f"policy invalid ({len(problems)} problem(s)):", *(f"  - {p}" for p in problems)]))
+
+
+def validate_policy(enforcer: casbin.Enforcer, catalog: Catalog, origin: str) -> None:
+    problems: list[str] = []
+    for line in enforcer.get_named_policy("p"):
+        problems += [f"{origin}: p, {', '.join(line)}: {p}" for p in check_rule(catalog, line)]
+    for line in enforcer.get_named_policy("p2"):
+        problems += [f"{origin}: p2, {', '.join(line)}: {p}" for p in check_row_rule(catalog, line)]
+    for line in enforcer.get_named_grouping_policy("g"):
+        problems += [f"{origin}: g, {', '.join(line)}: {p}" for p in check_grouping(catalog, line)]
+    if problems:
+        raise PolicyError(problems)
+
+
+def _subject(catalog: Catalog, sub: str) -> list[str]:
+    if not sub:
+        return ["the subject is empty"]
+    if sub.startswith("dept:") and sub[5:] not in catalog.departments:
+        return [f"unknown department {sub[5:]!r}; known: {', '.join(sorted(catalog.departments))}"]
+    return []
+
+
+def _purpose(catalog: Catalog, pur: str) -> list[str]:
+    if pur != "*" and pur not in catalog.purposes:
+        return [f"unknown purpose {pur!r}; known: {', '.join(sorted(catalog.purposes))} or *"]
+    return []
+
+
+def check_rule(catalog: Catalog, line: list[str]) -> list[str]:
+    """Problems with one ``p`` line: sub, obj, act, pur, eft, mask."""
+    if len(line) != 6:
+        return ["expected 6 values: subject, dataset.field, action, purpose, allow|deny, mask|default"]
+    sub, obj, act, pur, eft, mask = line
+    out = _subject(catalog, sub) + _purpose(catalog, pur)
+    if act not in (*ACTIONS, "*"):
+        out.append(f"unknown action {act!r}; known: {', '.join(ACTIONS)} or *")
+    if eft not in ("allow", "deny"):
+        out.append(f"effect must be allow or deny, not {eft!r}")
+    every = [(d, f) for d in catalog.datasets.values() for f in d.fields]
+    if obj.endswith("*"):
+        # keyMatch: a trailing * matches any rest, e.g. psb.resident.* or hrss.* or *.
+        fields = [(d, f) for d, f in every if f"{d.code}.{f.name}".startswith(obj[:-1])]
+        if not fields:
+            return [*out, f"{obj!r} matches no field of the catalogue"]
+    else:
+        fields = [(d, f) for d, f in every if f"{d.code}.{f.name}" == obj]
+        if not fields:
+            return [*out, f"unknown field {obj!r}: write dataset.field, a prefix ending in *, or *"]
+        spec = fields[0][1]
+        if eft == "allow" and spec.share is ShareType.NONE:
+            purpose = catalog.purposes.get(pur)
+            if purpose is None or obj not in purpose.none_fields:
+                out.append(f"{obj} has share type none (不予共享): it can be granted only for a purpose whose "
+                           "legal basis lists it in none_fields")
+    if mask != "default":
+        m = mask_for(mask)
+        if m is None:
+            out.append(f"unknown mask {mask!r}")
+        elif bad := [f"{d.code}.{f.name}" for d, f in fields if not m.accepts(f.type)]:
+            out.append(f"mask {mask!r} does not apply to {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+    return out
+
+
+def check_row_rule(catalog: Catalog, line: list[str]) -> list[str]:
+    """Problems with one ``p2`` line: sub, dataset, pur, column, op, value."""
+    if len(line) != 6:
+        return ["expected 6 values: subject, dataset, purpose, column, operator, value"]
+    sub, code, pur, column, op, _value = line
+    out = _subject(catalog, sub) + _purpose(catalog, pur)
+    ds = catalog.datasets.get(code)
+    if ds is None:
+        return [*out, f"unknown dataset {code!r}"]
+    if column not in {f.name for f in ds.fields}:
+        out.append(f"unknown column {column!r} of {code}")
+    if op not in ROW_OPS:
+        out.append(f"unknown operator {op!r}; known: {', '.join(sorted(ROW_OPS))}")
+    return out
+
+
+def check_grouping(catalog: Catalog, line: list[str]) -> list[str]:
+    if len(line) != 2:
+        return ["expected 2 values: member, role or group"]
+    return _subject(catalog, line[0]) + _subject(catalog, line[1])
+
