@@ -46,6 +46,7 @@ from demo.build import build_demo
 from demo.housing_service import create_app as housing_app
 from gateway.cli import SHOWCASE_QUERY
 from gateway.config import REPO_ROOT, load_settings
+from gateway.context import UNRESTRICTED
 from gateway.pipeline import Gateway
 
 __all__ = ["BULK_QUERY", "PAGE_QUERY", "main"]
@@ -150,9 +151,13 @@ def write_config(folder: Path, housing_url: str) -> Path:
         "[gateway]\n"
         f"catalog = {json.dumps(str(REPO_ROOT / 'demo' / 'catalog'))}\n"
         "debug = false\n"
+        "demo = true\n"
         "max_limit = 1000\n"
         "[sources.housing_api]\n"
-        f"url = {json.dumps(housing_url)}\n",
+        f"url = {json.dumps(housing_url)}\n"
+        "[policies]\n"
+        f"file = {json.dumps(str(REPO_ROOT / 'demo' / 'policies' / 'policy.csv'))}\n"
+        'mask_key = "hutong-demo-mask-key-NOT-A-SECRET"\n',
         encoding="utf-8",
     )
     return path
@@ -277,7 +282,7 @@ async def run(residents: int, rounds: int, warmup: int, naive_rounds: int) -> li
 def _contestants(w: Workload, gateway: Gateway, baseline: Baseline, naive: NaiveGraphQL, rounds: int,
                  naive_rounds: int) -> list[Contestant]:
     async def hutong() -> Data:
-        out = await gateway.run(w.query, None, w.variables)
+        out = await gateway.run(w.query, None, w.variables, context=UNRESTRICTED)
         if out.status != 200 or "errors" in out.body:
             raise MismatchError(f"{w.name}: hutong answered {out.status}: {out.body.get('errors')}")
         data: Data = out.body["data"]

@@ -200,9 +200,52 @@ class CatalogRoot(graphene.ObjectType):
         return list(_cat(info).entities.values())
 
 
+AccessEnum = graphene.Enum("Access", [("CLEAR", "CLEAR"), ("MASKED", "MASKED"), ("VERIFY", "VERIFY")],
+                          description="CLEAR: readable; MASKED: only through the mask; VERIFY: only testable.")
+
+
+class AccessGrant(graphene.ObjectType):
+    """One field the calling client may use for one purpose (like X-Road's allowedMethods)."""
+
+    purpose = graphene.String(required=True)
+    dataset = graphene.String(required=True)
+    field = graphene.String(required=True)
+    graphql_path = graphene.String(required=True)
+    access = graphene.Field(AccessEnum, required=True)
+    mask = graphene.String(description="The mask applied when access is MASKED.")
+    share_type = graphene.Field(ShareTypeEnum, required=True,
+                                description="CONDITIONAL fields also need the data subject's consent.")
+
+
 class CatalogQuery(graphene.ObjectType):
     catalog = graphene.Field(CatalogRoot, required=True, description="The data catalogue (metadata only).")
+    my_access = graphene.List(graphene.NonNull(AccessGrant), required=True, name="myAccess",
+                              purpose=graphene.String(description="Only this purpose (default: every purpose)."),
+                              description="The fields this client may read, masked or in clear, or only verify, "
+                                          "for each purpose. Fields it may not use at all are not listed.")
 
     @staticmethod
     def resolve_catalog(_: Any, __: Any) -> object:
         return object()
+
+    @staticmethod
+    def resolve_my_access(_: Any, info: Any, purpose: str | None = None) -> list[dict[str, Any]]:
+        from policies.decide import Access
+
+        cat: Catalog = _cat(info)
+        subject, decider = info.context.get("subject"), info.context.get("decider")
+        if subject is None or decider is None:
+            return []  # no caller identity (an in-process call): nothing to report
+        purposes = [purpose] if purpose is not None else sorted(cat.purposes)
+        out = []
+        for pur in purposes:
+            if pur not in cat.purposes:
+                raise ValueError(f"unknown purpose; accepted: {', '.join(sorted(cat.purposes))}")
+            for ds in cat.datasets.values():
+                for f in ds.fields:
+                    d = decider.decide(subject, pur, f"{ds.code}.{f.name}")
+                    if d.access > Access.DENIED:
+                        out.append({"purpose": pur, "dataset": ds.code, "field": f.name,
+                                    "graphql_path": f"{ds.graphql.type}.{f.graphql_name}", "access": d.access.name,
+                                    "mask": d.mask, "share_type": f.share.value})
+        return out

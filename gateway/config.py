@@ -62,8 +62,8 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         raise ConfigError(f"{cfg_path}: unknown section(s) {', '.join(sections)}; "
                           "known: [gateway], [sources.CODE], [auth], [policies]")
     gw: dict[str, Any] = raw.get("gateway", {})
-    known = {"catalog", "demo", "host", "port", "debug", "default_limit", "max_limit", "max_keys", "max_depth", "max_rows",
-             "max_nodes"}
+    known = {"catalog", "demo", "host", "port", "debug", "default_limit", "max_limit", "max_keys", "max_depth",
+             "max_rows", "max_nodes"}
     unknown = sorted(set(gw) - known)
     if unknown:
         raise ConfigError(f"{cfg_path}: [gateway] has unknown key(s) {', '.join(unknown)}; "

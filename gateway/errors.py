@@ -24,6 +24,13 @@ class Code(StrEnum):
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     NOT_ACCEPTABLE = "NOT_ACCEPTABLE"
+    UNAUTHENTICATED = "UNAUTHENTICATED"  # no valid access token (401)
+    PURPOSE_REQUIRED = "PURPOSE_REQUIRED"  # no X-Purpose header on a data request
+    UNKNOWN_PURPOSE = "UNKNOWN_PURPOSE"  # X-Purpose names no catalogue purpose
+    ACTING_USER_REQUIRED = "ACTING_USER_REQUIRED"  # no X-Acting-User header on a data request
+    CASE_ID_REQUIRED = "CASE_ID_REQUIRED"  # no X-Case-Id header on a data request
+    FORBIDDEN_FIELD = "FORBIDDEN_FIELD"  # policy or catalogue terms deny the field for this caller and purpose
+    CONSENT_REQUIRED = "CONSENT_REQUIRED"  # a conditional field without the subject's consent or a legal basis
     SOURCE_UNAVAILABLE = "SOURCE_UNAVAILABLE"
     SOURCE_TIMEOUT = "SOURCE_TIMEOUT"
     SOURCE_ERROR = "SOURCE_ERROR"

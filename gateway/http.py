@@ -20,10 +20,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.accept import best_of
+from gateway.auth.bearer import auth_error_response
+from gateway.auth.errors import AuthError
+from gateway.context import RequestContext, context_from_headers
 from gateway.errors import Code, GraphQLErrorOut, RequestError
 from gateway.explorer import explorer_page, wants_explorer
 from gateway.logs import where
 from gateway.pipeline import Gateway, Outcome
+from policies.decide import Subject
 
 __all__ = ["graphql_endpoint", "json_response"]
 
@@ -115,8 +119,20 @@ async def graphql_endpoint(request: Request) -> Response:
         return json_response({"errors": [err.to_dict()]}, 406, JSON, headers)
 
     try:
+        identity = await request.app.state.auth.authenticate(request)
+    except AuthError as exc:
+        response = auth_error_response(exc, media)
+        response.headers.update(headers)
+        return response
+    subject = Subject(identity.client_id, identity.department, identity.roles)
+
+    def context(data_request: bool) -> RequestContext:
+        return context_from_headers(request.headers, subject, gateway.catalog, data_request=data_request,
+                                    reject_default=gateway.policy.reject_unauthorized, request_id=request_id)
+
+    try:
         query, operation_name, variables = await _params(request)
-        outcome = await gateway.run(query, operation_name, variables, method=request.method)
+        outcome = await gateway.run(query, operation_name, variables, context=context, method=request.method)
     except RequestError as exc:
         outcome = Outcome(exc.status, {"errors": [e.to_dict() for e in exc.errors]}, None, exc.headers)
     except Exception as exc:

@@ -1,30 +1,42 @@
-"""The request pipeline, stage by stage: parse and validate -> plan -> execute -> shape.
+"""The request pipeline, stage by stage:
+parse and validate -> plan -> authorise -> execute -> shape (and mask).
 
-Later stages (authorisation, masking, consent, audit) hook in between these, each in a
-module of its own, reading the same :class:`~gateway.plan.Plan`.
+Each stage is a module of its own, reading the same :class:`~gateway.plan.Plan`. Consent
+and audit hook in the same way.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from graphql import ExecutionResult, execute
 
 from catalog.model import Catalog
+from gateway.authorize import authorize
 from gateway.config import ConfigError, Settings
+from gateway.context import RequestContext, Unrestricted
 from gateway.document import DocumentCache, Prepared, prepare
 from gateway.errors import Code, GraphQLErrorOut, RequestError
 from gateway.executor import execute as execute_plan
-from gateway.plan import Const, Meta, Plan, RootEntity, RootPage
+from gateway.plan import Const, Meta, Plan, RootEntity, RootPage, RootVerify, Withheld
 from gateway.planner import Planner
 from gateway.schema import BuiltSchema, build_schema
 from gateway.shape import Shaper
+from policies.decide import Decider
+from policies.masks import Masker
+from policies.settings import PolicySettings
+from policies.store import PolicyStore
+from policies.validate import PolicyError
 from resolvers.registry import Sources
 
-__all__ = ["Gateway", "Outcome"]
+# The caller's context, a factory given "does the plan fetch data?", or UNRESTRICTED.
+ContextSource = RequestContext | Unrestricted | Callable[[bool], RequestContext]
+
+__all__ = ["ContextSource", "Gateway", "Outcome"]
 
 log = logging.getLogger("hutong.pipeline")
 
@@ -55,6 +67,13 @@ class Gateway:
         self.documents = DocumentCache(self.built.graphql)
         self.planner = Planner(catalog, self.built.graphql, self.built.index, settings)
         self.sources = sources or Sources(catalog, settings.base_dir, settings.source_urls)
+        self.policy = PolicySettings.from_settings(settings)
+        try:
+            self.store = PolicyStore(self.policy.file, catalog, reload_interval=self.policy.reload_interval)
+        except PolicyError as exc:
+            raise ConfigError(str(exc)) from None
+        self.decider = Decider(self.store, catalog)
+        self.masker = Masker(self.policy.mask_key)
 
     def prepare(self, query: Any, operation_name: Any = None, variables: Any = None, method: str = "POST") -> Prepared:
         return prepare(self.documents, query, operation_name, variables, method)
@@ -63,24 +82,29 @@ class Gateway:
         return self.planner.plan(self.prepare(query, operation_name, variables))
 
     async def run(self, query: Any, operation_name: Any = None, variables: Any = None, *,
-                  method: str = "POST", debug: bool | None = None) -> Outcome:
+                  context: ContextSource, method: str = "POST", debug: bool | None = None) -> Outcome:
+        """Answer one request. ``context`` is the caller's RequestContext, a function making it once
+        the plan shows whether data is asked for, or UNRESTRICTED for trusted in-process callers."""
         started = time.perf_counter()
         plan: Plan | None = None
         try:
             prep = self.prepare(query, operation_name, variables, method)
             plan = self.planner.plan(prep)
+            ctx = context(bool(plan.fetches)) if callable(context) else context
+            if isinstance(ctx, RequestContext):
+                authorize(plan, ctx, self.decider, self.catalog)
             results = await execute_plan(plan, self.sources)
-            shaper = Shaper(plan, results, self.settings.max_nodes)
+            shaper = Shaper(plan, results, self.settings.max_nodes, self.masker)
             data: dict[str, Any] = {}
             meta = [r.key for r in plan.roots if isinstance(r, Meta)]
-            meta_result = self._meta(prep) if meta else None
+            meta_result = self._meta(prep, ctx) if meta else None
             for root in plan.roots:
                 if isinstance(root, Const):
                     data[root.key] = root.value
                 elif isinstance(root, Meta):
                     assert meta_result is not None
                     data[root.key] = (meta_result.data or {}).get(root.key)
-                elif isinstance(root, RootPage | RootEntity):
+                elif isinstance(root, RootPage | RootEntity | RootVerify | Withheld):
                     data[root.key] = shaper.root(root)
             errors = [e.to_dict() for e in shaper.errors]
             if meta_result is not None and meta_result.errors:
@@ -95,12 +119,14 @@ class Gateway:
                                   "timing": {"ms": round((time.perf_counter() - started) * 1000, 2)}}
         return Outcome(200, body, plan)
 
-    def _meta(self, prep: Prepared) -> ExecutionResult:
+    def _meta(self, prep: Prepared, ctx: RequestContext | Unrestricted) -> ExecutionResult:
         """Introspection and ``catalog`` run through graphql-core. With no root value, graphene's
         default resolvers give null for the data roots (the plan answers those), so graphql-core
         never walks data."""
         result = execute(self.built.graphql, prep.document, root_value=None,
-                         context_value={"catalog": self.catalog}, variable_values=prep.variables,
+                         context_value={"catalog": self.catalog, "decider": self.decider,
+                                        "subject": ctx.subject if isinstance(ctx, RequestContext) else None},
+                         variable_values=prep.variables,
                          operation_name=prep.operation.name.value if prep.operation.name else None)
         assert isinstance(result, ExecutionResult)  # no async resolvers among the meta fields
         return result
@@ -110,6 +136,8 @@ class Gateway:
 
 
 def _meta_error(err: Any) -> dict[str, Any]:
-    log.error("metadata resolver failed: %s", err.message)
+    if isinstance(err.original_error, ValueError):  # a resolver's own "bad argument" message
+        return GraphQLErrorOut(str(err.original_error), Code.BAD_USER_INPUT, path=list(err.path or [])).to_dict()
+    log.error("metadata resolver failed: %s", type(err.original_error).__name__)
     return GraphQLErrorOut("internal error while reading the catalogue", Code.INTERNAL_SERVER_ERROR,
                            path=list(err.path or [])).to_dict()

@@ -20,7 +20,7 @@ from resolvers.query import SourceQuery
 
 __all__ = [
     "ENTITY_KEY", "Const", "EntityRef", "Fetch", "KeyValue", "Meta", "Nested", "ObjShape", "PageInfoShape",
-    "Plan", "RootEntity", "RootPage", "Scalar",
+    "Plan", "RootEntity", "RootPage", "RootVerify", "Scalar", "Withheld",
 ]
 
 # Entity objects are built from a one-entry row holding their key under this name, which is
@@ -38,6 +38,7 @@ class Fetch:
     level: int
     query: SourceQuery  # keys are filled in at execution
     path: str  # response path of the records, e.g. residents.nodes.person.employments
+    required: list[str] = field(default_factory=list)  # columns the gateway needs (joins, order): never returned
     selected: list[str] = field(default_factory=list)  # dataset fields whose values the client receives
     filtered: list[str] = field(default_factory=list)  # dataset fields the client's conditions test
     literal_keys: tuple[Any, ...] | None = None  # keys given in the request (entity roots)
@@ -52,6 +53,16 @@ class Scalar:
     key: str
     column: str
     type: DataType
+    mask: str | None = None  # set by authorisation when the caller may read the field only masked
+
+
+@dataclass(slots=True)
+class Withheld:
+    """A field (or a whole nested list) the caller may not have: null, with an error at each path."""
+
+    key: str
+    code: str  # FORBIDDEN_FIELD, CONSENT_REQUIRED, ...
+    message: str
 
 
 @dataclass(slots=True)
@@ -65,6 +76,7 @@ class KeyValue:
     """An entity's own key (``Person.idNumber``)."""
 
     key: str
+    mask: str | None = None
 
 
 @dataclass(slots=True)
@@ -89,7 +101,8 @@ class EntityRef:
 
 @dataclass(slots=True)
 class ObjShape:
-    entries: list[Scalar | Const | KeyValue | Nested | EntityRef] = field(default_factory=list)
+    entries: list[Scalar | Const | KeyValue | Nested | EntityRef | Withheld] = field(default_factory=list)
+    fetch: int | None = None  # the fetch whose rows this shape is built from (None: an entity object)
 
 
 @dataclass(slots=True)
@@ -122,6 +135,14 @@ class RootEntity:
 
 
 @dataclass(slots=True)
+class RootVerify:
+    """``verify(idNumber:, claim:)``: true when the subject has a record satisfying the claim."""
+
+    key: str
+    fetch: int
+
+
+@dataclass(slots=True)
 class Meta:
     """A root field answered by graphql-core (``catalog``, ``__schema``, ``__type``)."""
 
@@ -131,7 +152,7 @@ class Meta:
 @dataclass
 class Plan:
     operation: str | None
-    roots: list[RootPage | RootEntity | Meta | Const] = field(default_factory=list)
+    roots: list[RootPage | RootEntity | RootVerify | Meta | Const | Withheld] = field(default_factory=list)
     fetches: list[Fetch] = field(default_factory=list)
 
     @property

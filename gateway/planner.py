@@ -37,9 +37,11 @@ from gateway.plan import (
     Plan,
     RootEntity,
     RootPage,
+    RootVerify,
     Scalar,
 )
 from gateway.schema import Member, SchemaIndex
+from resolvers.coerce import coerce
 from resolvers.query import Condition, Op, SourceQuery
 
 __all__ = ["Planner"]
@@ -100,8 +102,9 @@ class _Build:
     def need(fetch: Fetch, column: str, selected: bool = False) -> None:
         if column not in fetch.query.columns:
             fetch.query = replace(fetch.query, columns=(*fetch.query.columns, column))
-        if selected and column not in fetch.selected:
-            fetch.selected.append(column)
+        kept = fetch.selected if selected else fetch.required
+        if column not in kept:
+            kept.append(column)
 
     @staticmethod
     def filters(fetch: Fetch) -> None:
@@ -171,6 +174,8 @@ class _Build:
                 args = self.args(query_type, nodes[0])
                 if kind == "list":
                     self.plan.roots.append(self.root_page(key, code, nodes, args))
+                elif kind == "verify":
+                    self.plan.roots.append(self.root_verify(key, nodes[0], args))
                 else:
                     self.plan.roots.append(self.root_entity(key, kind, code, nodes, args))
         return self.plan
@@ -203,6 +208,46 @@ class _Build:
             else:
                 page.typename.append((sub_key, f"{ds.graphql.type}Page"))
         return page
+
+    def root_verify(self, key: str, node: FieldNode, args: dict[str, Any]) -> RootVerify:
+        given = {k: v for k, v in (("idNumber", args.get("id_number")), ("creditCode", args.get("credit_code")))
+                 if v is not None}
+        if len(given) != 1:
+            raise self.fail("verify: give exactly one of idNumber or creditCode", [key], node)
+        (arg, raw), = given.items()
+        entity = next(e for e in self.p.catalog.entities.values() if e.graphql.argument == arg)
+        subject = self.keys(entity.key, [raw], [key], node, arg, False)[0]
+        claim = dict(args["claim"])
+        type_name, _, field_name = str(claim.pop("field")).partition(".")
+        member = self.p.index.members.get((type_name, field_name))
+        if member is None or member.kind != "column" or member.dataset is None or member.column is None:
+            raise self.fail(f"verify: claim.field must be Type.field of a dataset field, as in catalog "
+                            f"{{ fields {{ graphqlPath }} }}; {type_name}.{field_name} is not one", [key], node)
+        ds = self.p.catalog.datasets[member.dataset]
+        links = [lk for lk in self.p.catalog.links_of_dataset(ds.code) if lk.entity == entity.code]
+        if len(links) != 1:
+            raise self.fail(f"verify: {type_name} is {'not linked' if not links else 'linked more than once'} "
+                            f"to {entity.code}", [key], node)
+        ops = {k: v for k, v in claim.items() if v is not None}
+        if len(ops) != 1:
+            raise self.fail("verify: give exactly one operator in claim (eq, ne, lt, lte, gt, gte, in, isNull)",
+                            [key], node)
+        (op_name, value), = ops.items()
+        op = _OPS[op_name]
+        spec = ds.field(member.column)
+        try:
+            if op is Op.IN:
+                value = [coerce(v, spec.type) for v in value]
+            elif op is not Op.IS_NULL:
+                value = coerce(value, spec.type)
+        except (ValueError, ArithmeticError):
+            raise self.fail(f"verify: the claim's value is not a {spec.type.value}", [key], node) from None
+        fetch = self.new_fetch(ds, 0, key, conditions=(Condition(spec.name, op, value),),
+                               key_column=links[0].field, order_by=ds.primary_key, limit=1)
+        fetch.literal_keys = (subject,)
+        self.filters(fetch)
+        self.need(fetch, ds.primary_key)
+        return RootVerify(key, fetch.id)
 
     def root_entity(self, key: str, kind: str, code: str, nodes: list[FieldNode], args: dict[str, Any]) -> RootEntity:
         ent = self.p.catalog.entities[code]
@@ -247,6 +292,7 @@ class _Build:
     def dataset_object(self, ds: Dataset, fetch: Fetch, nodes: list[FieldNode], path: list[str | int]) -> ObjShape:
         self.depth(path, nodes[0])
         gtype, shape = self.object_type(ds.graphql.type)
+        shape.fetch = fetch.id
         for key, sub, m in self.members(gtype, nodes, shape):
             if m.kind == "column":
                 assert m.column is not None
@@ -267,7 +313,9 @@ class _Build:
                 entity = self.entity_object(m.entity, (fetch.id, m.column), sub, [*path, key], None,
                                             f"{fetch.path}.{key}")
                 # The entity's key value is this record's column: returned if the key is selected.
-                self.need(fetch, m.column, selected=any(isinstance(e, KeyValue) for e in entity.entries))
+                self.need(fetch, m.column)  # the children's join key, whether or not the key is shown
+                if any(isinstance(e, KeyValue) for e in entity.entries):
+                    self.need(fetch, m.column, selected=True)
                 shape.entries.append(EntityRef(key, m.column, entity))
         return shape
 

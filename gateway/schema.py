@@ -88,6 +88,21 @@ class PageInfo(graphene.ObjectType):
     end_cursor = graphene.String(description="Opaque cursor of the last record; null on an empty page.")
 
 
+class Claim(graphene.InputObjectType):
+    """A yes/no question about one field: ``{field: "Resident.birthDate", lt: "1966-01-01"}``.
+    Values are written as strings and read as the field's type; give exactly one operator."""
+
+    field = graphene.String(required=True, description="Type.field, as in catalog { fields { graphqlPath } }")
+    eq = graphene.String()
+    ne = graphene.String()
+    lt = graphene.String(description="before / less than")
+    lte = graphene.String()
+    gt = graphene.String(description="after / greater than")
+    gte = graphene.String()
+    in_ = graphene.List(graphene.NonNull(graphene.String), name="in")
+    is_null = graphene.Boolean(name="isNull")
+
+
 def _filter_input(data_type: DataType) -> type[graphene.InputObjectType]:
     scalar = SCALARS[data_type]
     ops: dict[str, Any] = {}
@@ -201,6 +216,12 @@ def build_schema(catalog: Catalog) -> BuiltSchema:
                                                                            required=True, name=f"{arg}s")})
         index.roots[ent.graphql.many] = ("many", ent.code)
 
+    root["verify"] = graphene.Boolean(
+        name="verify", description="Predicate-only access: does the person or organisation have a record "
+        "satisfying the claim? Answers true or false, never the value (needs at least `verify` on the field).",
+        id_number=graphene.String(name="idNumber"), credit_code=graphene.String(name="creditCode"),
+        claim=graphene.Argument(Claim, required=True))
+    index.roots["verify"] = ("verify", "")
     query = type("Query", (CatalogQuery, graphene.ObjectType), root)
     schema = graphene.Schema(query=query, types=list(types.values()), auto_camelcase=True)
     return BuiltSchema(schema=schema, index=index)

@@ -24,8 +24,11 @@ from gateway.plan import (
     Plan,
     RootEntity,
     RootPage,
+    RootVerify,
     Scalar,
+    Withheld,
 )
+from policies.masks import Masker
 from resolvers.base import Row
 
 __all__ = ["Shaper"]
@@ -79,12 +82,16 @@ def serialise(value: Any, data_type: DataType) -> Any:
 
 
 class Shaper:
-    def __init__(self, plan: Plan, results: dict[int, FetchResult], max_nodes: int) -> None:
+    def __init__(self, plan: Plan, results: dict[int, FetchResult], max_nodes: int, masker: Masker) -> None:
+        self.masker = masker
         self.plan = plan
         self.results = results
         self.errors: list[GraphQLErrorOut] = []
         self.max_nodes = max_nodes
         self.budget = max_nodes
+
+    def withhold(self, entry: Withheld, path: PathLink) -> None:
+        self.errors.append(GraphQLErrorOut(entry.message, Code(entry.code), path=materialise(path)))
 
     def fail(self, result: FetchResult, path: PathLink) -> None:
         assert result.error is not None
@@ -92,7 +99,16 @@ class Shaper:
                                            path=materialise(path),
                                            extra={"source": result.error.source}))
 
-    def root(self, entry: RootPage | RootEntity) -> Any:
+    def root(self, entry: RootPage | RootEntity | RootVerify | Withheld) -> Any:
+        if isinstance(entry, Withheld):
+            self.withhold(entry, (None, entry.key))
+            return None
+        if isinstance(entry, RootVerify):
+            result = self.results[entry.fetch]
+            if result.error is not None:
+                self.fail(result, (None, entry.key))
+                return None
+            return bool(result.rows)
         if isinstance(entry, RootEntity):
             root: PathLink = (None, entry.key)
             if entry.many:
@@ -135,6 +151,8 @@ class Shaper:
         for e in shape.entries:
             if isinstance(e, Scalar):
                 v = row.get(e.column)
+                if e.mask is not None and v is not None:
+                    v = self.masker.apply(e.mask, v)
                 out[e.key] = None if v is None else SERIALISERS[e.type](v)
             elif isinstance(e, Nested):
                 out[e.key] = self.nested(e, row, (path, e.key))
@@ -142,7 +160,10 @@ class Shaper:
                 k = row.get(e.column)
                 out[e.key] = None if k is None else self.obj(e.shape, {ENTITY_KEY: k}, (path, e.key))
             elif isinstance(e, KeyValue):
-                out[e.key] = row[ENTITY_KEY]
+                out[e.key] = row[ENTITY_KEY] if e.mask is None else self.masker.apply(e.mask, row[ENTITY_KEY])
+            elif isinstance(e, Withheld):
+                out[e.key] = None
+                self.withhold(e, (path, e.key))
             elif isinstance(e, Const):
                 out[e.key] = e.value
         return out

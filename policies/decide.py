@@ -26,7 +26,7 @@ from casbin.util import key_match
 from catalog.model import Catalog, Purpose, ShareType
 from policies.store import PolicyStore, Snapshot
 
-__all__ = ["Access", "Decider", "Decision", "RowRule", "Subject"]
+__all__ = ["Access", "Decider", "Decision", "RowRule", "Subject", "compile_policy"]
 
 
 class Access(IntEnum):
@@ -81,6 +81,17 @@ class _Compiled:
     decisions: dict[str, Decision] = field(default_factory=dict)
 
 
+def compile_policy(enforcer: casbin.Enforcer, subject: Subject, purpose: str) -> _Compiled:
+    """The lines of the policy that can ever match this subject and purpose (one scan)."""
+    names = Decider.closure(enforcer, subject)
+    rules = [line for line in enforcer.get_named_policy("p") if line[0] in names and line[3] in (purpose, "*")]
+    rows: dict[str, list[RowRule]] = {}
+    for sub, dataset, pur, column, op, value in enforcer.get_named_policy("p2"):
+        if sub in names and pur in (purpose, "*"):
+            rows.setdefault(dataset, []).append(RowRule(column, op, value))
+    return _Compiled(rules, rows)
+
+
 class Decider:
     def __init__(self, store: PolicyStore, catalog: Catalog, cache_size: int = 4096) -> None:
         self.store = store
@@ -103,14 +114,7 @@ class Decider:
         if hit is not None:
             self._cache.move_to_end(key)
             return hit
-        names = self.closure(snap.enforcer, subject)
-        rules = [line for line in snap.enforcer.get_named_policy("p")
-                 if line[0] in names and line[3] in (purpose, "*")]
-        rows: dict[str, list[RowRule]] = {}
-        for sub, dataset, pur, column, op, value in snap.enforcer.get_named_policy("p2"):
-            if sub in names and pur in (purpose, "*"):
-                rows.setdefault(dataset, []).append(RowRule(column, op, value))
-        compiled = _Compiled(rules, rows)
+        compiled = compile_policy(snap.enforcer, subject, purpose)
         self._cache[key] = compiled
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

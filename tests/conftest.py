@@ -109,12 +109,17 @@ def housing_url(city_dir: Path) -> Iterator[str]:
         yield f"http://127.0.0.1:{server.port}"
 
 
-def write_config(folder: Path, sources: dict[str, str] | None = None, **gateway: Any) -> Path:
-    lines = ["[gateway]", f'catalog = "{DEMO_CATALOG}"']
+DEMO_POLICY = REPO_ROOT / "demo" / "policies" / "policy.csv"
+
+
+def write_config(folder: Path, sources: dict[str, str] | None = None, *, policy: Path = DEMO_POLICY,
+                 **gateway: Any) -> Path:
+    lines = ["[gateway]", f'catalog = "{DEMO_CATALOG}"', "demo = true"]
     lines += [f"{k} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{k} = {str(v).lower()}"
               for k, v in gateway.items()]
     for code, url in (sources or {}).items():
         lines += [f"[sources.{code}]", f'url = "{url}"']
+    lines += ["[policies]", f'file = "{policy}"', 'mask_key = "hutong-demo-mask-key-NOT-A-SECRET"']
     path = folder / f"hutong-{uuid.uuid4().hex[:8]}.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -7,12 +7,13 @@ from typing import Any
 
 from demo.build import City
 from gateway.cli import SHOWCASE_QUERY
+from gateway.context import UNRESTRICTED
 from gateway.pipeline import Gateway
 from tests.oracle import rows, showcase_answer
 
 
 async def run(gw: Gateway, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-    out = await gw.run(query, None, variables)
+    out = await gw.run(query, None, variables, context=UNRESTRICTED)
     assert out.status == 200, out.body
     assert "errors" not in out.body, out.body["errors"]
     return out.body["data"]

@@ -1,0 +1,138 @@
+"""``hutong client ...``: register, list, rotate and disable the clients that may get tokens.
+
+Secrets are generated here (256 random bits) and printed once; the store keeps only their
+hash, so a lost secret is replaced (``rotate-secret``), never recovered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.auth.client_secrets import new_secret
+from gateway.auth.clients import ClientStore, ClientStoreError, public_jwk
+from gateway.auth.settings import AuthSettings
+from gateway.config import ConfigError, load_settings
+
+__all__ = ["client_app"]
+
+client_app = typer.Typer(help="Register and manage the clients (department applications) that may get tokens.",
+                         no_args_is_help=True)
+
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Configuration file (default: $HUTONG_CONFIG, "
+                                                                      "else the demo's).")]
+ClientId = Annotated[str, typer.Argument(help="The client id, e.g. street-office-app.")]
+T = TypeVar("T")
+
+
+def _error(message: str) -> None:
+    err.print(Text("error: ", style="red") + Text(message))
+
+
+def _run(config: Path | None, action: Callable[[ClientStore], Awaitable[T]]) -> T:
+    """Run one store action against the configured client store, or exit saying what is wrong."""
+    try:
+        auth = AuthSettings.from_settings(load_settings(config))
+    except ConfigError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+
+    async def go() -> T:
+        store = ClientStore(auth.client_store)
+        try:
+            await store.init()
+            return await action(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except (ClientStoreError, ValueError) as exc:
+        _error(str(exc))
+        raise typer.Exit(1) from None
+    except (OSError, SQLAlchemyError) as exc:  # shown by kind: the store URL may hold a password
+        _error(f"cannot reach the client store: {type(exc).__name__}")
+        raise typer.Exit(1) from None
+
+
+def _read_key(path: Path) -> dict[str, Any]:
+    try:
+        return public_jwk(path.read_bytes())
+    except OSError as exc:
+        _error(f"cannot read {path}: {exc.strerror}")
+        raise typer.Exit(2) from None
+    except ValueError as exc:
+        _error(f"{path}: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _show_secret(client_id: str, secret: str) -> None:
+    out.print(f"client_id     {client_id}")
+    out.print(f"client_secret {secret}")
+    err.print("Give the secret to the client's operators now: it is not stored and cannot be shown again.")
+
+
+@client_app.command("add")
+def add(client_id: ClientId,
+        department: Annotated[str, typer.Option(help="The department code the client acts for.")],
+        config: ConfigOpt = None,
+        role: Annotated[list[str] | None, typer.Option("--role", help="A role (repeat for several).")] = None,
+        public_key: Annotated[Path | None, typer.Option(
+            help="The client's public key (PEM or JWK) for private_key_jwt; then no secret is made.")] = None
+        ) -> None:
+    """Register a client. Prints its generated secret once (or uses --public-key instead)."""
+    jwk = _read_key(public_key) if public_key else None
+    secret = None if jwk else new_secret()
+    _run(config, lambda store: store.add(client_id, department, role or [], secret=secret, public_key=jwk))
+    if secret:
+        _show_secret(client_id, secret)
+    else:
+        out.print(f"client {client_id} registered for private_key_jwt (key {jwk['kid'] if jwk else ''})")
+
+
+@client_app.command("list")
+def list_clients(config: ConfigOpt = None) -> None:
+    """List the registered clients (never their secrets)."""
+    clients = _run(config, lambda store: store.list())
+    table = Table("client", "department", "roles", "authenticates with", "status", "created", "rotated")
+    for c in clients:
+        table.add_row(c.client_id, c.department, ", ".join(c.roles), ", ".join(c.auth_methods),
+                      "disabled" if c.disabled else "active",
+                      f"{c.created_at:%Y-%m-%d %H:%M}" if c.created_at else "",
+                      f"{c.rotated_at:%Y-%m-%d %H:%M}" if c.rotated_at else "")
+    out.print(table if clients else "no clients registered: `hutong client add CLIENT_ID --department CODE`")
+
+
+@client_app.command("rotate-secret")
+def rotate_secret(client_id: ClientId, config: ConfigOpt = None) -> None:
+    """Give a client a new secret (printed once). Its tokens already issued live until they expire."""
+    secret = new_secret()
+    _run(config, lambda store: store.rotate_secret(client_id, secret))
+    _show_secret(client_id, secret)
+
+
+@client_app.command("set-key")
+def set_key(client_id: ClientId, public_key: Annotated[Path, typer.Argument(help="PEM or JWK public key.")],
+            config: ConfigOpt = None) -> None:
+    """Register (or replace) a client's public key for private_key_jwt."""
+    jwk = _read_key(public_key)
+    _run(config, lambda store: store.set_public_key(client_id, jwk))
+    out.print(f"client {client_id} now authenticates with key {jwk['kid']}")
+
+
+@client_app.command("disable")
+def disable(client_id: ClientId, config: ConfigOpt = None) -> None:
+    """Disable a client: no new tokens, and its unexpired tokens are refused within seconds."""
+    _run(config, lambda store: store.disable(client_id))
+    out.print(f"client {client_id} disabled")

@@ -1,0 +1,81 @@
+"""The demo's clients: fixed, documented credentials, accepted only in demo mode.
+
+Their secrets are public (README, docs/identity.md), so a gateway outside demo mode refuses to
+start while any registered client's secret is one of them: ``refuse_demo_secrets``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from gateway.auth.client_secrets import verify_secret
+from gateway.auth.clients import ClientExists, ClientStore
+from gateway.config import ConfigError
+
+__all__ = ["DEMO_CLIENTS", "DEMO_SECRETS", "DemoClient", "DemoSecretsError", "ensure_demo_clients",
+           "refuse_demo_secrets"]
+
+
+@dataclass(frozen=True)
+class DemoClient:
+    client_id: str
+    secret: str
+    department: str
+    roles: tuple[str, ...]
+    purpose: str
+
+
+DEMO_CLIENTS = (
+    DemoClient("street-office-app", "street-office-demo-secret", "civil", ("street-office",),
+               "a street office (街道办) checking subsistence-allowance claims"),
+    DemoClient("health-app", "health-demo-secret", "health", ("clinician",), "a hospital's clinical system"),
+    DemoClient("market-app", "market-demo-secret", "mr", ("market-inspector",), "Market Regulation inspectors"),
+    DemoClient("citizen-portal", "citizen-portal-demo-secret", "civil", ("citizen-portal",),
+               "the citizens' self-service portal"),
+    DemoClient("auditor", "auditor-demo-secret", "audit", ("auditor",), "the audit office"),
+    DemoClient("policy-admin", "policy-admin-demo-secret", "admin", ("policy-admin",),
+               "the data-sharing office that manages policies"),
+)
+DEMO_SECRETS = frozenset(c.secret for c in DEMO_CLIENTS)
+
+
+class DemoSecretsError(ConfigError):
+    pass
+
+
+async def ensure_demo_clients(store: ClientStore) -> list[str]:
+    """Register the demo clients that are missing; returns the ids added. Existing ones are left
+    as they are (an operator may have rotated or disabled them)."""
+    added = []
+    for demo in DEMO_CLIENTS:
+        if await store.get(demo.client_id) is None:
+            try:
+                await store.add(demo.client_id, demo.department, demo.roles, secret=demo.secret)
+                added.append(demo.client_id)
+            except ClientExists:  # another worker registered it meanwhile
+                pass
+    return added
+
+
+async def refuse_demo_secrets(store: ClientStore, demo: bool) -> None:
+    """Outside demo mode, raise DemoSecretsError if any client's secret is a documented demo secret.
+
+    Every client's hash is checked against every demo secret: clients × 6 scrypt runs, spread
+    over the CPUs (hashlib releases the GIL), so a few seconds at start-up for dozens of clients.
+    """
+    if demo:
+        return
+    clients = [c for c in await store.list() if c.secret_hash]
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        checks = [(c.client_id, loop.run_in_executor(pool, verify_secret, s, c.secret_hash))
+                  for c in clients for s in sorted(DEMO_SECRETS)]
+        found = sorted({cid for cid, fut in checks if await fut})
+    if found:
+        raise DemoSecretsError(
+            f"client(s) {', '.join(found)} use a documented demo secret and demo mode is off: anyone can "
+            "read those secrets. Run `hutong client rotate-secret CLIENT_ID` (or `hutong client disable`) "
+            "for each, or set demo = true in [gateway] for a demo")
