@@ -1,0 +1,188 @@
+"""Authorisation at plan time, over the demo policy: allowed, masked, forbidden, row-limited,
+predicate-only, consent-withheld, reject mode, and that no denied value leaks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from demo.build import City
+from gateway.context import RequestContext
+from gateway.pipeline import Gateway
+from policies.decide import Access, Subject
+from policies.masks import Masker
+from tests.oracle import rows
+
+STREET = Subject("street-office-app", "civil", frozenset({"street-office"}))
+HEALTH = Subject("health-app", "health", frozenset({"clinician"}))
+MARKET = Subject("market-app", "mr", frozenset({"market-inspector"}))
+NOBODY = Subject("citizen-portal", "civil", frozenset({"citizen-portal"}))
+
+
+def ctx(subject: Subject, purpose: str, reject: bool = False) -> RequestContext:
+    return RequestContext(subject, purpose, "official-007", "CASE-2026-0001", reject, "req-test")
+
+
+async def ask(gw: Gateway, query: str, context: RequestContext, variables: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    out = await gw.run(query, None, variables, context=context)
+    assert out.status == 200, out.body
+    return out.body
+
+
+def errors_by_path(body: dict[str, Any]) -> dict[tuple[Any, ...], str]:
+    return {tuple(e["path"]): e["extensions"]["code"] for e in body.get("errors", [])}
+
+
+async def test_street_office_sees_its_district_only_and_pension_amounts_masked(gateway: Gateway, city: City) -> None:
+    body = await ask(gateway, """{ residents(limit: 1000) { nodes { idNumber district } }
+        pensions(limit: 1000) { nodes { idNumber monthlyAmount } } }""", ctx(STREET, "subsistence-allowance-review"))
+    assert "errors" not in body, body["errors"][:3]
+    districts = {n["district"] for n in body["data"]["residents"]["nodes"]}
+    assert districts == {"北苑区"}
+    assert len(body["data"]["residents"]["nodes"]) == sum(
+        1 for r in rows(city, "psb", "resident") if r["district"] == "北苑区")
+    amounts = {p["id_number"]: p["monthly_amount"] for p in rows(city, "hrss", "pension")}
+    for n in body["data"]["pensions"]["nodes"]:
+        assert n["monthlyAmount"] == (amounts[n["idNumber"]] // 1000) * 1000  # round_1000
+
+
+async def test_row_rules_are_pushed_into_the_source_query(gateway: Gateway) -> None:
+    plan = gateway.plan("{ residents { nodes { name householdMembers { name } } } }")
+    from gateway.authorize import authorize
+
+    auth = authorize(plan, ctx(STREET, "subsistence-allowance-review"), gateway.decider, gateway.catalog)
+    assert auth.row_rules == {"psb.resident": ["district eq ?"]}
+    # Both fetches of the dataset, the root page and the batched household lookup, carry the rule.
+    for f in plan.fetches:
+        assert any(c.column == "district" and c.value == "北苑区" for c in f.query.conditions)
+        from resolvers.sql import SQLConnector
+
+        conn = gateway.sources.get(f.source)
+        assert isinstance(conn, SQLConnector)
+        sql = str(conn.select(f.query, ["k"] if f.query.key_column else None).compile(dialect=conn.engine.dialect))
+        assert "resident.district = ?" in sql
+
+
+async def test_health_app_masked_names_forbidden_address_and_consent(gateway: Gateway, city: City) -> None:
+    someone = rows(city, "psb", "resident")[3]
+    body = await ask(gateway, """query($id: String!) { person(idNumber: $id) {
+        resident { name address birthDate }
+        vaccinations { vaccine site }
+        pensions { status } } }""", ctx(HEALTH, "public-health-followup"), {"id": someone["id_number"]})
+    person = body["data"]["person"]
+    assert person["resident"]["name"] == someone["name"][0] + "*" * (len(someone["name"]) - 1)
+    assert person["resident"]["address"] is None
+    assert person["resident"]["birthDate"] == someone["birth_date"].isoformat()
+    assert person["pensions"] is None  # hrss.pension is outside the purpose: not even queried
+    vacc = [v for v in rows(city, "health", "vaccination") if v["id_number"] == someone["id_number"]]
+    assert len(person["vaccinations"]) == len(vacc)
+    assert all(v["vaccine"] is None and v["site"] for v in person["vaccinations"])  # site: none-field, legal basis
+    codes = errors_by_path(body)
+    assert codes[("person", "resident", "address")] == "FORBIDDEN_FIELD"
+    assert codes[("person", "pensions")] == "FORBIDDEN_FIELD"
+    assert all(codes[("person", "vaccinations", i, "vaccine")] == "CONSENT_REQUIRED" for i in range(len(vacc)))
+
+
+async def test_forbidden_fields_are_not_fetched(gateway: Gateway) -> None:
+    from gateway.authorize import authorize
+
+    plan = gateway.plan("{ residents { nodes { name address householdId } } }")
+    authorize(plan, ctx(HEALTH, "public-health-followup"), gateway.decider, gateway.catalog)
+    (f,) = plan.fetches
+    assert "address" not in f.query.columns and "household_id" not in f.query.columns
+    assert f.selected == ["name"]
+
+
+async def test_market_app_may_only_verify_birth_dates(gateway: Gateway, city: City) -> None:
+    rep = next(r for r in rows(city, "psb", "resident")
+               if any(b["legal_rep_id_number"] == r["id_number"] for b in rows(city, "mr", "business")))
+    body = await ask(gateway, """query($id: String!) { person(idNumber: $id) { resident { name birthDate idNumber } }
+        before: verify(idNumber: $id, claim: {field: "Resident.birthDate", lt: "1970-01-01"})
+        after: verify(idNumber: $id, claim: {field: "Resident.birthDate", gte: "1970-01-01"}) }""",
+                     ctx(MARKET, "market-supervision"), {"id": rep["id_number"]})
+    data = body["data"]
+    born_before = rep["birth_date"].isoformat() < "1970-01-01"
+    assert (data["before"], data["after"]) == (born_before, not born_before)
+    assert data["person"]["resident"]["birthDate"] is None
+    assert data["person"]["resident"]["name"] == rep["name"]
+    assert data["person"]["resident"]["idNumber"] == rep["id_number"][:6] + "********" + rep["id_number"][-4:]
+    assert errors_by_path(body) == {("person", "resident", "birthDate"): "FORBIDDEN_FIELD"}
+    assert "may only verify psb.resident.birth_date" in body["errors"][0]["message"]
+
+
+async def test_verify_needs_at_least_verify(gateway: Gateway, city: City) -> None:
+    someone = rows(city, "psb", "resident")[0]["id_number"]
+    out = await gateway.run('query($id: String!) { verify(idNumber: $id, claim: {field: "Resident.address", '
+                            'eq: "x"}) }', None, {"id": someone}, context=ctx(MARKET, "market-supervision"))
+    assert out.status == 403 and out.body["errors"][0]["extensions"]["code"] == "FORBIDDEN_FIELD"
+    assert "psb.resident.address" in out.body["errors"][0]["message"]
+
+
+async def test_filters_on_forbidden_fields_fail_the_request(gateway: Gateway) -> None:
+    out = await gateway.run('{ employments(filter: {monthlyWage: {gte: 20000}}) { nodes { position } } }',
+                            context=ctx(MARKET, "market-supervision"))
+    assert out.status == 403
+    assert "may not test hrss.employment.monthly_wage" in out.body["errors"][0]["message"]
+
+
+async def test_reject_mode_fails_the_whole_request(gateway: Gateway) -> None:
+    out = await gateway.run("{ residents { nodes { name address } } }",
+                            context=ctx(HEALTH, "public-health-followup", reject=True))
+    assert out.status == 403 and "data" not in out.body
+    assert "psb.resident.address" in out.body["errors"][0]["message"]
+
+
+async def test_a_client_without_grants_gets_nothing(gateway: Gateway) -> None:
+    body = await ask(gateway, "{ residents(limit: 5) { nodes { name idNumber } } }",
+                     ctx(NOBODY, "citizen-self-service"))
+    nodes = body["data"]["residents"]["nodes"]
+    assert nodes and all(n == {"name": None, "idNumber": None} for n in nodes)
+    assert set(errors_by_path(body).values()) == {"FORBIDDEN_FIELD"}
+
+
+async def test_my_access_lists_what_the_client_may_use(gateway: Gateway) -> None:
+    body = await ask(gateway, '{ myAccess(purpose: "market-supervision") { dataset field access mask } }',
+                     ctx(MARKET, "market-supervision"))
+    grants = {(g["dataset"], g["field"]): (g["access"], g["mask"]) for g in body["data"]["myAccess"]}
+    assert grants[("psb.resident", "birth_date")] == ("VERIFY", None)
+    assert grants[("psb.resident", "id_number")] == ("MASKED", "id_number")
+    assert grants[("mr.business", "name")] == ("CLEAR", None)
+    assert ("hrss.employment", "monthly_wage") not in grants and ("psb.resident", "address") not in grants
+
+
+# --- no denied value ever appears in a response -------------------------------------------------
+
+RESIDENT_FIELDS = ["idNumber", "name", "gender", "birthDate", "address", "district", "householdId", "relation"]
+CLIENTS = [(STREET, "subsistence-allowance-review"), (HEALTH, "public-health-followup"),
+           (MARKET, "market-supervision"), (NOBODY, "citizen-self-service")]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(who=st.sampled_from(CLIENTS), fields=st.lists(st.sampled_from(RESIDENT_FIELDS), min_size=1, unique=True),
+       nested=st.booleans())
+async def test_no_forbidden_value_leaks(gateway: Gateway, city: City, who: tuple[Subject, str], fields: list[str],
+                                        nested: bool) -> None:
+    subject, purpose = who
+    sel = " ".join(fields)
+    query = f"{{ residents(limit: 60) {{ nodes {{ {sel} {'householdMembers { ' + sel + ' }' if nested else ''} }} }} }}"
+    body = json.dumps((await gateway.run(query, context=ctx(subject, purpose))).body, ensure_ascii=False)
+    ds = gateway.catalog.datasets["psb.resident"]
+    masker = Masker(gateway.policy.mask_key)
+    for f in ds.fields:
+        if f.graphql_name not in fields:
+            continue
+        d = gateway.decider.decide(subject, purpose, f"psb.resident.{f.name}")
+        if d.access is Access.CLEAR and f.share.value == "unconditional":
+            continue
+        for r in rows(city, "psb", "resident"):
+            raw = r[f.name]
+            text = raw.isoformat() if hasattr(raw, "isoformat") else str(raw)
+            if len(text) < 6:
+                continue  # short codes (M/F, head) appear legitimately elsewhere
+            if d.access is Access.MASKED and masker.apply(d.mask or f.mask, raw) == raw:
+                continue
+            assert f'"{text}"' not in body, (subject.client_id, f.name)
