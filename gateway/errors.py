@@ -35,6 +35,7 @@ class Code(StrEnum):
     SOURCE_TIMEOUT = "SOURCE_TIMEOUT"
     SOURCE_ERROR = "SOURCE_ERROR"
     ROW_LIMIT_EXCEEDED = "ROW_LIMIT_EXCEEDED"  # one fetch matched more than max_rows records
+    POLICY_UNAVAILABLE = "POLICY_UNAVAILABLE"  # no policy could be loaded: nothing is shared (503)
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
 
 

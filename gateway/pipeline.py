@@ -29,7 +29,7 @@ from gateway.shape import Shaper
 from policies.decide import Decider
 from policies.masks import Masker
 from policies.settings import PolicySettings
-from policies.store import PolicyStore
+from policies.store import FilePolicySource, PolicyStore, SQLPolicySource
 from policies.validate import PolicyError
 from resolvers.registry import Sources
 
@@ -68,12 +68,17 @@ class Gateway:
         self.planner = Planner(catalog, self.built.graphql, self.built.index, settings)
         self.sources = sources or Sources(catalog, settings.base_dir, settings.source_urls)
         self.policy = PolicySettings.from_settings(settings)
-        try:
-            self.store = PolicyStore(self.policy.file, catalog, reload_interval=self.policy.reload_interval)
-        except PolicyError as exc:
-            raise ConfigError(str(exc)) from None
+        source = FilePolicySource(self.policy.file) if self.policy.file else SQLPolicySource(str(self.policy.url))
+        self.store = PolicyStore(source, catalog, reload_interval=self.policy.reload_interval)
         self.decider = Decider(self.store, catalog)
         self.masker = Masker(self.policy.mask_key)
+
+    async def start(self) -> None:
+        """Load the policy (an invalid policy stops the gateway here, with the problems listed)."""
+        try:
+            await self.store.refresh(force=True)
+        except PolicyError as exc:
+            raise ConfigError(str(exc)) from None
 
     def prepare(self, query: Any, operation_name: Any = None, variables: Any = None, method: str = "POST") -> Prepared:
         return prepare(self.documents, query, operation_name, variables, method)
@@ -91,6 +96,12 @@ class Gateway:
             prep = self.prepare(query, operation_name, variables, method)
             plan = self.planner.plan(prep)
             ctx = context(bool(plan.fetches)) if callable(context) else context
+            try:
+                await self.store.refresh()
+            except PolicyError:
+                # No policy in force means nothing may be shared: refuse, and say it is temporary.
+                raise RequestError(Code.POLICY_UNAVAILABLE, "the policy store cannot be read: retry later",
+                                   503, headers={"Retry-After": "5"}) from None
             if isinstance(ctx, RequestContext):
                 authorize(plan, ctx, self.decider, self.catalog)
             results = await execute_plan(plan, self.sources)
@@ -133,6 +144,7 @@ class Gateway:
 
     async def close(self) -> None:
         await self.sources.close()
+        await self.store.close()
 
 
 def _meta_error(err: Any) -> dict[str, Any]:

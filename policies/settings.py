@@ -13,12 +13,13 @@ __all__ = ["DEMO_MASK_KEY", "PolicySettings"]
 # Clearly a demo value: accepted only in demo mode, so that a real deployment sets its own.
 DEMO_MASK_KEY = "hutong-demo-mask-key-NOT-A-SECRET"
 
-_KNOWN = {"file", "mask_key", "reject_unauthorized", "reload_interval"}
+_KNOWN = {"file", "url", "mask_key", "reject_unauthorized", "reload_interval"}
 
 
 @dataclass(frozen=True, slots=True)
 class PolicySettings:
-    file: Path
+    file: Path | None  # a CSV file of policy lines, or
+    url: str | None  # a SQL database (SQLAlchemy async URL) holding them
     mask_key: bytes
     reject_unauthorized: bool = False  # the server default; X-Reject-Unauthorized overrides per request
     reload_interval: float = 1.0
@@ -30,8 +31,9 @@ class PolicySettings:
         unknown = sorted(set(raw) - _KNOWN)
         if unknown:
             raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN))}")
-        if "file" not in raw:
-            raise ConfigError(f"{where}: set file = \"policy.csv\" (the policy lines; nothing is allowed without them)")
+        if ("file" in raw) == ("url" in raw):
+            raise ConfigError(f"{where}: set either file = \"policy.csv\" or url = \"postgresql+asyncpg://...\" "
+                              "(where the policy lines are; nothing is allowed without them)")
         try:
             key = expand_env(str(raw.get("mask_key", "${HUTONG_MASK_KEY}")))
         except KeyError as exc:
@@ -44,6 +46,11 @@ class PolicySettings:
         interval = raw.get("reload_interval", 1.0)
         if not isinstance(interval, int | float) or interval < 0:
             raise ConfigError(f"{where}: reload_interval must be a number of seconds >= 0")
-        return cls(file=(settings.base_dir / str(raw["file"])).resolve(), mask_key=key.encode(),
+        try:
+            url = expand_env(str(raw["url"])) if "url" in raw else None
+        except KeyError as exc:
+            raise ConfigError(f"{where}: {exc.args[0]}") from None
+        return cls(file=(settings.base_dir / str(raw["file"])).resolve() if "file" in raw else None, url=url,
+                   mask_key=key.encode(),
                    reject_unauthorized=raw.get("reject_unauthorized", False) is True,
                    reload_interval=float(interval))

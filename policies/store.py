@@ -1,18 +1,26 @@
-"""The policy store: a Casbin enforcer over the policy lines, reloaded when they change.
+"""The policy store: the policy lines in force, as a Casbin enforcer, reloaded when they change.
 
-Policies live in a CSV file by default (Casbin's file adapter). The file is checked for
-changes at most once per ``reload_interval`` seconds and reloaded without a restart; a
-reload that fails validation keeps the previous policy in force and is logged. Every
-successful (re)load bumps ``version``, which invalidates cached decisions.
+Two sources, both through maintained Casbin adapters:
+
+- a CSV file (Casbin's file adapter), the default; a change is seen by its modification time;
+- a SQL database (``casbin-async-sqlalchemy-adapter``: PostgreSQL, MySQL, SQLite) for
+  production; a change is seen by comparing the lines' digest.
+
+``refresh()`` looks for a change at most once per ``reload_interval`` seconds, so policies
+reload without a restart. A new version is validated against the catalogue first; an
+invalid one is refused (logged) and the previous policy stays in force. Every reload bumps
+``version``, which invalidates cached decisions.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import casbin
 from casbin.persist.adapters import FileAdapter
@@ -20,11 +28,17 @@ from casbin.persist.adapters import FileAdapter
 from catalog.model import Catalog
 from policies.validate import PolicyError, validate_policy
 
-__all__ = ["MODEL_PATH", "PolicyStore"]
+__all__ = ["MODEL_PATH", "FilePolicySource", "PolicySource", "PolicyStore", "SQLPolicySource", "Snapshot"]
 
 log = logging.getLogger("hutong.policies")
 
 MODEL_PATH = Path(__file__).resolve().parent / "model.conf"
+
+
+def new_enforcer() -> casbin.Enforcer:
+    enforcer = casbin.Enforcer(str(MODEL_PATH))
+    enforcer.enable_auto_save(False)  # the gateway never writes policy through its enforcer
+    return enforcer
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,53 +49,115 @@ class Snapshot:
     version: int
 
 
-class PolicyStore:
-    def __init__(self, path: Path, catalog: Catalog, *, reload_interval: float = 1.0) -> None:
-        self.path = path
-        self.catalog = catalog
-        self.reload_interval = reload_interval
-        self._lock = threading.Lock()
-        self._checked = 0.0
-        self._mtime = self._stat()
-        self._snapshot = Snapshot(self._load(), 1)  # a bad policy at start-up raises PolicyError
+class PolicySource(Protocol):
+    name: str
 
-    def _stat(self) -> float:
+    async def load_if_changed(self, stamp: str) -> tuple[str, casbin.Enforcer | None]:
+        """The current stamp (changes whenever the policy does) and, unless it equals ``stamp``, the policy."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class FilePolicySource:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = str(path)
+
+    async def load_if_changed(self, stamp: str) -> tuple[str, casbin.Enforcer | None]:
         try:
-            return self.path.stat().st_mtime
+            st = self.path.stat()
         except FileNotFoundError:
             raise PolicyError([f"{self.path}: policy file not found"]) from None
+        current = f"{st.st_mtime_ns}:{st.st_size}"
+        if current == stamp:
+            return current, None
+        enforcer = new_enforcer()
+        FileAdapter(str(self.path)).load_policy(enforcer.get_model())
+        enforcer.build_role_links()
+        return current, enforcer
 
-    def _load(self) -> casbin.Enforcer:
-        enforcer = casbin.Enforcer(str(MODEL_PATH), FileAdapter(str(self.path)))
-        enforcer.enable_auto_save(False)  # the gateway never writes policy through the enforcer
-        validate_policy(enforcer, self.catalog, str(self.path))
-        return enforcer
+    async def close(self) -> None:
+        return None
+
+
+class SQLPolicySource:
+    """Policy lines in a ``casbin_rule`` table (created if missing), read through the async adapter.
+    A change is seen by the digest of the lines (one read of a small table per interval)."""
+
+    def __init__(self, url: str) -> None:
+        from casbin_async_sqlalchemy_adapter import Adapter
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        self.engine = create_async_engine(url, hide_parameters=True)
+        self.adapter = Adapter(self.engine)
+        self.name = f"SQL policy store {self.engine.url.render_as_string(hide_password=True)}"
+        self._created = False
+
+    async def load_if_changed(self, stamp: str) -> tuple[str, casbin.Enforcer | None]:
+        if not self._created:
+            await self.adapter.create_table()
+            self._created = True
+        enforcer = new_enforcer()
+        await self.adapter.load_policy(enforcer.get_model())
+        model = enforcer.get_model()
+        lines = sorted((ptype, *line) for sec in ("p", "g") for ptype in model[sec]
+                       for line in model[sec][ptype].policy)
+        current = hashlib.sha256(repr(lines).encode()).hexdigest()
+        if current == stamp:
+            return current, None
+        enforcer.build_role_links()
+        return current, enforcer
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+class PolicyStore:
+    def __init__(self, source: PolicySource, catalog: Catalog, *, reload_interval: float = 1.0) -> None:
+        self.source = source
+        self.catalog = catalog
+        self.reload_interval = reload_interval
+        self._snapshot: Snapshot | None = None
+        self._stamp = ""
+        self._checked = 0.0
+        self._lock = asyncio.Lock()
 
     @property
     def snapshot(self) -> Snapshot:
-        """The policy in force, reloaded first if the file changed (checked at most once per interval)."""
-        now = time.monotonic()
-        if now - self._checked >= self.reload_interval:
-            with self._lock:
-                if now - self._checked >= self.reload_interval:
-                    self._checked = now
-                    self._maybe_reload()
+        if self._snapshot is None:
+            raise RuntimeError("the policy store is not loaded: await refresh() first")
         return self._snapshot
 
-    def _maybe_reload(self) -> None:
-        try:
-            mtime = self._stat()
-        except PolicyError as exc:
-            log.error("policy file unreadable, keeping version %d: %s", self._snapshot.version, exc)
+    async def refresh(self, *, force: bool = False) -> None:
+        """Load the policy if it changed. The first load raises PolicyError when the policy is
+        invalid; later invalid versions are refused and the one in force is kept."""
+        if not force and self._snapshot is not None and time.monotonic() - self._checked < self.reload_interval:
             return
-        if mtime == self._mtime:
-            return
-        try:
-            enforcer = self._load()
-        except PolicyError as exc:
-            log.error("policy change refused, keeping version %d: %s", self._snapshot.version, exc)
-            self._mtime = mtime  # do not retry the same broken file on every request
-            return
-        self._mtime = mtime
-        self._snapshot = Snapshot(enforcer, self._snapshot.version + 1)
-        log.info("policy reloaded from %s: version %d", self.path, self._snapshot.version)
+        async with self._lock:
+            if not force and self._snapshot is not None and time.monotonic() - self._checked < self.reload_interval:
+                return
+            self._checked = time.monotonic()
+            try:
+                stamp, enforcer = await self.source.load_if_changed(self._stamp)
+                if enforcer is None:
+                    return
+                self._stamp = stamp  # a refused version is not retried until it changes again
+                validate_policy(enforcer, self.catalog, self.source.name)
+            except PolicyError as exc:
+                if self._snapshot is None:
+                    raise
+                log.error("policy change refused, keeping version %d: %s", self._snapshot.version, exc)
+                return
+            except Exception as exc:  # the store cannot be read: keep the policy in force
+                if self._snapshot is None:
+                    raise PolicyError([f"{self.source.name}: cannot be read ({type(exc).__name__})"]) from None
+                log.error("policy store unreadable, keeping version %d: %s", self._snapshot.version,
+                          type(exc).__name__)
+                return
+            version = 1 if self._snapshot is None else self._snapshot.version + 1
+            self._snapshot = Snapshot(enforcer, version)
+            log.info("policy loaded from %s: version %d", self.source.name, version)
+
+    async def close(self) -> None:
+        await self.source.close()

@@ -138,6 +138,7 @@ def make_settings(city_dir: Path, housing_url: str) -> Any:
 async def gateway(make_settings: Any) -> AsyncIterator[Gateway]:
     settings = make_settings(debug=False)
     gw = Gateway(load_catalog(*settings.catalog), settings)
+    await gw.start()
     yield gw
     await gw.close()
 
@@ -154,6 +155,7 @@ async def any_gateway(request: pytest.FixtureRequest, make_settings: Any) -> Asy
         overrides = dict.fromkeys(SQL_SOURCES, url)
     settings = make_settings(overrides)
     gw = Gateway(load_catalog(*settings.catalog), settings)
+    await gw.start()
     yield gw
     await gw.close()
 

@@ -118,7 +118,8 @@ class Harness:
         key = key or signing.key  # type: ignore[union-attr]
         alg = alg or signing.alg  # type: ignore[union-attr]
         hdr = {"alg": alg, "typ": "at+jwt", "kid": signing.kid if signing else "k", **(header or {})}
-        return jwt.encode(hdr, self.claims(**claims), key, algorithms=[alg])
+        hdr = {k: v for k, v in hdr.items() if v is not None}  # None removes a header parameter
+        return jwt.encode(hdr, self.claims(**claims), key, algorithms=[alg], default_type=None)
 
 
 def b64(data: bytes | dict[str, Any]) -> str:

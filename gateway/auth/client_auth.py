@@ -176,7 +176,8 @@ class ClientAuthenticator:
         if alg not in allowed or alg not in ASSERTION_ALGORITHMS:
             return None
         try:
-            key = import_key(jwk)
+            # Without "alg": joserfc would refuse "Ed25519" for a key registered as "EdDSA".
+            key = import_key({k: v for k, v in jwk.items() if k not in ("alg", "kid")})
             obj = jws.deserialize_compact(assertion, key, algorithms=[alg])
             claims = json.loads(obj.payload or b"")
         except (JoseError, ValueError, RecursionError):
