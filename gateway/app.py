@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from catalog.loader import load_catalog
 from gateway.access_log import AccessLog
+from gateway.auth.service import AuthService
 from gateway.config import Settings, load_settings
 from gateway.explorer import explorer_routes
 from gateway.http import graphql_endpoint, json_response
@@ -37,13 +38,21 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ok" if ready else "degraded", "sources": sources}, 200 if ready else 503)
 
 
-def create_app(settings: Settings | None = None, gateway: Gateway | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
+               auth: AuthService | None = None) -> Starlette:
+    """The gateway's ASGI app. Give ``gateway`` and ``auth`` to reuse started ones (tests do);
+    otherwise they are built from ``settings`` and started by the app's lifespan."""
     settings = settings or load_settings()
     gw = gateway or Gateway(load_catalog(*settings.catalog), settings)
+    identity = auth or AuthService.from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Fail before serving: an invalid policy, or demo secrets outside demo mode, stop start-up here.
+        await gw.start()
+        await identity.start()
         yield
+        await identity.close()
         await gw.close()
 
     app = Starlette(
@@ -52,11 +61,13 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None)
             Route("/graphql", graphql_endpoint, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *identity.routes(),
             *explorer_routes(),
         ],
         lifespan=lifespan,
         middleware=[Middleware(AccessLog)],
     )
     app.state.gateway = gw
+    app.state.auth = identity
     app.state.settings = settings
     return app

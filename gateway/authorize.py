@@ -121,6 +121,7 @@ class _Stage:
             elif isinstance(e, KeyValue) and key_source is not None:
                 w = self.withheld(e.key, *key_source)
                 if w is not None:
+                    w.non_null = True  # Person.idNumber is String!: the person object becomes null instead
                     shape.entries[i] = w
                 else:
                     d = self.decision(*key_source)

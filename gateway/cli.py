@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.text import Text
 
 from catalog.loader import CatalogError, load_catalog
+from gateway.auth.cli import client_app
 from gateway.config import REPO_ROOT, ConfigError, Settings, load_settings
 from gateway.logs import LOG_CONFIG
 
@@ -30,6 +31,7 @@ catalog_app = typer.Typer(help="Check, discover and export the catalogue.", no_a
 demo_app = typer.Typer(help="The demo city: build its department sources and serve it.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(demo_app, name="demo")
+app.add_typer(client_app, name="client")
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -93,6 +95,26 @@ def _gateway(settings: Settings, cat: Any) -> Any:
         raise typer.Exit(1) from None
 
 
+def _startable(settings: Settings, gw: Any) -> None:
+    """Start and stop what the server's lifespan will start: the policy and the identity service."""
+    from gateway.auth.service import AuthService
+
+    async def check() -> None:
+        try:
+            auth = AuthService.from_settings(settings)
+            try:
+                await gw.start()
+                await auth.start()
+            finally:
+                await auth.close()
+                await gw.close()
+        except ConfigError as exc:
+            _error(str(exc))
+            raise typer.Exit(2) from None
+
+    asyncio.run(check())
+
+
 @app.command()
 def serve(config: ConfigOpt = None,
           host: Annotated[str | None, typer.Option(help="Address to bind (default from config).")] = None,
@@ -102,7 +124,7 @@ def serve(config: ConfigOpt = None,
     import uvicorn
 
     settings = _settings(config)
-    _gateway(settings, _catalog(settings))  # fail fast, with the catalogue's own message, before binding
+    _startable(settings, _gateway(settings, _catalog(settings)))  # fail fast, with the reason, before binding
     os.environ["HUTONG_CONFIG"] = str(settings.path)
     uvicorn.run("gateway.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
                 workers=workers, log_config=LOG_CONFIG, access_log=False, proxy_headers=False)
@@ -275,6 +297,7 @@ def demo_serve(port: Annotated[int | None, typer.Option(help="Gateway port (defa
             raise typer.Exit(1)
         time.sleep(0.05)
     showcase = json.loads(showcase_file.read_text(encoding="utf-8"))
+    _startable(settings, _gateway(settings, _catalog(settings)))
     _banner(settings.host, gw_port, housing_port, showcase)
     os.environ["HUTONG_CONFIG"] = str(settings.path)
     try:
@@ -286,17 +309,26 @@ def demo_serve(port: Annotated[int | None, typer.Option(help="Gateway port (defa
 
 
 def _banner(host: str, port: int, housing_port: int, showcase: dict[str, str]) -> None:
-    endpoint = f"http://{host}:{port}/graphql"
+    from gateway.auth.demo import DEMO_CLIENTS
+
+    base = f"http://{host}:{port}"
     compact = json.dumps({"query": " ".join(SHOWCASE_QUERY.split()),
                           "variables": {"applicant": showcase["applicant_id_number"]}}, ensure_ascii=False)
     out.rule("[bold]hutong demo city")
-    out.print(f"GraphQL endpoint   {endpoint}   (open it in a browser for the explorer)")
-    out.print(f"Health             http://{host}:{port}/healthz   readiness: http://{host}:{port}/readyz")
+    out.print(f"GraphQL endpoint   {base}/graphql   (open it in a browser for the explorer)")
+    out.print(f"Token endpoint     {base}/oauth/token   (OAuth 2.0 client credentials)")
+    out.print(f"Health             {base}/healthz   readiness: {base}/readyz")
     out.print(f"Housing REST       http://127.0.0.1:{housing_port}/properties (the Housing bureau's own service)")
-    out.print("Client credentials none: this build has no client identity yet; it binds to 127.0.0.1 only")
-    out.print(f"Showcase applicant {showcase['applicant_id_number']} (subsistence case {showcase['case_id']})")
-    out.print("\nTry the street-office subsistence check, one request across five departments:\n")
-    print(f"curl -s {endpoint} -H 'Content-Type: application/json' -d '{compact}'\n")
+    out.print("\nDemo client credentials (published demo secrets: accepted only in demo mode):")
+    for c in DEMO_CLIENTS:
+        out.print(f"  {c.client_id:<18} {c.secret:<28} {c.purpose}")
+    out.print(f"\nShowcase applicant {showcase['applicant_id_number']} (subsistence case {showcase['case_id']}). "
+              "The street office's subsistence check, one request across five departments:\n")
+    print(f"TOKEN=$(curl -s -u street-office-app:street-office-demo-secret -d grant_type=client_credentials "
+          f"{base}/oauth/token | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')")
+    print(f"curl -s {base}/graphql -H \"Authorization: Bearer $TOKEN\" "
+          f"-H 'X-Purpose: subsistence-allowance-review' -H 'X-Acting-User: official-007' "
+          f"-H 'X-Case-Id: {showcase['case_id']}' -H 'Content-Type: application/json' -d '{compact}'\n")
     out.rule()
 
 

@@ -102,7 +102,7 @@ class Gateway:
                 # No policy in force means nothing may be shared: refuse, and say it is temporary.
                 raise RequestError(Code.POLICY_UNAVAILABLE, "the policy store cannot be read: retry later",
                                    503, headers={"Retry-After": "5"}) from None
-            if isinstance(ctx, RequestContext):
+            if isinstance(ctx, RequestContext) and plan.fetches:  # a data request: its purpose is known
                 authorize(plan, ctx, self.decider, self.catalog)
             results = await execute_plan(plan, self.sources)
             shaper = Shaper(plan, results, self.settings.max_nodes, self.masker)

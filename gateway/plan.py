@@ -63,6 +63,7 @@ class Withheld:
     key: str
     code: str  # FORBIDDEN_FIELD, CONSENT_REQUIRED, ...
     message: str
+    non_null: bool = False  # the field is non-null in the schema: its null nulls the enclosing object
 
 
 @dataclass(slots=True)

@@ -138,7 +138,7 @@ class Shaper:
     def cursor(result: FetchResult, order_by: str) -> str | None:
         return encode_cursor(result.fetch.dataset, result.rows[-1][order_by]) if result.rows else None
 
-    def obj(self, shape: ObjShape, row: Row, path: PathLink) -> dict[str, Any]:
+    def obj(self, shape: ObjShape, row: Row, path: PathLink) -> dict[str, Any] | None:
         self.budget -= 1
         if self.budget < 0:
             # Fan-out (the same child rows under many parents) can make an answer far larger
@@ -164,6 +164,10 @@ class Shaper:
             elif isinstance(e, Withheld):
                 out[e.key] = None
                 self.withhold(e, (path, e.key))
+                if e.non_null:
+                    # GraphQL: a null in a non-null field nulls the nearest nullable parent, this object
+                    # (entity objects are always in nullable positions).
+                    return None
             elif isinstance(e, Const):
                 out[e.key] = e.value
         return out

@@ -8,6 +8,7 @@ Tests of real services skip when a service is unreachable, with the reason, unle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 
@@ -110,6 +112,36 @@ def housing_url(city_dir: Path) -> Iterator[str]:
 
 
 DEMO_POLICY = REPO_ROOT / "demo" / "policies" / "policy.csv"
+TEST_POLICY = Path(__file__).resolve().parent / "policy-tester.csv"
+TESTER_SECRET = "tester-secret-for-tests-only-0001"
+
+
+@contextlib.asynccontextmanager
+async def served(settings: Settings, purpose: str = "citizen-self-service"
+                 ) -> AsyncIterator[tuple[httpx.AsyncClient, Gateway]]:
+    """The gateway's HTTP app over ``settings``, with a client holding a real access token for the
+    `tester` client (see tests/policy-tester.csv) and the context headers of a data request."""
+    from gateway.app import create_app
+    from gateway.auth.service import AuthService
+
+    gw = Gateway(load_catalog(*settings.catalog), settings)
+    auth = AuthService.from_settings(settings)
+    await gw.start()
+    await auth.start()
+    if await auth.store.get("tester") is None:
+        await auth.store.add("tester", "civil", ["tester"], secret=TESTER_SECRET)
+    app = create_app(settings, gw, auth)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+            r = await client.post("/oauth/token", data={"grant_type": "client_credentials", "client_id": "tester",
+                                                        "client_secret": TESTER_SECRET})
+            assert r.status_code == 200, r.text
+            client.headers.update({"Authorization": f"Bearer {r.json()['access_token']}", "X-Purpose": purpose,
+                                   "X-Acting-User": "official-007", "X-Case-Id": "CASE-TEST-1"})
+            yield client, gw
+    finally:
+        await auth.close()
+        await gw.close()
 
 
 def write_config(folder: Path, sources: dict[str, str] | None = None, *, policy: Path = DEMO_POLICY,

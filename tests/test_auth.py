@@ -21,6 +21,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from gateway.auth.clients import public_jwk
+from gateway.auth.demo import DEMO_CLIENTS
 from gateway.auth.tokens import LEEWAY, MAX_TOKEN_BYTES
 from tests.test_auth_support import ISSUER, Harness, auth_settings, b64, drop_store_tables, throwaway_pg_database
 
@@ -186,6 +187,23 @@ async def test_bad_client_assertions_are_invalid_client(harness: Harness) -> Non
     assert r.status_code == 401, "client_id must match the assertion's sub"
 
 
+async def test_demo_mode_serves_the_documented_clients(tmp_path: Path) -> None:
+    h = await Harness.start(auth_settings(tmp_path, demo=True))
+    try:
+        for demo in DEMO_CLIENTS:
+            who = (await h.call(await h.token(demo.client_id, demo.secret))).json()
+            assert (who["department"], tuple(who["roles"])) == (demo.department, demo.roles)
+    finally:
+        await h.close()
+
+
+async def test_a_demo_secret_is_refused_outside_demo_mode(harness: Harness) -> None:
+    # The start-up check already refuses such a store; this covers a client added afterwards.
+    await harness.register("late-app", secret="auditor-demo-secret")
+    r = await harness.token_request(GRANT, auth=("late-app", "auditor-demo-secret"))
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+
+
 # --- token endpoint refusals --------------------------------------------------------------------
 
 
@@ -298,8 +316,8 @@ async def test_alg_none_and_hs256_with_the_public_key_are_refused(harness: Harne
     # alg none: no signature at all (with and without a trailing empty segment).
     for alg in ("none", "None", "NONE"):
         head = b64({"alg": alg, "typ": "at+jwt", "kid": signing.kid})
-        for token in (f"{head}.{b64(claims)}.", f"{head}.{b64(claims)}"):
-            assert refusal(await harness.call(token)) in ("bad_signature", "malformed"), alg
+        assert refusal(await harness.call(f"{head}.{b64(claims)}.")) == "bad_signature", alg
+        assert refusal(await harness.call(f"{head}.{b64(claims)}")) == "malformed", alg
     # HS/RS confusion: HMAC keyed with the public key, as published (PEM and JWK JSON forms).
     public_pem = signing.key.as_pem(private=False)
     public_json = json.dumps(signing.as_jwk()).encode()
@@ -395,3 +413,24 @@ async def test_authorization_server_metadata(harness: Harness) -> None:
     assert "max-age" in jwks.headers["cache-control"]
     (key,) = jwks.json()["keys"]
     assert set(key) == {"kty", "crv", "x", "y", "kid", "alg", "use"}
+
+
+async def test_a_verified_token_is_remembered_briefly(harness: Harness) -> None:
+    secret = await harness.register("street-office-app")
+    token = await harness.token("street-office-app", secret)
+    verifier = harness.service.bearer.verifier
+    calls = []
+    original = verifier.verify
+
+    async def counting(t: str) -> Any:
+        calls.append(t)
+        return await original(t)
+
+    verifier.verify = counting  # type: ignore[method-assign]
+    for _ in range(3):
+        assert (await harness.call(token)).status_code == 200
+    assert len(calls) == 1, "the signature is checked once"
+    harness.monotonic.advance(61)
+    assert (await harness.call(token)).status_code == 200
+    assert len(calls) == 2, "and again after a minute"
+    assert refusal(await harness.call(token[:-2] + "AA")) == "bad_signature", "only the exact string is remembered"

@@ -186,3 +186,14 @@ async def test_no_forbidden_value_leaks(gateway: Gateway, city: City, who: tuple
             if d.access is Access.MASKED and masker.apply(d.mask or f.mask, raw) == raw:
                 continue
             assert f'"{text}"' not in body, (subject.client_id, f.name)
+
+
+async def test_a_withheld_non_null_key_nulls_its_entity(gateway: Gateway) -> None:
+    # A vaccination's id_number is conditional (consent needed), so the person it links to cannot
+    # show its key; Person.idNumber is non-null, so the person object itself becomes null.
+    body = await ask(gateway, "{ vaccinations(limit: 3) { nodes { vaccinatedOn person { idNumber } } } }",
+                     ctx(HEALTH, "public-health-followup"))
+    nodes = body["data"]["vaccinations"]["nodes"]
+    assert len(nodes) == 3 and all(n["person"] is None for n in nodes)  # Person.idNumber is String!
+    codes = errors_by_path(body)
+    assert all(codes[("vaccinations", "nodes", i, "person", "idNumber")] == "CONSENT_REQUIRED" for i in range(3))

@@ -11,26 +11,17 @@ import pytest
 
 from catalog.loader import load_catalog
 from demo.build import City
-from gateway.app import create_app
 from gateway.context import UNRESTRICTED
 from gateway.pipeline import Gateway
-from tests.conftest import free_port
+from tests.conftest import TEST_POLICY, free_port, served
 
 GQL = "application/graphql-response+json"
 
 
-async def client_for(settings: Any) -> tuple[httpx.AsyncClient, Gateway]:
-    gw = Gateway(load_catalog(*settings.catalog), settings)
-    app = create_app(settings, gw)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw"), gw
-
-
 @pytest.fixture
 async def client(make_settings: Any) -> AsyncIterator[httpx.AsyncClient]:
-    c, gw = await client_for(make_settings())
-    async with c:
+    async with served(make_settings(policy=TEST_POLICY)) as (c, _):
         yield c
-    await gw.close()
 
 
 def code_of(resp: httpx.Response) -> str:
@@ -140,15 +131,13 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
 async def test_sources_that_are_down_fail_only_their_part(make_settings: Any, city: City) -> None:
     closed = free_port()  # nothing listens there
     settings = make_settings({"housing_api": f"http://127.0.0.1:{closed}",
-                              "hrss_db": f"postgresql+asyncpg://postgres@127.0.0.1:{closed}/none"})
-    c, gw = await client_for(settings)
+                              "hrss_db": f"postgresql+asyncpg://postgres@127.0.0.1:{closed}/none"}, policy=TEST_POLICY)
     applicant = city.showcase["applicant_id_number"]
     query = """query($id: String!) { person(idNumber: $id) {
         resident { name } properties { propertyId } pensions { status } businesses { name } } }"""
-    async with c:
+    async with served(settings) as (c, _):
         r = await c.post("/graphql", json={"query": query, "variables": {"id": applicant}}, headers={"accept": GQL})
         ready = await c.get("/readyz")
-    await gw.close()
     assert r.status_code == 200
     body = r.json()
     person = body["data"]["person"]
@@ -163,13 +152,11 @@ async def test_sources_that_are_down_fail_only_their_part(make_settings: Any, ci
 
 
 async def test_nested_failure_is_reported_at_each_path(make_settings: Any, city: City) -> None:
-    settings = make_settings({"housing_api": f"http://127.0.0.1:{free_port()}"})
-    c, gw = await client_for(settings)
+    settings = make_settings({"housing_api": f"http://127.0.0.1:{free_port()}"}, policy=TEST_POLICY)
     query = """query($id: String!) { person(idNumber: $id) { resident { householdMembers {
         name person { properties { propertyId } } } } } }"""
-    async with c:
+    async with served(settings) as (c, _):
         r = await c.post("/graphql", json={"query": query, "variables": {"id": city.showcase["applicant_id_number"]}})
-    await gw.close()
     body = r.json()
     members = body["data"]["person"]["resident"]["householdMembers"]
     assert all(m["name"] and m["person"]["properties"] is None for m in members)
@@ -211,22 +198,18 @@ async def test_cursor_from_another_list_is_refused(client: httpx.AsyncClient) ->
 
 
 async def test_fan_out_is_capped_by_max_nodes(make_settings: Any) -> None:
-    c, gw = await client_for(make_settings(max_nodes=500))
-    async with c:
+    async with served(make_settings(max_nodes=500, policy=TEST_POLICY)) as (c, _):
         query = "{ residents(limit: 300) { nodes { householdMembers { name } } } }"
         r = await c.post("/graphql", json={"query": query}, headers={"accept": GQL})
-    await gw.close()
     assert r.status_code == 400 and code_of(r) == "QUERY_TOO_COSTLY"
     assert "more than 500 objects (max_nodes)" in r.json()["errors"][0]["message"]
     assert "data" not in r.json()
 
 
 async def test_a_nested_list_over_max_rows_is_an_error_not_a_cut(make_settings: Any) -> None:
-    c, gw = await client_for(make_settings(max_rows=50))
-    query = "{ residents(limit: 200) { nodes { name person { vaccinations { vaccine } } } } }"
-    async with c:
+    query = "{ residents(limit: 200) { nodes { name person { vaccinations { id } } } } }"
+    async with served(make_settings(max_rows=50, policy=TEST_POLICY)) as (c, _):
         r = await c.post("/graphql", json={"query": query}, headers={"accept": GQL})
-    await gw.close()
     body = r.json()
     assert r.status_code == 200 and len(body["data"]["residents"]["nodes"]) == 200
     assert {e["extensions"]["code"] for e in body["errors"]} == {"ROW_LIMIT_EXCEEDED"}
@@ -269,3 +252,45 @@ async def test_long_in_filters_on_rest_sources_travel_in_the_body(client: httpx.
     body = r.json()
     assert "errors" not in body, body
     assert [n["propertyId"] for n in body["data"]["properties"]["nodes"]] == sorted(ids[:40])
+
+
+@pytest.mark.parametrize(("drop", "change", "status", "code", "words"), [
+    ("x-purpose", {}, 400, "PURPOSE_REQUIRED", "X-Purpose header; accepted: citizen-self-service, market-supervision"),
+    (None, {"x-purpose": "fishing"}, 400, "UNKNOWN_PURPOSE", "accepted: citizen-self-service"),
+    ("x-acting-user", {}, 400, "ACTING_USER_REQUIRED", "X-Acting-User"),
+    ("x-case-id", {}, 400, "CASE_ID_REQUIRED", "X-Case-Id"),
+    (None, {"x-case-id": "x" * 200}, 400, "BAD_REQUEST", "at most 128 characters"),
+    (None, {"authorization": "Bearer not.a.token"}, 401, "UNAUTHENTICATED", "not a well-formed"),
+])
+async def test_context_headers_are_required_for_data(client: httpx.AsyncClient, drop: str | None,
+                                                     change: dict[str, str], status: int, code: str,
+                                                     words: str) -> None:
+    headers = {k: v for k, v in client.headers.items() if k.lower() != drop}
+    headers.update(change)
+    headers["accept"] = GQL
+    # A client of its own: the fixture's default headers would fill the one this case leaves out.
+    async with httpx.AsyncClient(transport=client._transport, base_url="http://gw", headers=headers) as bare:
+        r = await bare.post("/graphql", json={"query": "{ residents(limit: 1) { nodes { name } } }"})
+    assert r.status_code == status, r.text
+    assert code_of(r) == code and words in r.json()["errors"][0]["message"]
+
+
+async def test_metadata_needs_a_token_but_no_purpose(client: httpx.AsyncClient) -> None:
+    token_only = {"authorization": client.headers["authorization"]}
+    async with httpx.AsyncClient(transport=client._transport, base_url="http://gw", headers=token_only) as c:
+        r = await c.post("/graphql", json={"query": "{ catalog { departments { code } } }"})
+    assert r.status_code == 200 and len(r.json()["data"]["catalog"]["departments"]) == 6
+    async with httpx.AsyncClient(transport=client._transport, base_url="http://gw") as bare:
+        r = await bare.post("/graphql", json={"query": "{ catalog { departments { code } } }"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == 'Bearer realm="hutong"'
+    assert code_of(r) == "UNAUTHENTICATED"
+
+
+async def test_reject_header_fails_the_request_instead_of_nulling(client: httpx.AsyncClient) -> None:
+    query = "{ residents(limit: 1) { nodes { name address } } }"
+    r = await client.post("/graphql", json={"query": query}, headers={"accept": GQL})
+    assert r.status_code == 200 and r.json()["errors"][0]["extensions"]["code"] == "CONSENT_REQUIRED"
+    r = await client.post("/graphql", json={"query": "{ vaccinations(limit: 1) { nodes { site } } }"},
+                          headers={"accept": GQL, "x-reject-unauthorized": "true"})
+    assert r.status_code == 403 and code_of(r) == "FORBIDDEN_FIELD"
+    assert "health.vaccination.site" in r.json()["errors"][0]["message"]

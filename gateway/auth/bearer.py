@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
@@ -22,11 +23,13 @@ from starlette.responses import Response
 from gateway.auth.clients import Client, ClientStore
 from gateway.auth.errors import AuthError, Reason
 from gateway.auth.identity import Identity
-from gateway.auth.tokens import MAX_TOKEN_BYTES
+from gateway.auth.tokens import LEEWAY, MAX_TOKEN_BYTES
 
 __all__ = ["AuthError", "BearerAuth", "ClientStatusCache", "Identity", "auth_error_response", "bearer_token"]
 
 STATUS_TTL = 5.0
+VERIFIED_CACHE = 4096  # tokens remembered as verified, least recently used dropped first
+VERIFIED_MAX_AGE = 60.0
 TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
@@ -88,16 +91,39 @@ class BearerAuth:
 
     ``require_registered``: for the gateway's own tokens the client must be in the store; for an
     external IdP's, clients the store does not know are accepted (the IdP vouches for them) and a
-    client registered there and disabled is refused: the gateway's own kill switch."""
+    client registered there and disabled is refused: the gateway's own kill switch.
 
-    def __init__(self, verifier: Verifier, statuses: ClientStatusCache, *, require_registered: bool) -> None:
+    A client sends the same token with every request for minutes: a token that verified is
+    remembered (exact string, at most ``VERIFIED_MAX_AGE`` seconds, never past its ``exp``), which
+    spares the signature check (most of the cost) without skipping the revocation check.
+    """
+
+    def __init__(self, verifier: Verifier, statuses: ClientStatusCache, *, require_registered: bool,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.verifier, self.statuses, self.require_registered = verifier, statuses, require_registered
+        self.clock, self.monotonic = clock, monotonic
+        self._verified: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
 
     async def authenticate(self, request: Request) -> Identity:
-        identity = await self.verifier.verify(bearer_token(request))
+        identity = await self._verify(bearer_token(request))
         client = await self.statuses.get(identity.client_id)
         if (client is None and self.require_registered) or (client is not None and client.disabled):
             raise AuthError(Reason.REVOKED_CLIENT)
+        return identity
+
+    async def _verify(self, token: str) -> Identity:
+        hit = self._verified.get(token)
+        if hit is not None:
+            identity, verified_at = hit
+            fresh = self.monotonic() - verified_at < VERIFIED_MAX_AGE
+            if fresh and identity.expires_at.timestamp() > self.clock() - LEEWAY:
+                self._verified.move_to_end(token)
+                return identity
+            del self._verified[token]  # verified again below: it reports expiry with its reason
+        identity = await self.verifier.verify(token)
+        self._verified[token] = (identity, self.monotonic())
+        if len(self._verified) > VERIFIED_CACHE:
+            self._verified.popitem(last=False)
         return identity
 
 

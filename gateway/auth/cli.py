@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
@@ -107,11 +108,17 @@ def list_clients(config: ConfigOpt = None) -> None:
     clients = _run(config, lambda store: store.list())
     table = Table("client", "department", "roles", "authenticates with", "status", "created", "rotated")
     for c in clients:
-        table.add_row(c.client_id, c.department, ", ".join(c.roles), ", ".join(c.auth_methods),
+        methods = ["secret"] * bool(c.secret_hash) + ["private_key_jwt"] * bool(c.public_jwk)
+        table.add_row(c.client_id, c.department, ", ".join(c.roles), ", ".join(methods),
                       "disabled" if c.disabled else "active",
                       f"{c.created_at:%Y-%m-%d %H:%M}" if c.created_at else "",
                       f"{c.rotated_at:%Y-%m-%d %H:%M}" if c.rotated_at else "")
-    out.print(table if clients else "no clients registered: `hutong client add CLIENT_ID --department CODE`")
+    if not clients:
+        out.print("no clients registered: `hutong client add CLIENT_ID --department CODE`")
+        return
+    # At its natural width, never squeezed to the terminal's: ids cut with "…" would be misread.
+    natural = Measurement.get(out, out.options.update_width(1000), table).maximum
+    Console(width=max(out.width, natural), highlight=False).print(table)
 
 
 @client_app.command("rotate-secret")

@@ -21,6 +21,7 @@ import base64
 import binascii
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA", "Ed25519")
 MAX_ASSERTION_LIFETIME = 600  # seconds: its jti is remembered that long
 MAX_SECRET_CHARS = 512
+# scrypt runs at once: a flood of token requests with wrong secrets queues here instead of
+# taking every core from the GraphQL requests.
+HASH_CONCURRENCY = max(1, (os.cpu_count() or 2) // 2)
 FAILED = "client authentication failed"
 
 
@@ -123,6 +127,7 @@ class ClientAuthenticator:
                  clock: Callable[[], float] = time.time) -> None:
         self.store, self.issuer, self.token_endpoint, self.demo, self.clock = (
             store, issuer, token_endpoint, demo, clock)
+        self._hashing = asyncio.Semaphore(HASH_CONCURRENCY)
 
     async def authenticate(self, creds: Credentials) -> Client:
         if creds.method == "private_key_jwt":
@@ -133,7 +138,9 @@ class ClientAuthenticator:
         client_id, secret = creds.client_id or "", creds.secret or ""
         known = len(client_id) <= 64 and len(secret) <= MAX_SECRET_CHARS
         client = await self.store.get(client_id) if known else None
-        ok = await asyncio.to_thread(verify_secret, secret[:MAX_SECRET_CHARS], client.secret_hash if client else None)
+        async with self._hashing:
+            ok = await asyncio.to_thread(verify_secret, secret[:MAX_SECRET_CHARS],
+                                         client.secret_hash if client else None)
         if not ok or client is None:
             return self._refuse(client_id, "unknown client" if client is None else "wrong secret")
         if client.disabled:
@@ -182,8 +189,10 @@ class ClientAuthenticator:
             claims = json.loads(obj.payload or b"")
         except (JoseError, ValueError, RecursionError):
             return None
+        if not isinstance(claims, dict):
+            return None
         now = self.clock()
-        aud = claims.get("aud") if isinstance(claims, dict) else None
+        aud = claims.get("aud")
         auds = aud if isinstance(aud, list) else [aud]
         exp, jti = claims.get("exp"), claims.get("jti")
         if (claims.get("iss") != client.client_id or claims.get("sub") != client.client_id

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -23,7 +22,7 @@ from gateway.auth.errors import AuthError, Reason
 from gateway.auth.identity import Identity
 from gateway.auth.keys import PublicKey
 from gateway.auth.settings import ExternalIdP
-from gateway.auth.tokens import peek_header, verify_jwt
+from gateway.auth.tokens import expiry, peek_header, verify_jwt
 
 __all__ = ["ExternalVerifier", "RemoteJWKS"]
 
@@ -142,7 +141,7 @@ class ExternalVerifier:
             raise AuthError(Reason.UNMAPPED_CLAIMS)
         return Identity(client_id=client_id, department=department, roles=self._roles(claims),
                         token_id=claims.get("jti") if isinstance(claims.get("jti"), str) else None,
-                        issuer=self.idp.issuer, expires_at=datetime.fromtimestamp(claims["exp"], UTC))
+                        issuer=self.idp.issuer, expires_at=expiry(claims))
 
     def _roles(self, claims: dict[str, Any]) -> frozenset[str]:
         raw = _claim(claims, self.idp.roles_claim)

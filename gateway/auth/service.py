@@ -50,23 +50,24 @@ class AuthService:
         self.config = config
         self.store = store or ClientStore(config.client_store)
         self.statuses = ClientStatusCache(self.store, ttl=status_ttl, clock=monotonic)
-        self._http: httpx.AsyncClient | None = None
-        self.keys: KeyRing | None = None
+        self.keys: KeyRing | None = None  # None with an external IdP: this gateway signs nothing
+        self.issuer: TokenIssuer | None = None
+        self.clients: ClientAuthenticator | None = None
+        self._http: httpx.AsyncClient | None = None  # only an HTTP client this service created is closed by it
         verifier: Verifier
         if config.external is not None:
-            self._http = http or httpx.AsyncClient(timeout=JWKS_TIMEOUT, follow_redirects=False)
-            self._own_http = http is None
-            jwks = RemoteJWKS(config.external.jwks_url, self._http, config.external.algorithms, clock=monotonic)
+            client = http or httpx.AsyncClient(timeout=JWKS_TIMEOUT, follow_redirects=False)
+            self._http = None if http else client
+            jwks = RemoteJWKS(config.external.jwks_url, client, config.external.algorithms, clock=monotonic)
             verifier = ExternalVerifier(config.external, jwks, clock=clock)
         else:
-            self._own_http = False
             self.keys = KeyRing.load(config.signing_key, config.previous_keys)
             verifier = LocalVerifier(self.keys, config.issuer, config.audience, clock=clock)
             self.issuer = TokenIssuer(self.keys, config.issuer, config.audience, config.token_ttl, clock=clock)
             self.clients = ClientAuthenticator(self.store, issuer=config.issuer,
                                                token_endpoint=config.token_endpoint, demo=config.demo, clock=clock)
-        self.verifier = verifier
-        self.bearer = BearerAuth(verifier, self.statuses, require_registered=config.external is None)
+        self.bearer = BearerAuth(verifier, self.statuses, require_registered=config.external is None,
+                                 clock=clock, monotonic=monotonic)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Callable[[], float] = time.time,
@@ -83,7 +84,7 @@ class AuthService:
         await refuse_demo_secrets(self.store, self.config.demo)
 
     def routes(self) -> list[Route]:
-        if self.keys is None:
+        if self.keys is None or self.issuer is None or self.clients is None:
             return []
         meta = MetadataEndpoints(self.config, self.keys)
         return [
@@ -97,6 +98,6 @@ class AuthService:
         return await self.bearer.authenticate(request)
 
     async def close(self) -> None:
-        if self._http is not None and self._own_http:
+        if self._http is not None:
             await self._http.aclose()
         await self.store.close()

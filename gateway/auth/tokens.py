@@ -8,7 +8,8 @@ Verification is in a fixed order, and the claims are judged only once the signat
    key is touched, which is what defeats the HS/RS confusion attack (``bad_signature``);
 3. the signature (``bad_signature``);
 4. ``typ`` is ``at+jwt`` (``unsupported_token_type``: an ID token or a client assertion signed
-   by the same key is not an access token), then ``iss``, ``aud``, ``exp``, ``nbf``/``iat``.
+   by the same key is not an access token), then ``iss``, ``aud``, ``exp``, ``nbf``/``iat``,
+   then the claims the gateway needs (``malformed`` when absent).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from gateway.auth.errors import AuthError, Reason
 from gateway.auth.identity import Identity
 from gateway.auth.keys import KeyRing, PublicKey
 
-__all__ = ["LEEWAY", "MAX_TOKEN_BYTES", "IssuedToken", "LocalVerifier", "TokenIssuer", "peek_header", "verify_jwt"]
+__all__ = ["LEEWAY", "MAX_TOKEN_BYTES", "IssuedToken", "LocalVerifier", "TokenIssuer", "expiry", "peek_header",
+           "verify_jwt"]
 
 MAX_TOKEN_BYTES = 8192  # ours are under 1 KiB; anything near this is not a token we would accept
 LEEWAY = 30  # seconds of clock difference tolerated between nodes (and with an external IdP)
@@ -83,7 +85,7 @@ class LocalVerifier:
                 and isinstance(roles, list) and all(isinstance(r, str) for r in roles)):
             raise AuthError(Reason.MALFORMED)
         return Identity(client_id=client_id, department=department, roles=frozenset(roles), token_id=jti,
-                        issuer=self.issuer, expires_at=datetime.fromtimestamp(claims["exp"], UTC))
+                        issuer=self.issuer, expires_at=expiry(claims))
 
 
 def peek_header(token: str) -> dict[str, Any]:
@@ -142,6 +144,14 @@ def verify_jwt(token: str, header: Mapping[str, Any], key: PublicKey | None, *, 
         if value > now + LEEWAY:
             raise AuthError(Reason.NOT_YET_VALID)
     return claims
+
+
+def expiry(claims: Mapping[str, Any]) -> datetime:
+    """``exp`` as a UTC datetime; an exp beyond what a datetime holds is ``malformed``, not a crash."""
+    try:
+        return datetime.fromtimestamp(claims["exp"], UTC)
+    except (OverflowError, ValueError, OSError):
+        raise AuthError(Reason.MALFORMED) from None
 
 
 def _registry(alg: str) -> jws.JWSRegistry:

@@ -1,0 +1,127 @@
+"""``hutong client ...`` run as an operator would: typer's runner, a real config file and store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from joserfc.jwk import ECKey
+from typer.testing import CliRunner
+
+from gateway.auth.cli import client_app
+from gateway.auth.client_secrets import verify_secret
+from gateway.auth.clients import ClientStore
+from tests.test_auth_support import drop_store_tables, throwaway_pg_database
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def pg_auth_url() -> Iterator[str]:
+    yield from throwaway_pg_database()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def cfg(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "hutong.toml"
+    store = ""
+    if request.param == "postgresql":
+        store = f'[auth]\nclient_store = "{request.getfixturevalue("pg_auth_url")}"\n'
+    path.write_text(f'[gateway]\ncatalog = "cat"\n{store}', encoding="utf-8")
+    yield path
+    if request.param == "postgresql":
+        asyncio.run(drop_store_tables(request.getfixturevalue("pg_auth_url")))
+
+
+def run(cfg: Path, *args: str) -> Any:
+    return runner.invoke(client_app, [*args, "--config", str(cfg)])
+
+
+def stored(cfg: Path, client_id: str) -> Any:
+    from gateway.auth.settings import AuthSettings
+    from gateway.config import load_settings
+
+    async def get() -> Any:
+        store = ClientStore(AuthSettings.from_settings(load_settings(cfg, environ={})).client_store)
+        try:
+            return await store.get(client_id)
+        finally:
+            await store.close()
+
+    return asyncio.run(get())
+
+
+def secret_of(output: str) -> str:
+    (line,) = [ln for ln in output.splitlines() if ln.startswith("client_secret")]
+    return line.split()[1]
+
+
+def test_add_list_rotate_disable(cfg: Path) -> None:
+    r = run(cfg, "add", "health-app", "--department", "health", "--role", "clinician", "--role", "nurse")
+    assert r.exit_code == 0, r.output
+    secret = secret_of(r.output)
+    assert "cannot be shown again" in r.output
+    client = stored(cfg, "health-app")
+    assert client.roles == ("clinician", "nurse") and verify_secret(secret, client.secret_hash)
+
+    r = run(cfg, "list")
+    assert r.exit_code == 0 and "health-app" in r.output and "clinician, nurse" in r.output
+    assert "active" in r.output and secret not in r.output and "scrypt" not in r.output
+
+    r = run(cfg, "rotate-secret", "health-app")
+    assert r.exit_code == 0, r.output
+    new = secret_of(r.output)
+    assert new != secret
+    client = stored(cfg, "health-app")
+    assert verify_secret(new, client.secret_hash) and not verify_secret(secret, client.secret_hash)
+
+    r = run(cfg, "disable", "health-app")
+    assert r.exit_code == 0 and "disabled" in r.output
+    assert stored(cfg, "health-app").disabled
+    assert "disabled" in run(cfg, "list").output
+
+
+def test_mistakes_exit_non_zero_saying_why(cfg: Path) -> None:
+    assert run(cfg, "add", "a", "--department", "civil").exit_code == 0
+    r = run(cfg, "add", "a", "--department", "civil")
+    assert r.exit_code == 1 and "already registered" in r.output
+    r = run(cfg, "add", "b c", "--department", "civil")
+    assert r.exit_code == 1 and "client id" in r.output
+    r = run(cfg, "rotate-secret", "ghost")
+    assert r.exit_code == 1 and "no client 'ghost'" in r.output
+    r = run(cfg, "disable", "ghost")
+    assert r.exit_code == 1 and "no client 'ghost'" in r.output
+    r = run(cfg, "add", "c")
+    assert r.exit_code == 2 and "--department" in r.output
+
+
+def test_private_key_jwt_clients(cfg: Path, tmp_path: Path) -> None:
+    key = ECKey.generate_key("P-256", private=True)
+    public, private = tmp_path / "pub.pem", tmp_path / "priv.pem"
+    public.write_bytes(key.as_pem(private=False))
+    private.write_bytes(key.as_pem(private=True))
+    r = run(cfg, "add", "market-app", "--department", "mr", "--role", "market-inspector", "--public-key", str(public))
+    assert r.exit_code == 0, r.output
+    assert "client_secret" not in r.output and key.thumbprint() in r.output
+    client = stored(cfg, "market-app")
+    assert client.secret_hash is None and client.public_jwk["kid"] == key.thumbprint()
+    assert "private_key_jwt" in run(cfg, "list").output
+
+    r = run(cfg, "add", "x", "--department", "mr", "--public-key", str(private))
+    assert r.exit_code == 2 and "private key" in r.output
+    other = ECKey.generate_key("P-256", private=True)
+    (tmp_path / "other.pem").write_bytes(other.as_pem(private=False))
+    r = run(cfg, "set-key", "market-app", str(tmp_path / "other.pem"))
+    assert r.exit_code == 0 and stored(cfg, "market-app").public_jwk["kid"] == other.thumbprint()
+
+
+def test_empty_list_and_bad_config(cfg: Path, tmp_path: Path) -> None:
+    r = run(cfg, "list")
+    assert r.exit_code == 0 and "no clients registered" in r.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[gateway]\ncatalog = "cat"\n[auth]\ntoken_tl = 5\n', encoding="utf-8")
+    r = runner.invoke(client_app, ["list", "--config", str(bad)])
+    assert r.exit_code == 2 and "token_tl" in r.output
