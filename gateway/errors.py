@@ -25,6 +25,7 @@ class Code(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     NOT_ACCEPTABLE = "NOT_ACCEPTABLE"
     UNAUTHENTICATED = "UNAUTHENTICATED"  # no valid access token (401)
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"  # tokens cannot be checked now (client store or IdP down): 503
     PURPOSE_REQUIRED = "PURPOSE_REQUIRED"  # no X-Purpose header on a data request
     UNKNOWN_PURPOSE = "UNKNOWN_PURPOSE"  # X-Purpose names no catalogue purpose
     ACTING_USER_REQUIRED = "ACTING_USER_REQUIRED"  # no X-Acting-User header on a data request

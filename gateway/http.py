@@ -38,8 +38,11 @@ JSON = "application/json"
 # 1 MiB of JSON is far beyond any legitimate query with its variables.
 MAX_BODY = 1 << 20
 # What a newcomer sees first in the explorer: what exists, who provides it, on what terms.
-EXPLORER_QUERY = """# Welcome to hutong. Run this (Ctrl-Enter) to see what the departments share,
-# then ask for data: the Docs panel lists every dataset and the Person/Organisation entities.
+EXPLORER_QUERY = """# Welcome to hutong. Every request needs an access token: get one from /oauth/token
+# (see /.well-known/oauth-authorization-server) and put it in the Headers tab below:
+#   {"Authorization": "Bearer <token>"}
+# Data queries also need X-Purpose, X-Acting-User and X-Case-Id headers.
+# This query shows what the departments share; myAccess shows what you may use.
 {
   catalog {
     datasets {
@@ -48,7 +51,7 @@ EXPLORER_QUERY = """# Welcome to hutong. Run this (Ctrl-Enter) to see what the d
     }
   }
 }
-"""  # 1 MiB of JSON is far beyond any legitimate query with its variables
+"""
 
 
 def json_response(body: Any, status: int = 200, media_type: str = JSON,
