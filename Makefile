@@ -35,6 +35,7 @@ lint: venv
 
 bench: venv
 	$(BIN)/python -m bench.federation
+	$(BIN)/python -m bench.decisions
 
 clean:
 	rm -rf $(VENV) demo/data demo/run artifacts

@@ -43,10 +43,19 @@ def new_enforcer() -> casbin.Enforcer:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """One loaded policy: the enforcer and its version, swapped atomically on reload."""
+    """One loaded policy: the enforcer, its version, and its ``p`` lines indexed by subject
+    (with their position, since the first matching allow gives the mask), swapped atomically."""
 
     enforcer: casbin.Enforcer
     version: int
+    by_subject: dict[str, list[tuple[int, list[str]]]]
+
+
+def index_by_subject(enforcer: casbin.Enforcer) -> dict[str, list[tuple[int, list[str]]]]:
+    index: dict[str, list[tuple[int, list[str]]]] = {}
+    for pos, line in enumerate(enforcer.get_named_policy("p")):
+        index.setdefault(line[0], []).append((pos, line))
+    return index
 
 
 class PolicySource(Protocol):
@@ -72,10 +81,14 @@ class FilePolicySource:
         current = f"{st.st_mtime_ns}:{st.st_size}"
         if current == stamp:
             return current, None
+        enforcer = await asyncio.to_thread(self._read)
+        return current, enforcer
+
+    def _read(self) -> casbin.Enforcer:
         enforcer = new_enforcer()
         FileAdapter(str(self.path)).load_policy(enforcer.get_model())
         enforcer.build_role_links()
-        return current, enforcer
+        return enforcer
 
     async def close(self) -> None:
         return None
@@ -143,7 +156,8 @@ class PolicyStore:
                 if enforcer is None:
                     return
                 self._stamp = stamp  # a refused version is not retried until it changes again
-                validate_policy(enforcer, self.catalog, self.source.name)
+                # Validating and indexing a large policy takes a while: off the event loop.
+                index = await asyncio.to_thread(self._check, enforcer)
             except PolicyError as exc:
                 if self._snapshot is None:
                     raise
@@ -156,8 +170,12 @@ class PolicyStore:
                           type(exc).__name__)
                 return
             version = 1 if self._snapshot is None else self._snapshot.version + 1
-            self._snapshot = Snapshot(enforcer, version)
+            self._snapshot = Snapshot(enforcer, version, index)
             log.info("policy loaded from %s: version %d", self.source.name, version)
+
+    def _check(self, enforcer: casbin.Enforcer) -> dict[str, list[tuple[int, list[str]]]]:
+        validate_policy(enforcer, self.catalog, self.source.name)
+        return index_by_subject(enforcer)
 
     async def close(self) -> None:
         await self.source.close()
