@@ -19,6 +19,7 @@ from catalog.model import Catalog
 from gateway.authorize import authorize
 from gateway.config import ConfigError, Settings
 from gateway.context import RequestContext, Unrestricted
+from gateway.cursor import CursorCodec
 from gateway.document import DocumentCache, Prepared, prepare
 from gateway.errors import Code, GraphQLErrorOut, RequestError
 from gateway.executor import execute as execute_plan
@@ -65,13 +66,14 @@ class Gateway:
         self.settings = settings
         self.built: BuiltSchema = build_schema(catalog)
         self.documents = DocumentCache(self.built.graphql)
-        self.planner = Planner(catalog, self.built.graphql, self.built.index, settings)
         self.sources = sources or Sources(catalog, settings.base_dir, settings.source_urls)
         self.policy = PolicySettings.from_settings(settings)
         source = FilePolicySource(self.policy.file) if self.policy.file else SQLPolicySource(str(self.policy.url))
         self.store = PolicyStore(source, catalog, reload_interval=self.policy.reload_interval)
         self.decider = Decider(self.store, catalog)
         self.masker = Masker(self.policy.mask_key)
+        self.cursors = CursorCodec(self.policy.mask_key)
+        self.planner = Planner(catalog, self.built.graphql, self.built.index, settings, self.cursors)
 
     async def start(self) -> None:
         """Load the policy (an invalid policy stops the gateway here, with the problems listed)."""
@@ -105,7 +107,7 @@ class Gateway:
             if isinstance(ctx, RequestContext) and plan.fetches:  # a data request: its purpose is known
                 authorize(plan, ctx, self.decider, self.catalog)
             results = await execute_plan(plan, self.sources)
-            shaper = Shaper(plan, results, self.settings.max_nodes, self.masker)
+            shaper = Shaper(plan, results, self.settings.max_nodes, self.masker, self.cursors)
             data: dict[str, Any] = {}
             meta = [r.key for r in plan.roots if isinstance(r, Meta)]
             meta_result = self._meta(prep, ctx) if meta else None

@@ -21,7 +21,7 @@ from graphql.execution.values import get_argument_values
 from catalog.keys import KEY_KINDS, InvalidKey
 from catalog.model import Catalog, Dataset
 from gateway.config import Settings
-from gateway.cursor import decode_cursor
+from gateway.cursor import CursorCodec
 from gateway.document import Prepared
 from gateway.errors import Code, GraphQLErrorOut, RequestError
 from gateway.plan import (
@@ -56,11 +56,13 @@ Producer = tuple[int | None, str | None]
 
 
 class Planner:
-    def __init__(self, catalog: Catalog, schema: GraphQLSchema, index: SchemaIndex, settings: Settings) -> None:
+    def __init__(self, catalog: Catalog, schema: GraphQLSchema, index: SchemaIndex, settings: Settings,
+                 cursors: CursorCodec) -> None:
         self.catalog = catalog
         self.schema = schema
         self.index = index
         self.settings = settings
+        self.cursors = cursors
 
     def plan(self, prep: Prepared) -> Plan:
         return _Build(self, prep).run()
@@ -188,7 +190,7 @@ class _Build:
         after = None
         if args.get("after") is not None:
             try:
-                after = decode_cursor(args["after"], ds.code, ds.field(ds.primary_key).type)
+                after = self.p.cursors.decode(args["after"], ds.code, ds.field(ds.primary_key).type)
             except ValueError as exc:
                 raise self.fail(f"after: {exc}", [key], node) from None
         fetch = self.new_fetch(ds, 0, f"{key}.nodes", conditions=self.conditions(ds, args.get("filter"), [key], node),

@@ -11,7 +11,7 @@ from datetime import date, datetime
 from typing import Any
 
 from catalog.model import DataType
-from gateway.cursor import encode_cursor
+from gateway.cursor import CursorCodec
 from gateway.errors import Code, GraphQLErrorOut, RequestError
 from gateway.executor import FetchResult
 from gateway.plan import (
@@ -82,8 +82,10 @@ def serialise(value: Any, data_type: DataType) -> Any:
 
 
 class Shaper:
-    def __init__(self, plan: Plan, results: dict[int, FetchResult], max_nodes: int, masker: Masker) -> None:
+    def __init__(self, plan: Plan, results: dict[int, FetchResult], max_nodes: int, masker: Masker,
+                 cursors: CursorCodec) -> None:
         self.masker = masker
+        self.cursors = cursors
         self.plan = plan
         self.results = results
         self.errors: list[GraphQLErrorOut] = []
@@ -134,9 +136,8 @@ class Shaper:
             }
         return out
 
-    @staticmethod
-    def cursor(result: FetchResult, order_by: str) -> str | None:
-        return encode_cursor(result.fetch.dataset, result.rows[-1][order_by]) if result.rows else None
+    def cursor(self, result: FetchResult, order_by: str) -> str | None:
+        return self.cursors.encode(result.fetch.dataset, result.rows[-1][order_by]) if result.rows else None
 
     def obj(self, shape: ObjShape, row: Row, path: PathLink) -> dict[str, Any] | None:
         self.budget -= 1
