@@ -1,21 +1,25 @@
 """Stage 3: authorise the plan, once per field, before any source is asked.
 
-For every field the plan reads or tests, the decision for (caller, purpose, dataset.field)
-is taken once (cached by :class:`policies.decide.Decider`) and applied to the plan:
+For every field the plan reads, tests or joins on, the decision for (caller, purpose,
+dataset.field) is taken once (cached by :class:`policies.decide.Decider`) and applied:
 
-- **clear**: kept.  **masked**: kept, with the mask to apply while shaping.
-- **verify only / denied**: the field is not fetched at all (its column leaves the source
-  query unless a join needs it) and comes back ``null`` with ``FORBIDDEN_FIELD`` at its
-  path (Apollo's filter mode), or the whole request fails (``reject`` mode, 403).
-- **conditional** (有条件共享) fields are withheld with ``CONSENT_REQUIRED``: consent and
-  legal bases are looked up per data subject in a later stage.
-- A dataset outside the purpose is not queried at all; its place in the answer is
-  ``null`` with ``FORBIDDEN_FIELD``.
-- Filters (and ``verify`` claims) may only test fields the caller may at least verify.
-- Row rules of the caller's policy are added to the fetch's conditions: pushed into the
+- **Returned fields.** Clear: kept. Masked: kept, masked while shaping. Verify-only or
+  denied: not fetched (the column leaves the source query unless a join needs it) and
+  ``null`` with ``FORBIDDEN_FIELD`` at each path (Apollo's filter mode), or the whole request
+  fails in reject mode (403). Conditional fields (有条件共享) are withheld with
+  ``CONSENT_REQUIRED`` until consent or a legal basis covers them.
+- **Tested fields.** A list filter reveals as much as reading: it needs clear, unconditional
+  access. A ``verify`` claim, a yes/no question about one subject, needs at least ``verify``.
+  Otherwise the request fails (403), since its answer would disclose the field.
+- **Joined fields.** Following a relation or an entity link tests equality of key columns
+  on both sides, so each needs at least ``verify`` and must not be conditional; otherwise the
+  nested part is ``null`` with the reason, and is not fetched.
+- **Datasets.** A dataset outside the purpose, or one of whose fields the caller may not
+  even verify, is not queried at all: even the existence or count of its records is data.
+- **Row rules** of the caller's policy join the fetch's conditions: pushed into the
   source's ``WHERE``, never applied after fetching.
 
-Messages name the field and the purpose, never a value.
+Messages name fields and the purpose, never a value.
 """
 
 from __future__ import annotations
@@ -25,7 +29,20 @@ from dataclasses import dataclass, field, replace
 from catalog.model import Catalog, ShareType
 from gateway.context import RequestContext
 from gateway.errors import Code, GraphQLErrorOut, RequestError
-from gateway.plan import EntityRef, Fetch, KeyValue, Nested, ObjShape, Plan, RootPage, RootVerify, Scalar, Withheld
+from gateway.plan import (
+    ENTITY_KEY,
+    EntityRef,
+    Fetch,
+    KeyValue,
+    Nested,
+    ObjShape,
+    Plan,
+    RootEntity,
+    RootPage,
+    RootVerify,
+    Scalar,
+    Withheld,
+)
 from policies.decide import Access, Decider, Decision
 from resolvers.coerce import coerce
 from resolvers.query import Condition, Op
@@ -38,7 +55,7 @@ class Authorisation:
     """What the stage decided, for the response and (later) the audit record."""
 
     decisions: dict[str, Decision] = field(default_factory=dict)  # dataset.field -> decision
-    withheld: dict[str, str] = field(default_factory=dict)  # dataset.field -> error code
+    withheld: dict[str, str] = field(default_factory=dict)  # dataset.field or dataset -> error code
     row_rules: dict[str, list[str]] = field(default_factory=dict)  # dataset -> rule shapes (no values)
 
 
@@ -54,7 +71,9 @@ class _Stage:
         self.catalog = catalog
         self.out = Authorisation()
         self.purpose = ctx.purpose or ""
-        self.dropped: set[int] = set()  # fetches of datasets the purpose does not cover
+        self.dropped: dict[int, Withheld] = {}  # fetch id -> why its records are withheld
+
+    # --- decisions ---------------------------------------------------------------------------
 
     def decision(self, dataset: str, column: str) -> Decision:
         obj = f"{dataset}.{column}"
@@ -63,39 +82,54 @@ class _Stage:
             hit = self.out.decisions[obj] = self.decider.decide(self.ctx.subject, self.purpose, obj)
         return hit
 
-    def withheld(self, key: str, dataset: str, column: str) -> Withheld | None:
-        """The Withheld entry for a field the caller may not receive, or None when it may."""
+    def conditional(self, dataset: str, column: str) -> bool:
+        return self.catalog.datasets[dataset].field(column).share is ShareType.CONDITIONAL
+
+    def refusal(self, key: str, dataset: str, column: str, need: Access) -> Withheld | None:
+        """Why ``dataset.column`` cannot be used at level ``need`` (None when it can)."""
         d = self.decision(dataset, column)
-        spec = self.catalog.datasets[dataset].field(column)
-        if d.access < Access.MASKED:
-            reason = d.reason if d.access is Access.DENIED else f"this client may only verify {dataset}.{column}"
-            self.out.withheld[f"{dataset}.{column}"] = Code.FORBIDDEN_FIELD.value
-            return Withheld(key, Code.FORBIDDEN_FIELD.value, f"{dataset}.{column} is not available for purpose "
+        obj = f"{dataset}.{column}"
+        if d.access < need:
+            if d.access is Access.DENIED:
+                reason = d.reason
+            else:
+                reason = f"this client may only {'verify' if d.access is Access.VERIFY else 'read masked'} {obj}"
+            self.out.withheld[obj] = Code.FORBIDDEN_FIELD.value
+            return Withheld(key, Code.FORBIDDEN_FIELD.value, f"{obj} is not available for purpose "
                                                              f"{self.purpose!r}: {reason}")
-        if spec.share is ShareType.CONDITIONAL:
-            self.out.withheld[f"{dataset}.{column}"] = Code.CONSENT_REQUIRED.value
+        if self.conditional(dataset, column):
+            self.out.withheld[obj] = Code.CONSENT_REQUIRED.value
             return Withheld(key, Code.CONSENT_REQUIRED.value,
-                            f"{dataset}.{column} is shared only with the data subject's consent or a recorded "
-                            f"legal basis, and none covers purpose {self.purpose!r}")
+                            f"{obj} is shared only with the data subject's consent or a recorded legal basis, "
+                            f"and none covers purpose {self.purpose!r}")
         return None
+
+    # --- the stage ---------------------------------------------------------------------------
 
     def run(self) -> Authorisation:
         purpose = self.catalog.purposes[self.purpose]
-        for f in self.plan.fetches:
-            if f.dataset not in purpose.datasets or (f.parent is not None and f.parent in self.dropped):
-                self.dropped.add(f.id)
-        self.check_filters()
-        if self.ctx.reject_unauthorized:
-            self.reject_if_any_denied()
+        for f in self.plan.fetches:  # parents come before their children
+            if f.parent is not None and f.parent in self.dropped:
+                self.dropped[f.id] = self.dropped[f.parent]
+            elif f.dataset not in purpose.datasets:
+                self.drop(f, Code.FORBIDDEN_FIELD, "the purpose does not cover it")
+            elif not self.usable(f.dataset):
+                self.drop(f, Code.FORBIDDEN_FIELD, "this client may not use any of its fields")
+            elif f.query.key_column is not None:
+                w = self.refusal("", f.dataset, f.query.key_column, Access.VERIFY)
+                if w is not None:  # the lookup by key is itself a test of the key column
+                    self.dropped[f.id] = w
+        self.check_tests()
         for i, root in enumerate(self.plan.roots):
             if isinstance(root, RootPage | RootVerify) and root.fetch in self.dropped:
-                ds = self.plan.fetches[root.fetch].dataset
-                self.plan.roots[i] = self.forbidden_dataset(root.key, ds)
+                self.plan.roots[i] = self.renamed(self.dropped[root.fetch], root.key)
             elif isinstance(root, RootPage):
                 for _, shape in root.nodes:
                     self.shape(shape)
-            elif hasattr(root, "shape"):
-                self.shape(root.shape)  # type: ignore[union-attr]
+            elif isinstance(root, RootEntity):
+                self.shape(root.shape)
+        if self.ctx.reject_unauthorized and self.out.withheld:
+            self.reject()
         for f in self.plan.fetches:
             if f.id not in self.dropped:
                 self.trim(f)
@@ -103,23 +137,45 @@ class _Stage:
         self.plan.fetches = [f for f in self.plan.fetches if f.id not in self.dropped]
         return self.out
 
-    def forbidden_dataset(self, key: str, dataset: str) -> Withheld:
-        return Withheld(key, Code.FORBIDDEN_FIELD.value,
-                        f"{dataset} is not available for purpose {self.purpose!r}: the purpose does not cover it")
+    def usable(self, dataset: str) -> bool:
+        fields = self.catalog.datasets[dataset].fields
+        return any(self.decision(dataset, f.name).access >= Access.VERIFY for f in fields)
+
+    def drop(self, f: Fetch, code: Code, why: str) -> None:
+        self.out.withheld[f.dataset] = code.value
+        self.dropped[f.id] = Withheld("", code.value, f"{f.dataset} is not available for purpose "
+                                                      f"{self.purpose!r}: {why}")
+
+    @staticmethod
+    def renamed(w: Withheld, key: str) -> Withheld:
+        return Withheld(key, w.code, w.message)
+
+    def check_tests(self) -> None:
+        """Filters need clear access; verify claims at least verify; neither on conditional fields."""
+        for f in self.plan.fetches:
+            if f.id in self.dropped:
+                continue
+            need = Access.VERIFY if f.claim else Access.CLEAR
+            for column in f.filtered:
+                w = self.refusal("", f.dataset, column, need)
+                if w is not None:
+                    what = "claim" if f.claim else "filter"
+                    message = f"this {what} cannot be answered: {w.message}; remove the {what} on {f.dataset}.{column}"
+                    raise RequestError(Code(w.code), message, 403, errors=[GraphQLErrorOut(message, Code(w.code))])
 
     def shape(self, shape: ObjShape, key_source: tuple[str, str] | None = None) -> None:
         """Apply decisions to a shape. ``key_source`` is (dataset, column) holding an entity's key."""
         ds = self.plan.fetches[shape.fetch].dataset if shape.fetch is not None else None
         for i, e in enumerate(shape.entries):
             if isinstance(e, Scalar) and ds is not None:
-                w = self.withheld(e.key, ds, e.column)
+                w = self.refusal(e.key, ds, e.column, Access.MASKED)
                 if w is not None:
                     shape.entries[i] = w
                 else:
                     d = self.decision(ds, e.column)
                     e.mask = d.mask if d.access is Access.MASKED else None
             elif isinstance(e, KeyValue) and key_source is not None:
-                w = self.withheld(e.key, *key_source)
+                w = self.refusal(e.key, *key_source, Access.MASKED)
                 if w is not None:
                     w.non_null = True  # Person.idNumber is String!: the person object becomes null instead
                     shape.entries[i] = w
@@ -127,12 +183,34 @@ class _Stage:
                     d = self.decision(*key_source)
                     e.mask = d.mask if d.access is Access.MASKED else None
             elif isinstance(e, Nested):
-                if e.fetch in self.dropped:
-                    shape.entries[i] = self.forbidden_dataset(e.key, self.plan.fetches[e.fetch].dataset)
+                w = self.dropped.get(e.fetch)
+                if w is None and ds is not None and e.parent_column != ENTITY_KEY:
+                    w = self.refusal(e.key, ds, e.parent_column, Access.VERIFY)  # this side of the join
+                if w is not None:
+                    shape.entries[i] = self.renamed(w, e.key)
+                    self.drop_under(e.fetch, e.shape, w)
                 else:
                     self.shape(e.shape)
             elif isinstance(e, EntityRef) and ds is not None:
-                self.shape(e.shape, (ds, e.column))
+                w = self.refusal(e.key, ds, e.column, Access.VERIFY)  # the link is a join on this column
+                if w is not None:
+                    shape.entries[i] = self.renamed(w, e.key)
+                    self.drop_under(None, e.shape, w)
+                else:
+                    self.shape(e.shape, (ds, e.column))
+
+    def drop_under(self, fetch: int | None, shape: ObjShape, why: Withheld) -> None:
+        """Withhold ``fetch`` and every fetch reached from ``shape``: nothing under a withheld link runs."""
+        if fetch is not None:
+            self.dropped.setdefault(fetch, why)
+        for e in shape.entries:
+            if isinstance(e, Nested):
+                self.drop_under(e.fetch, e.shape, why)
+            elif isinstance(e, EntityRef):
+                self.drop_under(None, e.shape, why)
+        for f in self.plan.fetches:  # fetches whose parent is now withheld
+            if f.parent is not None and f.parent in self.dropped:
+                self.dropped.setdefault(f.id, why)
 
     def trim(self, f: Fetch) -> None:
         """Columns the caller may not receive leave the source query unless a join needs them."""
@@ -157,20 +235,8 @@ class _Stage:
         # Row rules hold together with the request's own filters (AND): the most restrictive wins.
         f.query = replace(f.query, conditions=(*f.query.conditions, *conds))
 
-    def check_filters(self) -> None:
-        bad = [f"{f.dataset}.{c}" for f in self.plan.fetches if f.id not in self.dropped
-               for c in f.filtered if self.decision(f.dataset, c).access < Access.VERIFY]
-        if bad:
-            message = (f"this client may not test {', '.join(sorted(set(bad)))} for purpose {self.purpose!r}: "
-                       "remove the filter or claim on it")
-            raise RequestError(Code.FORBIDDEN_FIELD, message, 403,
-                               errors=[GraphQLErrorOut(message, Code.FORBIDDEN_FIELD)])
-
-    def reject_if_any_denied(self) -> None:
-        denied = sorted({f"{f.dataset}.{c}" for f in self.plan.fetches for c in f.selected
-                         if f.id in self.dropped or self.decision(f.dataset, c).access < Access.MASKED})
-        if denied:
-            message = (f"the request asks for fields this client may not read for purpose {self.purpose!r}: "
-                       f"{', '.join(denied)} (reject mode: remove them, or drop X-Reject-Unauthorized)")
-            raise RequestError(Code.FORBIDDEN_FIELD, message, 403,
-                               errors=[GraphQLErrorOut(message, Code.FORBIDDEN_FIELD)])
+    def reject(self) -> None:
+        listed = ", ".join(f"{k} ({v})" for k, v in sorted(self.out.withheld.items()))
+        message = (f"the request asks for what this client may not have for purpose {self.purpose!r}: {listed} "
+                   "(reject mode: remove them, or drop X-Reject-Unauthorized)")
+        raise RequestError(Code.FORBIDDEN_FIELD, message, 403, errors=[GraphQLErrorOut(message, Code.FORBIDDEN_FIELD)])

@@ -46,6 +46,7 @@ class Fetch:
     parent_column: str | None = None  # ... in this column
     page: bool = False  # a root page: one extra row is fetched to know whether there is a next page
     row_cap: int | None = None  # more rows than this is an error (ROW_LIMIT_EXCEEDED), not a silent cut
+    claim: bool = False  # a verify(...) claim: its condition is a yes/no question, not a list filter
 
 
 @dataclass(slots=True)

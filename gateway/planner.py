@@ -247,6 +247,7 @@ class _Build:
         fetch = self.new_fetch(ds, 0, key, conditions=(Condition(spec.name, op, value),),
                                key_column=links[0].field, order_by=ds.primary_key, limit=1)
         fetch.literal_keys = (subject,)
+        fetch.claim = True
         self.filters(fetch)
         self.need(fetch, ds.primary_key)
         return RootVerify(key, fetch.id)

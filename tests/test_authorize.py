@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from catalog.loader import load_catalog
 from demo.build import City
 from gateway.context import RequestContext
 from gateway.pipeline import Gateway
@@ -71,20 +73,33 @@ async def test_health_app_masked_names_forbidden_address_and_consent(gateway: Ga
     someone = rows(city, "psb", "resident")[3]
     body = await ask(gateway, """query($id: String!) { person(idNumber: $id) {
         resident { name address birthDate }
-        vaccinations { vaccine site }
+        medicalInsurances { scheme status }
+        vaccinations { vaccine }
         pensions { status } } }""", ctx(HEALTH, "public-health-followup"), {"id": someone["id_number"]})
     person = body["data"]["person"]
     assert person["resident"]["name"] == someone["name"][0] + "*" * (len(someone["name"]) - 1)
     assert person["resident"]["address"] is None
     assert person["resident"]["birthDate"] == someone["birth_date"].isoformat()
+    insured = [m for m in rows(city, "health", "medical_insurance") if m["id_number"] == someone["id_number"]]
+    assert [m["scheme"] for m in person["medicalInsurances"]] == [m["scheme"] for m in insured]
     assert person["pensions"] is None  # hrss.pension is outside the purpose: not even queried
-    vacc = [v for v in rows(city, "health", "vaccination") if v["id_number"] == someone["id_number"]]
-    assert len(person["vaccinations"]) == len(vacc)
-    assert all(v["vaccine"] is None and v["site"] for v in person["vaccinations"])  # site: none-field, legal basis
+    assert person["vaccinations"] is None  # looking them up by ID number needs consent (id_number is conditional)
     codes = errors_by_path(body)
     assert codes[("person", "resident", "address")] == "FORBIDDEN_FIELD"
     assert codes[("person", "pensions")] == "FORBIDDEN_FIELD"
-    assert all(codes[("person", "vaccinations", i, "vaccine")] == "CONSENT_REQUIRED" for i in range(len(vacc)))
+    assert codes[("person", "vaccinations")] == "CONSENT_REQUIRED"
+    assert all(codes[("person", "medicalInsurances", i, "status")] == "CONSENT_REQUIRED" for i in range(len(insured)))
+    fetched = {f.dataset for f in gateway.plan("""{ person(idNumber: "11010519491231002X") {
+        pensions { status } vaccinations { vaccine } } }""").fetches}
+    assert fetched == {"hrss.pension", "health.vaccination"}  # planned, then authorisation removes both
+
+
+async def test_a_none_field_opened_by_the_purposes_legal_basis(gateway: Gateway, city: City) -> None:
+    body = await ask(gateway, "{ vaccinations(limit: 5) { nodes { id site } } }", ctx(HEALTH, "public-health-followup"))
+    by_id = {v["id"]: v["site"] for v in rows(city, "health", "vaccination")}
+    assert all(n["site"] == by_id[n["id"]] for n in body["data"]["vaccinations"]["nodes"])
+    body = await ask(gateway, "{ vaccinations(limit: 5) { nodes { id site } } }", ctx(HEALTH, "citizen-self-service"))
+    assert body["data"]["vaccinations"] is None  # another purpose: health-app has no grant, and no legal basis
 
 
 async def test_forbidden_fields_are_not_fetched(gateway: Gateway) -> None:
@@ -126,7 +141,8 @@ async def test_filters_on_forbidden_fields_fail_the_request(gateway: Gateway) ->
     out = await gateway.run('{ employments(filter: {monthlyWage: {gte: 20000}}) { nodes { position } } }',
                             context=ctx(MARKET, "market-supervision"))
     assert out.status == 403
-    assert "may not test hrss.employment.monthly_wage" in out.body["errors"][0]["message"]
+    message = out.body["errors"][0]["message"]
+    assert "this filter cannot be answered" in message and "hrss.employment.monthly_wage" in message
 
 
 async def test_reject_mode_fails_the_whole_request(gateway: Gateway) -> None:
@@ -139,9 +155,9 @@ async def test_reject_mode_fails_the_whole_request(gateway: Gateway) -> None:
 async def test_a_client_without_grants_gets_nothing(gateway: Gateway) -> None:
     body = await ask(gateway, "{ residents(limit: 5) { nodes { name idNumber } } }",
                      ctx(NOBODY, "citizen-self-service"))
-    nodes = body["data"]["residents"]["nodes"]
-    assert nodes and all(n == {"name": None, "idNumber": None} for n in nodes)
-    assert set(errors_by_path(body).values()) == {"FORBIDDEN_FIELD"}
+    # Not even the number of residents: a dataset the client may not use is not queried at all.
+    assert body["data"]["residents"] is None
+    assert errors_by_path(body) == {("residents",): "FORBIDDEN_FIELD"}
 
 
 async def test_my_access_lists_what_the_client_may_use(gateway: Gateway) -> None:
@@ -188,12 +204,74 @@ async def test_no_forbidden_value_leaks(gateway: Gateway, city: City, who: tuple
             assert f'"{text}"' not in body, (subject.client_id, f.name)
 
 
-async def test_a_withheld_non_null_key_nulls_its_entity(gateway: Gateway) -> None:
-    # A vaccination's id_number is conditional (consent needed), so the person it links to cannot
-    # show its key; Person.idNumber is non-null, so the person object itself becomes null.
-    body = await ask(gateway, "{ vaccinations(limit: 3) { nodes { vaccinatedOn person { idNumber } } } }",
+async def test_joins_on_withheld_keys_are_not_followed(gateway: Gateway) -> None:
+    # A vaccination's id_number is conditional: following it to the person would reveal who was
+    # vaccinated, so the link is withheld as a whole and nothing behind it is fetched.
+    body = await ask(gateway, "{ vaccinations(limit: 3) { nodes { vaccinatedOn person { resident { name } } } } }",
                      ctx(HEALTH, "public-health-followup"))
     nodes = body["data"]["vaccinations"]["nodes"]
-    assert len(nodes) == 3 and all(n["person"] is None for n in nodes)  # Person.idNumber is String!
+    assert len(nodes) == 3 and all(n["person"] is None for n in nodes)
     codes = errors_by_path(body)
-    assert all(codes[("vaccinations", "nodes", i, "person", "idNumber")] == "CONSENT_REQUIRED" for i in range(3))
+    assert all(codes[("vaccinations", "nodes", i, "person")] == "CONSENT_REQUIRED" for i in range(3))
+
+
+async def test_a_withheld_non_null_key_nulls_its_entity(make_settings: Any, tmp_path: Any) -> None:
+    policy = tmp_path / "policy.csv"
+    policy.write_text("p, market-app, mr.business.*, read, market-supervision, allow, default\n"
+                      "p, market-app, mr.business.legal_rep_id_number, read, market-supervision, deny, default\n"
+                      "p, market-app, mr.business.legal_rep_id_number, verify, market-supervision, allow, default\n"
+                      "p, market-app, psb.resident.name, read, market-supervision, allow, default\n"
+                      "p, market-app, psb.resident.id_number, verify, market-supervision, allow, default\n",
+                      encoding="utf-8")
+    settings = make_settings(policy=policy)
+    gw = Gateway(load_catalog(*settings.catalog), settings)
+    await gw.start()
+    try:
+        body = await ask(gw, "{ businesses(limit: 2) { nodes { name legalRepresentative { idNumber "
+                             "resident { name } } } } }", ctx(MARKET, "market-supervision"))
+    finally:
+        await gw.close()
+    nodes = body["data"]["businesses"]["nodes"]
+    assert all(n["name"] and n["legalRepresentative"] is None for n in nodes)  # Person.idNumber is String!
+    codes = errors_by_path(body)
+    assert all(codes[("businesses", "nodes", i, "legalRepresentative", "idNumber")] == "FORBIDDEN_FIELD"
+               for i in range(2))
+
+
+@pytest.mark.parametrize(("who", "query", "code", "words"), [
+    # A filter on a conditional field would answer what consent protects.
+    (STREET, "{ employments(filter: {monthlyWage: {gte: 20000}}) { nodes { idNumber } } }", "CONSENT_REQUIRED",
+     "hrss.employment.monthly_wage"),
+    # Masked and verify-only fields cannot be filtered on: a prefix undoes a mask, an equality lists people.
+    (HEALTH, '{ residents(filter: {name: {prefix: "梁"}}) { nodes { idNumber } } }', "FORBIDDEN_FIELD",
+     "may only read masked psb.resident.name"),
+    (MARKET, '{ residents(filter: {birthDate: {eq: "1980-09-30"}}) { nodes { name } } }', "FORBIDDEN_FIELD",
+     "may only verify psb.resident.birth_date"),
+    (MARKET, '{ residents(filter: {idNumber: {prefix: "990111"}}) { nodes { name } } }', "FORBIDDEN_FIELD",
+     "may only read masked psb.resident.id_number"),
+])
+async def test_tests_on_protected_fields_fail_the_request(gateway: Gateway, who: Subject, query: str, code: str,
+                                                          words: str) -> None:
+    purpose = {STREET: "subsistence-allowance-review", HEALTH: "public-health-followup",
+               MARKET: "market-supervision"}[who]
+    out = await gateway.run(query, context=ctx(who, purpose))
+    assert out.status == 403, out.body
+    assert out.body["errors"][0]["extensions"]["code"] == code and words in out.body["errors"][0]["message"]
+    assert "data" not in out.body
+
+
+async def test_no_existence_leak_for_a_client_without_grants(gateway: Gateway, city: City) -> None:
+    applicant = city.showcase["applicant_id_number"]
+    body = await ask(gateway, 'query($id: String!) { person(idNumber: $id) { idNumber subsistenceCases { '
+                              '__typename } pensions { __typename } } }', ctx(NOBODY, "citizen-self-service"),
+                     {"id": applicant})
+    assert body["data"]["person"] == {"idNumber": applicant, "subsistenceCases": None, "pensions": None}
+    assert set(errors_by_path(body).values()) == {"FORBIDDEN_FIELD"}
+
+
+async def test_relations_on_withheld_join_columns_are_not_followed(gateway: Gateway) -> None:
+    # The health app may not use household_id: the household grouping itself is withheld.
+    body = await ask(gateway, "{ residents(limit: 3) { nodes { name householdMembers { name } } } }",
+                     ctx(HEALTH, "public-health-followup"))
+    assert all(n["householdMembers"] is None for n in body["data"]["residents"]["nodes"])
+    assert "psb.resident.household_id" in body["errors"][0]["message"]

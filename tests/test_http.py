@@ -207,14 +207,14 @@ async def test_fan_out_is_capped_by_max_nodes(make_settings: Any) -> None:
 
 
 async def test_a_nested_list_over_max_rows_is_an_error_not_a_cut(make_settings: Any) -> None:
-    query = "{ residents(limit: 200) { nodes { name person { vaccinations { id } } } } }"
+    query = "{ residents(limit: 200) { nodes { name person { medicalInsurances { id } } } } }"
     async with served(make_settings(max_rows=50, policy=TEST_POLICY)) as (c, _):
         r = await c.post("/graphql", json={"query": query}, headers={"accept": GQL})
     body = r.json()
     assert r.status_code == 200 and len(body["data"]["residents"]["nodes"]) == 200
     assert {e["extensions"]["code"] for e in body["errors"]} == {"ROW_LIMIT_EXCEEDED"}
-    assert "health.vaccination matched more than 50 records" in body["errors"][0]["message"]
-    assert all(n["person"]["vaccinations"] is None for n in body["data"]["residents"]["nodes"])
+    assert "health.medical_insurance matched more than 50 records" in body["errors"][0]["message"]
+    assert all(n["person"]["medicalInsurances"] is None for n in body["data"]["residents"]["nodes"])
 
 
 @pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS"])
