@@ -129,9 +129,13 @@ async def graphql_endpoint(request: Request) -> Response:
         return response
     subject = Subject(identity.client_id, identity.department, identity.roles)
 
+    request_context: list[RequestContext] = []
+
     def context(data_request: bool) -> RequestContext:
-        return context_from_headers(request.headers, subject, gateway.catalog, data_request=data_request,
-                                    reject_default=gateway.policy.reject_unauthorized, request_id=request_id)
+        ctx = context_from_headers(request.headers, subject, gateway.catalog, data_request=data_request,
+                                   reject_default=gateway.policy.reject_unauthorized, request_id=request_id)
+        request_context.append(ctx)
+        return ctx
 
     try:
         query, operation_name, variables = await _params(request)
@@ -145,6 +149,11 @@ async def graphql_endpoint(request: Request) -> Response:
                               Code.INTERNAL_SERVER_ERROR)
         return json_response({"errors": [err.to_dict()]}, 500, media, headers)
 
+    if request_context:
+        ctx = request_context[0]
+        # Who asked what, for whom, until the audit log records it in full: never query text or values.
+        log.info("request %s client=%s purpose=%s acting=%s case=%s status=%d", request_id, ctx.subject.client_id,
+                 ctx.purpose, ctx.acting_user, ctx.case_id, outcome.status)
     status = outcome.status
     if media == JSON and status == 400 and _code(outcome.body) != Code.BAD_REQUEST.value:
         status = 200  # application/json clients expect 200 for any well-formed GraphQL request

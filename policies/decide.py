@@ -25,6 +25,7 @@ import casbin
 from casbin.util import key_match
 
 from catalog.model import Catalog, Purpose, ShareType
+from policies.masks import mask_rank
 from policies.store import PolicyStore, Snapshot
 
 __all__ = ["Access", "Decider", "Decision", "RowRule", "Subject", "compile_policy"]
@@ -130,15 +131,22 @@ class Decider:
     @staticmethod
     def allowed(rules: list[list[str]], obj: str, act: str) -> tuple[bool, str | None]:
         """Casbin's matcher and effect over the pre-selected lines: (allowed, mask of the first allow)."""
-        allow = False
-        mask: str | None = None
+        allow, deny, masks = Decider.effects(rules, obj, act)
+        return allow and not deny, (masks[0] if masks else None)
+
+    @staticmethod
+    def effects(rules: list[list[str]], obj: str, act: str) -> tuple[bool, bool, list[str]]:
+        """(some allow matches, some deny matches, masks of the matching allows in policy order)."""
+        allow = deny = False
+        masks: list[str] = []
         for _sub, pattern, p_act, _pur, eft, p_mask in rules:
             if (p_act == act or p_act == "*") and key_match(obj, pattern):
                 if eft == "deny":
-                    return False, None
-                if not allow:
-                    allow, mask = True, p_mask
-        return allow, mask
+                    deny = True
+                else:
+                    allow = True
+                    masks.append(p_mask)
+        return allow, deny, masks
 
     def decide(self, subject: Subject, purpose: str, obj: str) -> Decision:
         """The decision for ``obj`` (dataset.field), cached with the subject's compiled policy."""
@@ -158,13 +166,28 @@ class Decider:
         if spec.share is ShareType.NONE and obj not in pur.none_fields:
             return Decision(Access.DENIED, reason=f"{obj} is not shared (不予共享) and purpose {purpose!r} has "
                                                   "no legal basis for it")
-        for access in (Access.CLEAR, Access.MASKED, Access.VERIFY):
-            ok, mask = self.allowed(compiled.rules, obj, _ACTION[access])
-            if ok:
-                if access is Access.MASKED:
-                    return Decision(access, mask=spec.mask if mask in (None, "default") else mask)
-                return Decision(access)
-        return Decision(Access.DENIED, reason=f"no policy lets this client read {obj} for purpose {purpose!r}")
+        effects = {a: self.effects(compiled.rules, obj, _ACTION[a]) for a in _ACTION}
+        # Access levels are ordered: a deny on a weaker action denies every stronger one too
+        # (denying verify must not leave read allowed).
+        denied_below = False
+        granted: Decision | None = None
+        for access in (Access.VERIFY, Access.MASKED, Access.CLEAR):
+            allow, deny, masks = effects[access]
+            denied_below = denied_below or deny
+            if denied_below:
+                break
+            if allow:
+                granted = Decision(access, mask=self.strictest(masks, spec.mask)) if access is Access.MASKED \
+                    else Decision(access)
+        return granted or Decision(Access.DENIED,
+                                   reason=f"no policy lets this client read {obj} for purpose {purpose!r}")
+
+    @staticmethod
+    def strictest(masks: list[str], default: str) -> str:
+        """When several lines grant a masked read, the strictest mask applies: the outcome must not
+        depend on line order (a SQL store has none)."""
+        names = [default if m == "default" else m for m in masks] or [default]
+        return min(names, key=lambda n: (mask_rank(n), n))
 
     def row_rules(self, subject: Subject, purpose: str, dataset: str) -> list[RowRule]:
         return self._compiled(subject, purpose).rows.get(dataset, [])

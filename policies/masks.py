@@ -22,7 +22,7 @@ from typing import Any
 
 from catalog.model import DataType
 
-__all__ = ["MASKS", "Mask", "Masker", "mask_for"]
+__all__ = ["MASKS", "Mask", "Masker", "mask_for", "mask_rank"]
 
 _TEXT = frozenset({DataType.STRING})
 _NUMBERS = frozenset({DataType.INTEGER, DataType.FLOAT, DataType.DECIMAL})
@@ -107,6 +107,17 @@ def mask_for(name: str) -> Mask | None:
     n = int(m.group(2))
     keep = _keep(n, 0) if m.group(1) == "first" else _keep(0, n)
     return Mask(name, f"all but the {m.group(1)} {n} characters hidden", _TEXT, keep)
+
+
+# From the strictest (shows nothing) to the loosest (shows everything); show_* masks rank by how
+# many characters they show.
+_RANK = {"null": 0, "hash": 1, "redact": 2, "name": 3, "date_year": 3, "round_1000": 3, "id_number": 4,
+         "phone": 4, "none": 100}
+
+
+def mask_rank(name: str) -> int:
+    m = _PARAMETRISED.match(name)
+    return 4 + int(m.group(2)) if m else _RANK.get(name, 50)
 
 
 class Masker:

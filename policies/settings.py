@@ -43,7 +43,8 @@ class PolicySettings:
                               "your own (32 random bytes, e.g. `openssl rand -hex 32`)")
         if len(key.encode()) < 16:
             raise ConfigError(f"{where}: mask_key must be at least 16 bytes")
-        interval = raw.get("reload_interval", 1.0)
+        # A file's change is one stat(); a database's is a read of every line: look less often.
+        interval = raw.get("reload_interval", 1.0 if "file" in raw else 10.0)
         if not isinstance(interval, int | float) or interval < 0:
             raise ConfigError(f"{where}: reload_interval must be a number of seconds >= 0")
         try:

@@ -113,10 +113,7 @@ class SQLPolicySource:
             self._created = True
         enforcer = new_enforcer()
         await self.adapter.load_policy(enforcer.get_model())
-        model = enforcer.get_model()
-        lines = sorted((ptype, *line) for sec in ("p", "g") for ptype in model[sec]
-                       for line in model[sec][ptype].policy)
-        current = hashlib.sha256(repr(lines).encode()).hexdigest()
+        current = await asyncio.to_thread(_digest, enforcer)
         if current == stamp:
             return current, None
         enforcer.build_role_links()
@@ -124,6 +121,13 @@ class SQLPolicySource:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def _digest(enforcer: casbin.Enforcer) -> str:
+    """A digest of the policy lines, independent of their order in the table."""
+    model = enforcer.get_model()
+    lines = sorted((ptype, *line) for sec in ("p", "g") for ptype in model[sec] for line in model[sec][ptype].policy)
+    return hashlib.sha256(repr(lines).encode()).hexdigest()
 
 
 class PolicyStore:

@@ -11,6 +11,7 @@ import casbin
 
 from catalog.model import Catalog, ShareType
 from policies.masks import mask_for
+from resolvers.coerce import coerce
 from resolvers.query import Op
 
 __all__ = ["ACTIONS", "PolicyError", "validate_policy"]
@@ -85,6 +86,8 @@ def check_rule(catalog: Catalog, line: list[str]) -> list[str]:
             if purpose is None or obj not in purpose.none_fields:
                 out.append(f"{obj} has share type none (不予共享): it can be granted only for a purpose whose "
                            "legal basis lists it in none_fields")
+    if act == "read_masked" and mask == "none":
+        out.append("read_masked with mask none would be a clear read: grant read instead")
     if mask != "default":
         m = mask_for(mask)
         if m is None:
@@ -103,10 +106,18 @@ def check_row_rule(catalog: Catalog, line: list[str]) -> list[str]:
     ds = catalog.datasets.get(code)
     if ds is None:
         return [*out, f"unknown dataset {code!r}"]
-    if column not in {f.name for f in ds.fields}:
+    spec = next((f for f in ds.fields if f.name == column), None)
+    if spec is None:
         out.append(f"unknown column {column!r} of {code}")
     if op not in ROW_OPS:
         out.append(f"unknown operator {op!r}; known: {', '.join(sorted(ROW_OPS))}")
+    elif spec is not None and "${" not in _value:
+        # A value the column's type cannot hold would fail every matching request at run time.
+        try:
+            for v in (_value.split("|") if op == Op.IN.value else [_value]):
+                coerce(v, spec.type)
+        except (ValueError, ArithmeticError):
+            out.append(f"value {_value!r} is not a {spec.type.value} (the type of {code}.{column})")
     return out
 
 

@@ -150,3 +150,44 @@ def test_masks_keep_types_and_hash_with_the_key() -> None:
     h = m.apply("hash", "11010519491231002X")
     assert h == m.apply("hash", "11010519491231002X") != Masker(b"j" * 32).apply("hash", "11010519491231002X")
     assert "11010519491231002X" not in h
+
+
+async def decide_with(tmp_path: Path, *lines: str, obj: str = "psb.resident.name") -> tuple[Access, str | None]:
+    store = await load(write(tmp_path, *lines))
+    d = Decider(store, CATALOG).decide(CLIENT, "subsistence-allowance-review", obj)
+    return d.access, d.mask
+
+
+async def test_a_deny_on_a_weaker_action_denies_the_stronger_ones(tmp_path: Path) -> None:
+    allow_all = "p, app, psb.resident.*, *, *, allow, default"
+    assert await decide_with(tmp_path, allow_all) == (Access.CLEAR, None)
+    assert await decide_with(tmp_path, allow_all, "p, app, psb.resident.name, read, *, deny, default") == \
+        (Access.MASKED, "name")
+    assert await decide_with(tmp_path, allow_all, "p, app, psb.resident.name, read_masked, *, deny, default") == \
+        (Access.VERIFY, None)
+    assert await decide_with(tmp_path, allow_all, "p, app, psb.resident.name, verify, *, deny, default") == \
+        (Access.DENIED, None)
+
+
+async def test_the_strictest_mask_wins_whatever_the_line_order(tmp_path: Path) -> None:
+    a = "p, app, psb.resident.id_number, read_masked, *, allow, show_last_4"
+    b = "p, role:r, psb.resident.id_number, read_masked, *, allow, hash"
+    assert await decide_with(tmp_path, a, b, obj="psb.resident.id_number") == (Access.MASKED, "hash")
+    assert await decide_with(tmp_path, b, a, obj="psb.resident.id_number") == (Access.MASKED, "hash")
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ("p, app, psb.resident.name, read_masked, *, allow, none", "read_masked with mask none would be a clear read"),
+    ("p2, app, psb.resident, *, birth_date, lt, not-a-date", "'not-a-date' is not a date"),
+    ("p2, app, psb.resident, *, birth_date, in, 1990-01-01|never", "is not a date"),
+])
+async def test_more_invalid_lines(tmp_path: Path, line: str, words: str) -> None:
+    with pytest.raises(PolicyError) as exc:
+        await load(write(tmp_path, line))
+    assert any(words in p for p in exc.value.problems), exc.value.problems
+
+
+async def test_row_rule_placeholders_are_bound_per_client(tmp_path: Path) -> None:
+    store = await load(write(tmp_path, "p2, app, civil.subsistence_case, *, street_office, eq, ${department}"))
+    (rule,) = Decider(store, CATALOG).row_rules(CLIENT, "subsistence-allowance-review", "civil.subsistence_case")
+    assert rule.bind(CLIENT) == "civil"

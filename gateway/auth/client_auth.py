@@ -170,7 +170,8 @@ class ClientAuthenticator:
             return self._refuse(sub, "client assertion signature or claims invalid")
         if client.disabled:
             return self._refuse(sub, "disabled client")
-        if not await self.store.use_assertion(sub, claims["jti"], int(claims["exp"]), int(self.clock())):
+        # Kept until exp + LEEWAY: the verifier still accepts the assertion that long, so must the replay check.
+        if not await self.store.use_assertion(sub, claims["jti"], int(claims["exp"]) + LEEWAY, int(self.clock())):
             return self._refuse(sub, "client assertion replayed (jti already used)")
         return client
 

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
+from gateway.auth.clients import CLIENT_ID, DEPARTMENT
 from gateway.auth.errors import AuthError, Reason
 from gateway.auth.identity import Identity
 from gateway.auth.keys import PublicKey
@@ -138,6 +139,10 @@ class ExternalVerifier:
         if self.idp.department_map:
             department = self.idp.department_map.get(department) if isinstance(department, str) else None
         if not client_id or not isinstance(department, str) or not department:
+            raise AuthError(Reason.UNMAPPED_CLAIMS)
+        # The same shapes as registered clients: an IdP-issued "dept:health" or "a|b" must not turn
+        # into policy subject names or row-rule values.
+        if not CLIENT_ID.fullmatch(client_id) or not DEPARTMENT.fullmatch(department):
             raise AuthError(Reason.UNMAPPED_CLAIMS)
         return Identity(client_id=client_id, department=department, roles=self._roles(claims),
                         token_id=claims.get("jti") if isinstance(claims.get("jti"), str) else None,
