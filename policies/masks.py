@@ -68,9 +68,18 @@ def _year(v: Any, _: bytes) -> Any:
     return f"{str(v)[:4]}-01-01"
 
 
+# The common two-character surnames (复姓): their bearers keep both characters.
+_COMPOUND_SURNAMES = frozenset({
+    "欧阳", "司马", "上官", "诸葛", "东方", "皇甫", "尉迟", "公孙", "慕容", "长孙", "宇文",
+    "司徒", "令狐", "夏侯", "端木", "独孤", "南宫", "西门", "轩辕", "呼延", "万俟", "闻人",
+    "澹台", "公冶", "宗政", "濮阳", "淳于", "单于", "太叔", "申屠", "钟离", "赫连", "拓跋",
+})
+
+
 def _name(v: Any, _: bytes) -> str:
     s = str(v)
-    return s[:1] + "*" * (len(s) - 1) if len(s) > 1 else "*"
+    keep = 2 if s[:2] in _COMPOUND_SURNAMES and len(s) > 2 else 1
+    return s[:keep] + "*" * (len(s) - keep) if len(s) > keep else "*" * len(s)
 
 
 def _band(v: Any, _: bytes) -> Any:

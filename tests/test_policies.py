@@ -140,7 +140,7 @@ async def test_sql_policy_store_on_postgresql(policy_pg_url: str) -> None:
 def test_masks_keep_types_and_hash_with_the_key() -> None:
     m = Masker(b"k" * 32)
     assert m.apply("id_number", "11010519491231002X") == "110105********002X"
-    assert m.apply("name", "欧阳娜娜") == "欧***"
+    assert m.apply("name", "欧阳娜娜") == "欧阳**" and m.apply("name", "梁志晨") == "梁**"
     assert m.apply("phone", "13812345678") == "138****5678"
     assert m.apply("show_last_2", "abcdef") == "****ef" and m.apply("show_first_3", "abcdef") == "abc***"
     assert m.apply("date_year", date(1980, 9, 30)) == date(1980, 1, 1)
