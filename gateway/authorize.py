@@ -57,19 +57,24 @@ class Authorisation:
     decisions: dict[str, Decision] = field(default_factory=dict)  # dataset.field -> decision
     withheld: dict[str, str] = field(default_factory=dict)  # dataset.field or dataset -> error code
     row_rules: dict[str, list[str]] = field(default_factory=dict)  # dataset -> rule shapes (no values)
+    parts: dict[str, str] = field(default_factory=dict)  # response path of a withheld fetch -> error code
 
 
-def authorize(plan: Plan, ctx: RequestContext, decider: Decider, catalog: Catalog) -> Authorisation:
-    return _Stage(plan, ctx, decider, catalog).run()
+def authorize(plan: Plan, ctx: RequestContext, decider: Decider, catalog: Catalog,
+              into: Authorisation | None = None) -> Authorisation:
+    """Apply decisions to ``plan``. ``into`` collects them even when the request is refused
+    (RequestError), so that the audit record says what was asked and why it was refused."""
+    return _Stage(plan, ctx, decider, catalog, into or Authorisation()).run()
 
 
 class _Stage:
-    def __init__(self, plan: Plan, ctx: RequestContext, decider: Decider, catalog: Catalog) -> None:
+    def __init__(self, plan: Plan, ctx: RequestContext, decider: Decider, catalog: Catalog,
+                 out: Authorisation) -> None:
         self.plan = plan
         self.ctx = ctx
         self.decider = decider
         self.catalog = catalog
-        self.out = Authorisation()
+        self.out = out
         self.purpose = ctx.purpose or ""
         self.dropped: dict[int, Withheld] = {}  # fetch id -> why its records are withheld
 
@@ -131,7 +136,9 @@ class _Stage:
         if self.ctx.reject_unauthorized and self.out.withheld:
             self.reject()
         for f in self.plan.fetches:
-            if f.id not in self.dropped:
+            if f.id in self.dropped:
+                self.out.parts[f.path] = self.dropped[f.id].code
+            else:
                 self.trim(f)
                 self.rows(f)
         self.plan.fetches = [f for f in self.plan.fetches if f.id not in self.dropped]

@@ -7,6 +7,7 @@ and audit hook in the same way.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -16,7 +17,8 @@ from typing import Any
 from graphql import ExecutionResult, execute
 
 from catalog.model import Catalog
-from gateway.authorize import authorize
+from gateway.audit_entry import SubjectHasher, field_dispositions, normalise_query, returned
+from gateway.authorize import Authorisation, authorize
 from gateway.config import ConfigError, Settings
 from gateway.context import RequestContext, Unrestricted
 from gateway.cursor import CursorCodec
@@ -44,12 +46,13 @@ log = logging.getLogger("hutong.pipeline")
 
 @dataclass
 class Outcome:
-    """The answer to one GraphQL request, before HTTP encoding."""
+    """The answer to one GraphQL request, before HTTP encoding, and what the audit record says of it."""
 
     status: int
     body: dict[str, Any]
     plan: Plan | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    audit: dict[str, Any] = field(default_factory=dict)  # query shape, fields and dispositions, subjects, rows
 
 
 class Gateway:
@@ -73,6 +76,7 @@ class Gateway:
         self.decider = Decider(self.store, catalog)
         self.masker = Masker(self.policy.mask_key)
         self.cursors = CursorCodec(self.policy.mask_key)
+        self.subjects = SubjectHasher(self.policy.mask_key)
         self.planner = Planner(catalog, self.built.graphql, self.built.index, settings, self.cursors)
 
     async def start(self) -> None:
@@ -94,9 +98,15 @@ class Gateway:
         the plan shows whether data is asked for, or UNRESTRICTED for trusted in-process callers."""
         started = time.perf_counter()
         plan: Plan | None = None
+        audit: dict[str, Any] = {}
         try:
             prep = self.prepare(query, operation_name, variables, method)
+            normalised = normalise_query(prep.document)
+            audit.update(query=normalised, query_hash=hashlib.sha256(normalised.encode()).hexdigest(),
+                         operation=prep.operation.name.value if prep.operation.name else None)
             plan = self.planner.plan(prep)
+            requested = plan.requested()  # before authorisation trims what it withholds
+            audit["datasets"] = plan.datasets
             ctx = context(bool(plan.fetches)) if callable(context) else context
             try:
                 await self.store.refresh()
@@ -104,9 +114,14 @@ class Gateway:
                 # No policy in force means nothing may be shared: refuse, and say it is temporary.
                 raise RequestError(Code.POLICY_UNAVAILABLE, "the policy store cannot be read: retry later",
                                    503, headers={"Retry-After": "5"}) from None
+            auth = Authorisation()
             if isinstance(ctx, RequestContext) and plan.fetches:  # a data request: its purpose is known
-                authorize(plan, ctx, self.decider, self.catalog)
+                try:
+                    authorize(plan, ctx, self.decider, self.catalog, auth)
+                finally:
+                    audit["fields"] = field_dispositions(requested, auth)
             results = await execute_plan(plan, self.sources)
+            audit.update(returned(results, self.catalog, self.subjects))
             shaper = Shaper(plan, results, self.settings.max_nodes, self.masker, self.cursors)
             data: dict[str, Any] = {}
             meta = [r.key for r in plan.roots if isinstance(r, Meta)]
@@ -126,11 +141,11 @@ class Gateway:
             if errors:
                 body["errors"] = errors
         except RequestError as exc:
-            return Outcome(exc.status, {"errors": [e.to_dict() for e in exc.errors]}, plan, exc.headers)
+            return Outcome(exc.status, {"errors": [e.to_dict() for e in exc.errors]}, plan, exc.headers, audit)
         if debug if debug is not None else self.settings.debug:
             body["extensions"] = {"plan": plan.describe(),
                                   "timing": {"ms": round((time.perf_counter() - started) * 1000, 2)}}
-        return Outcome(200, body, plan)
+        return Outcome(200, body, plan, audit=audit)
 
     def _meta(self, prep: Prepared, ctx: RequestContext | Unrestricted) -> ExecutionResult:
         """Introspection and ``catalog`` run through graphql-core. With no root value, graphene's

@@ -182,6 +182,10 @@ class Plan:
         """
         return sorted({f"{f.dataset}.{c}" for f in self.fetches for c in (*f.selected, *f.filtered)})
 
+    def requested(self) -> list[tuple[str, str, str]]:
+        """(fetch path, dataset, field) for every field the request reads or tests, for the audit record."""
+        return sorted({(f.path, f.dataset, c) for f in self.fetches for c in (*f.selected, *f.filtered)})
+
     def filtered(self) -> list[str]:
         """``dataset.field`` for every field a condition of the request tests."""
         return sorted({f"{f.dataset}.{c}" for f in self.fetches for c in f.filtered})
