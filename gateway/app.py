@@ -14,6 +14,8 @@ from starlette.routing import Route
 
 from catalog.loader import load_catalog
 from gateway.access_log import AccessLog
+from gateway.audit.settings import AuditSettings
+from gateway.audit.writer import AuditWriter
 from gateway.auth.service import AuthService
 from gateway.config import Settings, load_settings
 from gateway.explorer import explorer_routes
@@ -39,19 +41,23 @@ async def readyz(request: Request) -> Response:
 
 
 def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
-               auth: AuthService | None = None) -> Starlette:
+               auth: AuthService | None = None, audit: AuditWriter | None = None) -> Starlette:
     """The gateway's ASGI app. Give ``gateway`` and ``auth`` to reuse started ones (tests do);
     otherwise they are built from ``settings`` and started by the app's lifespan."""
     settings = settings or load_settings()
     gw = gateway or Gateway(load_catalog(*settings.catalog), settings)
     identity = auth or AuthService.from_settings(settings)
+    # Every answer waits for its audit record (fail closed): there is no setting that turns it off.
+    trail = audit or AuditWriter.from_settings(AuditSettings.from_settings(settings))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Fail before serving: an invalid policy, or demo secrets outside demo mode, stop start-up here.
         await gw.start()
         await identity.start()
+        await trail.start()
         yield
+        await trail.close()
         await identity.close()
         await gw.close()
 
@@ -69,5 +75,6 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
     )
     app.state.gateway = gw
     app.state.auth = identity
+    app.state.audit = trail
     app.state.settings = settings
     return app

@@ -21,7 +21,7 @@ from gateway.executor import FetchResult
 from policies.decide import Access
 
 __all__ = ["CLEAR", "CONSENT", "DENIED", "MASKED", "VERIFY", "SubjectHasher", "field_dispositions",
-           "normalise_query", "returned"]
+           "normalise_query", "outcome_of", "request_record", "returned"]
 
 # How each decision shows in the record (the "disposition" of a field).
 CLEAR, MASKED, VERIFY, DENIED, CONSENT = "clear", "masked", "verify", "denied", "consent_required"
@@ -98,3 +98,47 @@ def returned(results: dict[int, FetchResult], catalog: Catalog, hasher: SubjectH
                     except InvalidKey:
                         subjects.add(hasher(value))  # a malformed stored key is still a pseudonym, never raw
     return {"subjects": sorted(subjects), "rows": rows}
+
+
+def outcome_of(status: int, body: dict[str, Any]) -> str:
+    """ok | partial (data with errors) | rejected (bad request) | denied (403) | unauthenticated (401)
+    | failed (the gateway or the audit could not serve it)."""
+    if status == 401:
+        return "unauthenticated"
+    if status == 403:
+        return "denied"
+    if status >= 500:
+        return "failed"
+    if "data" not in body:
+        return "rejected"
+    return "partial" if body.get("errors") else "ok"
+
+
+def request_record(*, request_id: str, ip: str | None, client_id: str | None, department: str | None,
+                   acting_user: str | None, case_id: str | None, purpose: str | None, legal_basis: str | None,
+                   status: int, body: dict[str, Any], audit: dict[str, Any], latency_ms: float) -> dict[str, Any]:
+    """The body of the audit record of one request (the store adds time, sequence and chain hashes)."""
+    codes = sorted({e.get("extensions", {}).get("code", "") for e in body.get("errors", [])} - {""})
+    returned_data = bool(audit.get("rows"))
+    return {
+        "request_id": request_id,
+        "ip": ip,
+        "client_id": client_id,
+        "department": department,
+        "acting_user": acting_user,
+        "case_id": case_id,
+        "purpose": purpose,
+        "query": audit.get("query"),
+        "query_hash": audit.get("query_hash"),
+        "operation": audit.get("operation"),
+        "datasets": audit.get("datasets", []),
+        "fields": audit.get("fields", []),
+        "subjects": audit.get("subjects", []),
+        "rows": audit.get("rows", {}),
+        "consents": [],  # consent ids used: none until consent is recorded (conditional fields are withheld)
+        "legal_bases": [legal_basis] if legal_basis and returned_data else [],
+        "status": status,
+        "outcome": outcome_of(status, body),
+        "codes": codes,
+        "latency_ms": round(latency_ms, 2),
+    }

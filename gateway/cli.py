@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.text import Text
 
 from catalog.loader import CatalogError, load_catalog
+from gateway.audit.cli import audit_app
 from gateway.auth.cli import client_app
 from gateway.config import REPO_ROOT, ConfigError, Settings, load_settings
 from gateway.logs import LOG_CONFIG
@@ -32,6 +33,7 @@ demo_app = typer.Typer(help="The demo city: build its department sources and ser
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(demo_app, name="demo")
 app.add_typer(client_app, name="client")
+app.add_typer(audit_app, name="audit")
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -100,12 +102,18 @@ def _startable(settings: Settings, gw: Any) -> None:
     from gateway.auth.service import AuthService
 
     async def check() -> None:
+        from gateway.audit.settings import AuditSettings
+        from gateway.audit.writer import AuditWriter
+
         try:
             auth = AuthService.from_settings(settings)
+            trail = AuditWriter.from_settings(AuditSettings.from_settings(settings))
             try:
                 await gw.start()
                 await auth.start()
+                await trail.start()
             finally:
+                await trail.close()
                 await auth.close()
                 await gw.close()
         except ConfigError as exc:

@@ -36,6 +36,7 @@ class Code(StrEnum):
     SOURCE_TIMEOUT = "SOURCE_TIMEOUT"
     SOURCE_ERROR = "SOURCE_ERROR"
     ROW_LIMIT_EXCEEDED = "ROW_LIMIT_EXCEEDED"  # one fetch matched more than max_rows records
+    AUDIT_UNAVAILABLE = "AUDIT_UNAVAILABLE"  # the request's audit record could not be written: no answer (503)
     POLICY_UNAVAILABLE = "POLICY_UNAVAILABLE"  # no policy could be loaded: nothing is shared (503)
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
 

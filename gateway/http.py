@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -20,6 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.accept import best_of
+from gateway.audit.errors import AuditUnavailable
+from gateway.audit_entry import request_record
 from gateway.auth.bearer import auth_error_response
 from gateway.auth.errors import AuthError
 from gateway.context import RequestContext, context_from_headers
@@ -102,6 +105,7 @@ async def _params(request: Request) -> tuple[Any, Any, Any]:
 
 async def graphql_endpoint(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
+    started = time.perf_counter()
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
     if len(request_id) > 64 or not request_id.replace("-", "").isalnum():
         request_id = uuid.uuid4().hex  # never echo arbitrary header text back
@@ -121,20 +125,22 @@ async def graphql_endpoint(request: Request) -> Response:
                               f"or {JSON}", Code.NOT_ACCEPTABLE)
         return json_response({"errors": [err.to_dict()]}, 406, JSON, headers)
 
+    record = _Recorder(request, request_id, started)
     try:
         identity = await request.app.state.auth.authenticate(request)
     except AuthError as exc:
         response = auth_error_response(exc, media)
         response.headers.update(headers)
-        return response
+        refused = {"errors": [{"extensions": {"code": Code.UNAUTHENTICATED.value}}]}
+        return await record.then(response, status=exc.status, body=refused, audit={}, media=media,
+                                 headers=headers)
     subject = Subject(identity.client_id, identity.department, identity.roles)
-
-    request_context: list[RequestContext] = []
+    record.subject = subject
 
     def context(data_request: bool) -> RequestContext:
         ctx = context_from_headers(request.headers, subject, gateway.catalog, data_request=data_request,
                                    reject_default=gateway.policy.reject_unauthorized, request_id=request_id)
-        request_context.append(ctx)
+        record.context = ctx
         return ctx
 
     try:
@@ -147,17 +153,46 @@ async def graphql_endpoint(request: Request) -> Response:
         log.error("request %s failed: %s at %s", request_id, type(exc).__name__, where(exc))
         err = GraphQLErrorOut(f"internal error; quote request id {request_id} to the operators",
                               Code.INTERNAL_SERVER_ERROR)
-        return json_response({"errors": [err.to_dict()]}, 500, media, headers)
+        outcome = Outcome(500, {"errors": [err.to_dict()]})
 
-    if request_context:
-        ctx = request_context[0]
-        # Who asked what, for whom, until the audit log records it in full: never query text or values.
-        log.info("request %s client=%s purpose=%s acting=%s case=%s status=%d", request_id, ctx.subject.client_id,
-                 ctx.purpose, ctx.acting_user, ctx.case_id, outcome.status)
     status = outcome.status
     if media == JSON and status == 400 and _code(outcome.body) != Code.BAD_REQUEST.value:
         status = 200  # application/json clients expect 200 for any well-formed GraphQL request
-    return json_response(outcome.body, status, media, {**headers, **outcome.headers})
+    response = json_response(outcome.body, status, media, {**headers, **outcome.headers})
+    return await record.then(response, status=outcome.status, body=outcome.body, audit=outcome.audit,
+                             media=media, headers=headers)
+
+
+class _Recorder:
+    """Writes the request's audit record before its response leaves (fail closed)."""
+
+    def __init__(self, request: Request, request_id: str, started: float) -> None:
+        self.request = request
+        self.request_id = request_id
+        self.started = started
+        self.subject: Subject | None = None
+        self.context: RequestContext | None = None
+
+    async def then(self, response: Response, *, status: int, body: dict[str, Any], audit: dict[str, Any],
+                   media: str, headers: dict[str, str]) -> Response:
+        gateway: Gateway = self.request.app.state.gateway
+        ctx, subject = self.context, self.subject
+        purpose = ctx.purpose if ctx else None
+        entry = request_record(
+            request_id=self.request_id, ip=self.request.client.host if self.request.client else None,
+            client_id=subject.client_id if subject else None, department=subject.department if subject else None,
+            acting_user=ctx.acting_user if ctx else None, case_id=ctx.case_id if ctx else None, purpose=purpose,
+            legal_basis=gateway.catalog.purposes[purpose].legal_basis if purpose in gateway.catalog.purposes else None,
+            status=status, body=body, audit=audit, latency_ms=(time.perf_counter() - self.started) * 1000)
+        try:
+            await self.request.app.state.audit.append("request", entry)
+        except AuditUnavailable:
+            # X-Road's rule: no record, no data. The answer is withheld, and the client may retry.
+            log.error("request %s: audit record not written; answer withheld", self.request_id)
+            err = GraphQLErrorOut("the audit log cannot record this request, so it is not answered: retry later",
+                                  Code.AUDIT_UNAVAILABLE)
+            return json_response({"errors": [err.to_dict()]}, 503, media, {**headers, "Retry-After": "5"})
+        return response
 
 
 def _code(body: dict[str, Any]) -> str | None:

@@ -122,15 +122,19 @@ async def served(settings: Settings, purpose: str = "citizen-self-service"
     """The gateway's HTTP app over ``settings``, with a client holding a real access token for the
     `tester` client (see tests/policy-tester.csv) and the context headers of a data request."""
     from gateway.app import create_app
+    from gateway.audit.settings import AuditSettings
+    from gateway.audit.writer import AuditWriter
     from gateway.auth.service import AuthService
 
     gw = Gateway(load_catalog(*settings.catalog), settings)
     auth = AuthService.from_settings(settings)
+    trail = AuditWriter.from_settings(AuditSettings.from_settings(settings))
     await gw.start()
     await auth.start()
+    await trail.start()
     if await auth.store.get("tester") is None:
         await auth.store.add("tester", "civil", ["tester"], secret=TESTER_SECRET)
-    app = create_app(settings, gw, auth)
+    app = create_app(settings, gw, auth, trail)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
             r = await client.post("/oauth/token", data={"grant_type": "client_credentials", "client_id": "tester",
@@ -140,6 +144,7 @@ async def served(settings: Settings, purpose: str = "citizen-self-service"
                                    "X-Acting-User": "official-007", "X-Case-Id": "CASE-TEST-1"})
             yield client, gw
     finally:
+        await trail.close()
         await auth.close()
         await gw.close()
 

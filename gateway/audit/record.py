@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 __all__ = ["DERIVED_MAX", "GENESIS_HASH", "KINDS", "Derived", "Receipt", "canonical", "chain_hash",
-           "checkpoint_message", "check_body", "derive", "format_time", "parse_time"]
+           "check_body", "checkpoint_message", "derive", "format_time", "parse_time"]
 
 GENESIS_HASH = "0" * 64
 KINDS = ("request", "admin")

@@ -1,0 +1,75 @@
+"""Every request over HTTP leaves an audit record before its answer; no record, no answer."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from demo.build import City
+from gateway.audit.verify import verify_store
+from tests.conftest import TEST_POLICY, served
+
+ID = re.compile(r"\b99\d{15}[\dX]\b")
+GQL = "application/graphql-response+json"
+
+
+def trail(client: httpx.AsyncClient) -> Any:
+    return client._transport.app.state.audit  # type: ignore[attr-defined]
+
+
+async def test_requests_are_recorded_and_the_chain_verifies(make_settings: Any, city: City, tmp_path: Path) -> None:
+    settings = make_settings(policy=TEST_POLICY)
+    applicant = city.showcase["applicant_id_number"]
+    async with served(settings) as (c, gw):
+        writer = trail(c)
+        before = await writer.store.count()
+        ok = await c.post("/graphql", json={"query": "query($id: String!) { person(idNumber: $id) { resident { name "
+                                                     "address } } }", "variables": {"id": applicant}})
+        bad = await c.post("/graphql", json={"query": "{ nope }"})
+        anon = await httpx.AsyncClient(transport=c._transport, base_url="http://gw").post(
+            "/graphql", json={"query": "{ __typename }"})
+        records, total = await writer.store.search({"client_id": "tester"}, limit=10)
+        anonymous, _ = await writer.store.search({"outcome": "unauthenticated"}, limit=1)
+        assert total >= 2
+        report = await verify_store(writer.store, writer.keys)
+        assert await writer.store.count() == before + 3
+    assert (ok.status_code, bad.status_code, anon.status_code) == (200, 400, 401)
+    assert report.ok, report.detail
+    newest = {r["body"]["request_id"]: r["body"] for r in records}
+    rec = newest[ok.headers["x-request-id"]]
+    assert rec["outcome"] == "partial" and rec["purpose"] == "citizen-self-service"  # address withheld
+    assert rec["acting_user"] == "official-007" and rec["case_id"] == "CASE-TEST-1"
+    assert {(f["field"], f["disposition"]) for f in rec["fields"]} == {("name", "clear"),
+                                                                        ("address", "consent_required")}
+    assert rec["subjects"] == [gw.subjects(applicant)] and rec["rows"] == {"psb_registry": 1}
+    assert newest[bad.headers["x-request-id"]]["outcome"] == "rejected"
+    assert anonymous[0]["body"]["client_id"] is None
+    text = json.dumps([r["body"] for r in records], ensure_ascii=False)
+    assert not ID.search(text) and "Bearer" not in text and "secret" not in text
+
+
+async def test_no_record_no_answer(make_settings: Any, city_dir: Path) -> None:
+    settings = make_settings(policy=TEST_POLICY)
+    async with served(settings) as (c, _):
+        writer = trail(c)
+        db = Path(str(writer.store.engine.url.database))
+        con = sqlite3.connect(db)
+        con.execute("CREATE TRIGGER refuse BEFORE INSERT ON audit_record BEGIN SELECT RAISE(ABORT, 'no'); END")
+        con.commit()
+        try:
+            r = await c.post("/graphql", json={"query": "{ residents(limit: 1) { nodes { name } } }"},
+                             headers={"accept": GQL})
+        finally:
+            con.execute("DROP TRIGGER refuse")
+            con.commit()
+            con.close()
+        assert r.status_code == 503
+        body = r.json()
+        assert "data" not in body and body["errors"][0]["extensions"]["code"] == "AUDIT_UNAVAILABLE"
+        r = await c.post("/graphql", json={"query": "{ residents(limit: 1) { nodes { name } } }"})
+        assert r.status_code == 200 and r.json()["data"]["residents"]["nodes"]  # recovered by itself
