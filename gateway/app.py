@@ -76,5 +76,6 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
     app.state.gateway = gw
     app.state.auth = identity
     app.state.audit = trail
+    gw.audit_store = getattr(trail, "store", None)
     app.state.settings = settings
     return app

@@ -30,6 +30,7 @@ class Code(StrEnum):
     UNKNOWN_PURPOSE = "UNKNOWN_PURPOSE"  # X-Purpose names no catalogue purpose
     ACTING_USER_REQUIRED = "ACTING_USER_REQUIRED"  # no X-Acting-User header on a data request
     CASE_ID_REQUIRED = "CASE_ID_REQUIRED"  # no X-Case-Id header on a data request
+    FORBIDDEN = "FORBIDDEN"  # the client's roles do not allow this query (auditLog, dataTracker)
     FORBIDDEN_FIELD = "FORBIDDEN_FIELD"  # policy or catalogue terms deny the field for this caller and purpose
     CONSENT_REQUIRED = "CONSENT_REQUIRED"  # a conditional field without the subject's consent or a legal basis
     SOURCE_UNAVAILABLE = "SOURCE_UNAVAILABLE"

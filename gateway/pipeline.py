@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from inspect import isawaitable
 from typing import Any
 
 from graphql import ExecutionResult, execute
@@ -77,6 +78,7 @@ class Gateway:
         self.masker = Masker(self.policy.mask_key)
         self.cursors = CursorCodec(self.policy.mask_key)
         self.subjects = SubjectHasher(self.policy.mask_key)
+        self.audit_store: Any = None  # set by the app: the audit log the auditor queries read
         self.planner = Planner(catalog, self.built.graphql, self.built.index, settings, self.cursors)
 
     async def start(self) -> None:
@@ -125,7 +127,7 @@ class Gateway:
             shaper = Shaper(plan, results, self.settings.max_nodes, self.masker, self.cursors)
             data: dict[str, Any] = {}
             meta = [r.key for r in plan.roots if isinstance(r, Meta)]
-            meta_result = self._meta(prep, ctx) if meta else None
+            meta_result = await self._meta(prep, ctx) if meta else None
             for root in plan.roots:
                 if isinstance(root, Const):
                     data[root.key] = root.value
@@ -147,16 +149,19 @@ class Gateway:
                                   "timing": {"ms": round((time.perf_counter() - started) * 1000, 2)}}
         return Outcome(200, body, plan, audit=audit)
 
-    def _meta(self, prep: Prepared, ctx: RequestContext | Unrestricted) -> ExecutionResult:
+    async def _meta(self, prep: Prepared, ctx: RequestContext | Unrestricted) -> ExecutionResult:
         """Introspection and ``catalog`` run through graphql-core. With no root value, graphene's
         default resolvers give null for the data roots (the plan answers those), so graphql-core
         never walks data."""
         result = execute(self.built.graphql, prep.document, root_value=None,
-                         context_value={"catalog": self.catalog, "decider": self.decider,
+                         context_value={"catalog": self.catalog, "decider": self.decider, "audit": self.audit_store,
+                                        "subjects": self.subjects,
                                         "subject": ctx.subject if isinstance(ctx, RequestContext) else None},
                          variable_values=prep.variables,
                          operation_name=prep.operation.name.value if prep.operation.name else None)
-        assert isinstance(result, ExecutionResult)  # no async resolvers among the meta fields
+        if isawaitable(result):  # the audit queries read the store asynchronously
+            result = await result
+        assert isinstance(result, ExecutionResult)
         return result
 
     async def close(self) -> None:
@@ -165,6 +170,8 @@ class Gateway:
 
 
 def _meta_error(err: Any) -> dict[str, Any]:
+    if isinstance(err.original_error, PermissionError):  # a role-restricted query asked by another client
+        return GraphQLErrorOut(str(err.original_error), Code.FORBIDDEN, path=list(err.path or [])).to_dict()
     if isinstance(err.original_error, ValueError):  # a resolver's own "bad argument" message
         return GraphQLErrorOut(str(err.original_error), Code.BAD_USER_INPUT, path=list(err.path or [])).to_dict()
     log.error("metadata resolver failed: %s", type(err.original_error).__name__)

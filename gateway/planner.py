@@ -46,7 +46,7 @@ from resolvers.query import Condition, Op, SourceQuery
 
 __all__ = ["Planner"]
 
-META_ROOTS = {"catalog", "myAccess", "__schema", "__type"}
+META_ROOTS = {"catalog", "myAccess", "auditLog", "dataTracker", "__schema", "__type"}
 _OPS = {"eq": Op.EQ, "ne": Op.NE, "in_": Op.IN, "lt": Op.LT, "lte": Op.LTE, "gt": Op.GT, "gte": Op.GTE,
         "prefix": Op.PREFIX, "is_null": Op.IS_NULL}
 

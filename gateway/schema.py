@@ -20,6 +20,7 @@ import graphene
 from graphql import GraphQLSchema
 
 from catalog.model import Catalog, Dataset, DataType, EntityLink, FieldSpec, Relation
+from gateway.audit_schema import AuditQuery
 from gateway.catalog_schema import CatalogQuery
 
 __all__ = ["BuiltSchema", "Member", "SchemaIndex", "build_schema"]
@@ -222,6 +223,6 @@ def build_schema(catalog: Catalog) -> BuiltSchema:
         id_number=graphene.String(name="idNumber"), credit_code=graphene.String(name="creditCode"),
         claim=graphene.Argument(Claim, required=True))
     index.roots["verify"] = ("verify", "")
-    query = type("Query", (CatalogQuery, graphene.ObjectType), root)
+    query = type("Query", (CatalogQuery, AuditQuery, graphene.ObjectType), root)
     schema = graphene.Schema(query=query, types=list(types.values()), auto_camelcase=True)
     return BuiltSchema(schema=schema, index=index)

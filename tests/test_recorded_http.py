@@ -73,3 +73,46 @@ async def test_no_record_no_answer(make_settings: Any, city_dir: Path) -> None:
         assert "data" not in body and body["errors"][0]["extensions"]["code"] == "AUDIT_UNAVAILABLE"
         r = await c.post("/graphql", json={"query": "{ residents(limit: 1) { nodes { name } } }"})
         assert r.status_code == 200 and r.json()["data"]["residents"]["nodes"]  # recovered by itself
+
+
+async def token_for(c: httpx.AsyncClient, client_id: str, secret: str) -> dict[str, str]:
+    async with httpx.AsyncClient(transport=c._transport, base_url="http://gw") as bare:  # no Bearer header
+        r = await bare.post("/oauth/token", data={"grant_type": "client_credentials", "client_id": client_id,
+                                                  "client_secret": secret})
+    assert r.status_code == 200, r.text
+    return {"authorization": f"Bearer {r.json()['access_token']}"}
+
+
+async def test_auditors_search_and_citizens_see_who_looked(make_settings: Any, city: City) -> None:
+    settings = make_settings(policy=TEST_POLICY)
+    applicant = city.showcase["applicant_id_number"]
+    async with served(settings) as (c, _):
+        r = await c.post("/graphql", json={"query": "query($id: String!) { person(idNumber: $id) { resident { name } "
+                                                    "} }", "variables": {"id": applicant}})
+        assert r.status_code == 200
+        looked = r.headers["x-request-id"]
+        auditor = await token_for(c, "auditor", "auditor-demo-secret")
+        portal = await token_for(c, "citizen-portal", "citizen-portal-demo-secret")
+        bare = httpx.AsyncClient(transport=c._transport, base_url="http://gw")
+        async with bare:
+            q = ('query($id: String!) { auditLog(filter: {idNumber: $id, clientId: "tester"}, limit: 5) '
+                 "{ total records { requestId actingUser purpose outcome fields { dataset field disposition } } } }")
+            found = (await bare.post("/graphql", json={"query": q, "variables": {"id": applicant}},
+                                     headers=auditor)).json()
+            tracked = (await bare.post("/graphql", json={"query": 'query($id: String!) { dataTracker(idNumber: $id) '
+                                                         "{ total accesses { department actingUser purpose "
+                                                         "legalBasis datasets } } }", "variables": {"id": applicant}},
+                                       headers=portal)).json()
+            refused = (await bare.post("/graphql", json={"query": '{ auditLog { total } }'},
+                                       headers=portal)).json()
+            data = (await bare.post("/graphql", json={"query": "{ residents(limit: 1) { nodes { name } } }"},
+                                    headers={**auditor, "x-purpose": "citizen-self-service",
+                                             "x-acting-user": "auditor-1", "x-case-id": "AUDIT-1"})).json()
+    records = found["data"]["auditLog"]["records"]
+    assert found["data"]["auditLog"]["total"] >= 1
+    assert any(rec["requestId"] == looked and rec["actingUser"] == "official-007" for rec in records)
+    accesses = tracked["data"]["dataTracker"]["accesses"]
+    assert any(a["department"] == "civil" and a["purpose"] == "citizen-self-service" and "psb.resident" in a["datasets"]
+               for a in accesses)
+    assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN"  # only auditors search the log
+    assert data["data"]["residents"] is None  # auditors read the log, never department data
