@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 
+import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from catalog.export import to_json
 from catalog.loader import load_catalog
+from catalog.model import Catalog
 from gateway.access_log import AccessLog
+from gateway.audit.admin import admin_event
 from gateway.audit.settings import AuditSettings
 from gateway.audit.writer import AuditWriter
 from gateway.auth.service import AuthService
@@ -40,6 +45,11 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ok" if ready else "degraded", "sources": sources}, 200 if ready else 503)
 
 
+def catalogue_digest(catalog: Catalog) -> str:
+    """SHA-256 of the catalogue's exported form: a catalogue change shows between two start records."""
+    return hashlib.sha256(orjson.dumps(to_json(catalog), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
                auth: AuthService | None = None, audit: AuditWriter | None = None) -> Starlette:
     """The gateway's ASGI app. Give ``gateway`` and ``auth`` to reuse started ones (tests do);
@@ -53,9 +63,13 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Fail before serving: an invalid policy, or demo secrets outside demo mode, stop start-up here.
+        await trail.start()  # first: the policy loading below is itself recorded
         await gw.start()
         await identity.start()
-        await trail.start()
+        await trail.append("admin", admin_event(
+            "gateway.start", str(settings.path), by="gateway",
+            after={"catalogue_digest": catalogue_digest(gw.catalog), "policy": {
+                "version": gw.store.snapshot.version, "digest": gw.store.snapshot.digest}}))
         yield
         await trail.close()
         await identity.close()
@@ -77,5 +91,13 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
     app.state.auth = identity
     app.state.audit = trail
     gw.audit_store = getattr(trail, "store", None)
+
+    async def policy_changed(event: str, details: dict[str, object]) -> None:
+        await trail.append("admin", admin_event(event, str(details.get("source")), by="policy store",
+                                                before=details.get("before"), after=details.get("after"),
+                                                detail={k: v for k, v in details.items()
+                                                        if k not in ("source", "before", "after")}))
+
+    gw.store.on_change = policy_changed
     app.state.settings = settings
     return app

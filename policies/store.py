@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -49,6 +50,7 @@ class Snapshot:
     enforcer: casbin.Enforcer
     version: int
     by_subject: dict[str, list[tuple[int, list[str]]]]
+    digest: str = ""  # of the lines, independent of their order: what the audit log records
 
 
 def index_by_subject(enforcer: casbin.Enforcer) -> dict[str, list[tuple[int, list[str]]]]:
@@ -130,8 +132,13 @@ def _digest(enforcer: casbin.Enforcer) -> str:
     return hashlib.sha256(repr(lines).encode()).hexdigest()
 
 
+# Told of every policy version taken into force or refused: (event, details without values).
+ChangeHook = Callable[[str, dict[str, object]], Awaitable[None]]
+
+
 class PolicyStore:
     def __init__(self, source: PolicySource, catalog: Catalog, *, reload_interval: float = 1.0) -> None:
+        self.on_change: ChangeHook | None = None
         self.source = source
         self.catalog = catalog
         self.reload_interval = reload_interval
@@ -166,6 +173,8 @@ class PolicyStore:
                 if self._snapshot is None:
                     raise
                 log.error("policy change refused, keeping version %d: %s", self._snapshot.version, exc)
+                await self._tell("policy.refused", {"source": self.source.name, "kept_version": self._snapshot.version,
+                                                    "problems": exc.problems[:20]})
                 return
             except Exception as exc:  # the store cannot be read: keep the policy in force
                 if self._snapshot is None:
@@ -174,8 +183,21 @@ class PolicyStore:
                           type(exc).__name__)
                 return
             version = 1 if self._snapshot is None else self._snapshot.version + 1
-            self._snapshot = Snapshot(enforcer, version, index)
+            before = self._snapshot
+            digest = await asyncio.to_thread(_digest, enforcer)
+            self._snapshot = Snapshot(enforcer, version, index, digest)
             log.info("policy loaded from %s: version %d", self.source.name, version)
+            await self._tell("policy.loaded", {
+                "source": self.source.name, "before": {"version": before.version, "digest": before.digest}
+                if before else None, "after": {"version": version, "digest": digest,
+                                               "lines": len(enforcer.get_named_policy("p"))}})
+
+    async def _tell(self, event: str, details: dict[str, object]) -> None:
+        if self.on_change is not None:
+            try:
+                await self.on_change(event, details)
+            except Exception as exc:  # the policy change stands; say loudly that it went unrecorded
+                log.error("policy %s not recorded in the audit log: %s", event, type(exc).__name__)
 
     def _check(self, enforcer: casbin.Enforcer) -> dict[str, list[tuple[int, list[str]]]]:
         validate_policy(enforcer, self.catalog, self.source.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,3 +126,37 @@ def test_empty_list_and_bad_config(cfg: Path, tmp_path: Path) -> None:
     bad.write_text('[gateway]\ncatalog = "cat"\n[auth]\ntoken_tl = 5\n', encoding="utf-8")
     r = runner.invoke(client_app, ["list", "--config", str(bad)])
     assert r.exit_code == 2 and "token_tl" in r.output
+
+
+def test_client_changes_are_audit_events(tmp_path: Path) -> None:
+    from gateway.audit.keys import AuditKeys
+    from gateway.audit.settings import AuditSettings
+    from gateway.audit.store import AuditStore
+    from gateway.audit.verify import verify_store
+    from gateway.config import load_settings
+
+    cfg = tmp_path / "hutong.toml"
+    cfg.write_text('[gateway]\ncatalog = "cat"\n', encoding="utf-8")
+    r = run(cfg, "add", "records-app", "--department", "civil", "--role", "clerk")
+    assert r.exit_code == 0, r.output
+    secret = secret_of(r.output)
+    assert run(cfg, "disable", "records-app").exit_code == 0
+    audit = AuditSettings.from_settings(load_settings(cfg, environ={}))
+
+    async def read() -> tuple[list[dict[str, Any]], Any]:
+        store = AuditStore(audit.url)
+        try:
+            records, _ = await store.search({}, limit=10)
+            return records, await verify_store(store, AuditKeys.load(audit.signing_key, audit.previous_keys))
+        finally:
+            await store.close()
+
+    records, report = asyncio.run(read())
+    assert report.ok, report.detail
+    events = [(r["kind"], r["body"]["event"], r["body"]["target"]) for r in records]
+    assert events == [("admin", "client.disable", "records-app"), ("admin", "client.add", "records-app")]
+    disable = records[0]["body"]
+    assert disable["before"]["disabled"] is False and disable["after"]["disabled"] is True
+    assert disable["actor"].startswith("os:") or disable["actor"]
+    assert secret not in json.dumps([r["body"] for r in records])
+    assert "secret_hash" not in json.dumps([r["body"] for r in records])

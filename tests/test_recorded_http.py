@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
@@ -116,3 +117,43 @@ async def test_auditors_search_and_citizens_see_who_looked(make_settings: Any, c
                for a in accesses)
     assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN"  # only auditors search the log
     assert data["data"]["residents"] is None  # auditors read the log, never department data
+
+
+async def test_startup_and_policy_changes_are_admin_events(make_settings: Any, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    from gateway.app import create_app
+    from gateway.audit.keys import AuditKeys
+    from gateway.audit.settings import AuditSettings
+    from gateway.audit.store import AuditStore
+    from tests.conftest import ServerThread
+
+    policy = tmp_path / "policy.csv"
+    shutil.copy(TEST_POLICY, policy)
+    settings = make_settings(policy=policy)
+    with ServerThread(create_app(settings)) as server:  # the real lifespan: audit, policy, identity
+        base = f"http://127.0.0.1:{server.port}"
+        async with httpx.AsyncClient(base_url=base) as c:
+            assert (await c.get("/healthz")).status_code == 200
+            policy.write_text(TEST_POLICY.read_text(encoding="utf-8") + "p, role:tester, psb.resident.name, read, *, "
+                              "deny, default\n", encoding="utf-8")
+            os.utime(policy, ns=(1, 2 * 10**18))
+            await asyncio.sleep(1.1)  # the store looks for a change at most once per reload_interval (1 s)
+            token = (await c.post("/oauth/token", data={"grant_type": "client_credentials", "client_id": "auditor",
+                                                        "client_secret": "auditor-demo-secret"})).json()
+            r = await c.post("/graphql", json={"query": "{ auditLog(limit: 50) { records { kind event } } }"},
+                             headers={"authorization": f"Bearer {token['access_token']}"})
+    events = [json.loads(rec["event"]) for rec in r.json()["data"]["auditLog"]["records"] if rec["kind"] == "admin"]
+    started = next(e for e in events if e["event"] == "gateway.start")
+    assert len(started["after"]["catalogue_digest"]) == 64 and started["after"]["policy"]["version"] == 1
+    loaded = [e for e in events if e["event"] == "policy.loaded"]
+    assert any(e["before"] and e["before"]["version"] == 1 and e["after"]["version"] == 2 for e in loaded)
+    audit = AuditSettings.from_settings(settings)
+    store = AuditStore(audit.url)
+    try:
+        from gateway.audit.verify import verify_store
+
+        assert (await verify_store(store, AuditKeys.load(audit.signing_key, audit.previous_keys))).ok
+    finally:
+        await store.close()

@@ -18,6 +18,8 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.audit.admin import actor, admin_event, append_admin
+from gateway.audit.errors import AuditUnavailable
 from gateway.auth.client_secrets import new_secret
 from gateway.auth.clients import ClientStore, ClientStoreError, public_jwk
 from gateway.auth.settings import AuthSettings
@@ -41,10 +43,22 @@ def _error(message: str) -> None:
     err.print(Text("error: ", style="red") + Text(message))
 
 
-def _run(config: Path | None, action: Callable[[ClientStore], Awaitable[T]]) -> T:
-    """Run one store action against the configured client store, or exit saying what is wrong."""
+def _view(client: Any) -> dict[str, Any] | None:
+    """A client as the audit log shows it: never its secret hash."""
+    if client is None:
+        return None
+    return {"client_id": client.client_id, "department": client.department, "roles": list(client.roles),
+            "disabled": client.disabled, "has_secret": bool(client.secret_hash),
+            "key_id": (client.public_jwk or {}).get("kid")}
+
+
+def _run(config: Path | None, action: Callable[[ClientStore], Awaitable[T]], change: str | None = None,
+         client_id: str | None = None) -> T:
+    """Run one store action against the configured client store, or exit saying what is wrong.
+    A ``change`` is recorded in the audit log, with the client before and after."""
     try:
-        auth = AuthSettings.from_settings(load_settings(config))
+        settings = load_settings(config)
+        auth = AuthSettings.from_settings(settings)
     except ConfigError as exc:
         _error(str(exc))
         raise typer.Exit(2) from None
@@ -53,7 +67,18 @@ def _run(config: Path | None, action: Callable[[ClientStore], Awaitable[T]]) -> 
         store = ClientStore(auth.client_store)
         try:
             await store.init()
-            return await action(store)
+            before = _view(await store.get(client_id)) if change and client_id else None
+            result = await action(store)
+            if change and client_id:
+                after = _view(await store.get(client_id))
+                try:
+                    await append_admin(settings, admin_event(change, client_id, by=actor(), before=before,
+                                                             after=after))
+                except AuditUnavailable:
+                    _error(f"{change} of {client_id} was made but could not be recorded in the audit log: "
+                           "check the audit store, then record it by hand")
+                    raise typer.Exit(3) from None
+            return result
         finally:
             await store.close()
 
@@ -95,7 +120,8 @@ def add(client_id: ClientId,
     """Register a client. Prints its generated secret once (or uses --public-key instead)."""
     jwk = _read_key(public_key) if public_key else None
     secret = None if jwk else new_secret()
-    _run(config, lambda store: store.add(client_id, department, role or [], secret=secret, public_key=jwk))
+    _run(config, lambda store: store.add(client_id, department, role or [], secret=secret, public_key=jwk),
+         "client.add", client_id)
     if secret:
         _show_secret(client_id, secret)
     else:
@@ -125,7 +151,7 @@ def list_clients(config: ConfigOpt = None) -> None:
 def rotate_secret(client_id: ClientId, config: ConfigOpt = None) -> None:
     """Give a client a new secret (printed once). Its tokens already issued live until they expire."""
     secret = new_secret()
-    _run(config, lambda store: store.rotate_secret(client_id, secret))
+    _run(config, lambda store: store.rotate_secret(client_id, secret), "client.rotate_secret", client_id)
     _show_secret(client_id, secret)
 
 
@@ -134,12 +160,12 @@ def set_key(client_id: ClientId, public_key: Annotated[Path, typer.Argument(help
             config: ConfigOpt = None) -> None:
     """Register (or replace) a client's public key for private_key_jwt."""
     jwk = _read_key(public_key)
-    _run(config, lambda store: store.set_public_key(client_id, jwk))
+    _run(config, lambda store: store.set_public_key(client_id, jwk), "client.set_key", client_id)
     out.print(f"client {client_id} now authenticates with key {jwk['kid']}")
 
 
 @client_app.command("disable")
 def disable(client_id: ClientId, config: ConfigOpt = None) -> None:
     """Disable a client: no new tokens, and its unexpired tokens are refused within seconds."""
-    _run(config, lambda store: store.disable(client_id))
+    _run(config, lambda store: store.disable(client_id), "client.disable", client_id)
     out.print(f"client {client_id} disabled")
