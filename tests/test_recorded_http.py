@@ -157,3 +157,24 @@ async def test_startup_and_policy_changes_are_admin_events(make_settings: Any, t
         assert (await verify_store(store, AuditKeys.load(audit.signing_key, audit.previous_keys))).ok
     finally:
         await store.close()
+
+
+async def test_cli_search_by_id_number(make_settings: Any, city: City) -> None:
+    from typer.testing import CliRunner
+
+    from gateway.audit.cli import audit_app
+
+    settings = make_settings(policy=TEST_POLICY)
+    applicant = city.showcase["applicant_id_number"]
+    async with served(settings) as (c, _):
+        r = await c.post("/graphql", json={"query": "query($id: String!) { person(idNumber: $id) { resident { name } "
+                                                    "} }", "variables": {"id": applicant}})
+    result = await asyncio.to_thread(CliRunner().invoke, audit_app, [
+        "search", "--id-number", applicant, "--limit", "50", "--json", "--config", str(settings.path)])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.output)
+    assert r.headers["x-request-id"] in {rec["body"]["request_id"] for rec in found["records"]}
+    assert applicant not in result.output  # the records hold only its HMAC
+    bad = await asyncio.to_thread(CliRunner().invoke, audit_app, [
+        "search", "--id-number", "123", "--config", str(settings.path)])
+    assert bad.exit_code == 2 and "invalid ID number" in bad.output

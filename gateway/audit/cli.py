@@ -170,10 +170,15 @@ def search(time_from: Annotated[str | None, typer.Option("--from", help="From th
            purpose: Opt = None, dataset: Opt = None, field: Opt = None, disposition: Opt = None,
            outcome: Opt = None, kind: Opt = None,
            subject: Annotated[str | None, typer.Option(help="A data subject's HMAC (as in the records).")] = None,
+           id_number: Annotated[str | None, typer.Option(
+               help="A person's ID number: the gateway computes its HMAC (the raw number is never stored).")] = None,
+           credit_code: Annotated[str | None, typer.Option(help="An organisation's credit code, likewise.")] = None,
            limit: Annotated[int, typer.Option(help="Records per page.")] = 20,
            after: Annotated[int | None, typer.Option(help="Next page: records before this seq.")] = None,
            config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Find records, newest first, with the total matching."""
+    if id_number or credit_code:
+        subject = _subject_hmac(config, "id_number" if id_number else "credit_code", id_number or credit_code or "")
     filters = _filters(time_from=time_from, time_to=time_to, department=department, client_id=client,
                        acting_user=official, purpose=purpose, dataset=dataset, field=field, disposition=disposition,
                        outcome=outcome, kind=kind, subject_hmac=subject)
@@ -191,6 +196,23 @@ def search(time_from: Annotated[str | None, typer.Option("--from", help="From th
                       str(b.get("acting_user", "")), str(b.get("purpose", "")), str(b.get("outcome", "")), fields)
     out.print(table)
     out.print(f"{len(rows)} of {total} record(s)" + (f"; next page: --after {next_after}" if next_after else ""))
+
+
+def _subject_hmac(config: Path | None, kind: str, value: str) -> str:
+    """The pseudonym the records hold for this key (keyed with the gateway's secret, as recorded)."""
+    from catalog.keys import InvalidKey
+    from gateway.audit_entry import SubjectHasher
+    from policies.settings import PolicySettings
+
+    try:
+        key = PolicySettings.from_settings(load_settings(config)).mask_key
+        return SubjectHasher(key).of_input(kind, value)
+    except ConfigError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
+    except InvalidKey as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from None
 
 
 async def summarise(store: AuditStore, filters: dict[str, Any]) -> dict[str, dict[str, dict[str, int]]]:
