@@ -191,6 +191,9 @@ class Purpose(_Entry):
     legal_basis: str  # reference to the law, regulation or decision
     datasets: list[Code] = Field(min_length=1)
     none_fields: list[str] = Field(default_factory=list)  # dataset.field of share type none
+    # Covert purposes (an investigation): accesses are hidden from the data tracker for this many
+    # days after they happen, then disclosed, as Estonia's Data Tracker does for law enforcement.
+    covert_days: int | None = Field(default=None, ge=1, le=3650)
 
 
 class EntityGraphQL(_Entry):

@@ -9,6 +9,7 @@ from the ID number given; the raw number is never stored or searched.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import graphene
@@ -125,6 +126,14 @@ class TrackerPage(graphene.ObjectType):
     end_cursor = graphene.String()
 
 
+def _covert_until(catalog: Any, record: dict[str, Any]) -> datetime:
+    """When an access for a covert purpose may be shown to the person (the epoch for ordinary ones)."""
+    purpose = catalog.purposes.get(record["body"].get("purpose") or "")
+    if purpose is None or purpose.covert_days is None:
+        return datetime.min.replace(tzinfo=UTC)
+    return datetime.fromisoformat(record["time"].replace("Z", "+00:00")) + timedelta(days=purpose.covert_days)
+
+
 def _hmac(info: Any, kind: str, value: str) -> str:
     try:
         return info.context["subjects"].of_input(kind, value)
@@ -171,7 +180,10 @@ class AuditQuery(graphene.ObjectType):
             total += n
             out.extend(records)
         out.sort(key=lambda r: r["seq"], reverse=True)
-        out = out[:size]
+        now = datetime.now(UTC)
+        hidden = [r for r in out if _covert_until(catalog, r) > now]
+        total -= len(hidden)
+        out = [r for r in out if r not in hidden][:size]
         accesses = []
         for r in out:
             b = r["body"]

@@ -178,3 +178,22 @@ async def test_cli_search_by_id_number(make_settings: Any, city: City) -> None:
     bad = await asyncio.to_thread(CliRunner().invoke, audit_app, [
         "search", "--id-number", "123", "--config", str(settings.path)])
     assert bad.exit_code == 2 and "invalid ID number" in bad.output
+
+
+async def test_covert_accesses_stay_hidden_from_the_tracker_until_disclosure(make_settings: Any, city: City) -> None:
+    settings = make_settings(policy=TEST_POLICY)
+    applicant = city.showcase["applicant_id_number"]
+    async with served(settings) as (c, _):
+        for purpose in ("benefit-fraud-investigation", "subsistence-allowance-review"):
+            r = await c.post("/graphql", json={"query": "query($id: String!) { person(idNumber: $id) { resident { "
+                                                        "name } } }", "variables": {"id": applicant}},
+                             headers={"x-purpose": purpose, "x-case-id": f"CASE-{purpose}"})
+            assert r.status_code == 200
+        portal = await token_for(c, "citizen-portal", "citizen-portal-demo-secret")
+        async with httpx.AsyncClient(transport=c._transport, base_url="http://gw", headers=portal) as bare:
+            tracked = (await bare.post("/graphql", json={"query": 'query($id: String!) { dataTracker(idNumber: $id, '
+                                                         "limit: 500) { accesses { purpose caseId } } }",
+                                                         "variables": {"id": applicant}})).json()
+    cases = {a["caseId"] for a in tracked["data"]["dataTracker"]["accesses"]}
+    assert "CASE-subsistence-allowance-review" in cases
+    assert "CASE-benefit-fraud-investigation" not in cases  # covert for 180 days
