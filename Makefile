@@ -36,6 +36,7 @@ lint: venv
 bench: venv
 	$(BIN)/python -m bench.federation
 	$(BIN)/python -m bench.decisions
+	$(BIN)/python -m bench.audit_requests
 
 clean:
 	rm -rf $(VENV) demo/data demo/run artifacts
