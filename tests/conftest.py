@@ -200,19 +200,12 @@ async def any_gateway(request: pytest.FixtureRequest, make_settings: Any) -> Asy
 # --- real database services ---------------------------------------------------------------
 
 
-async def load_sql_departments(city: City, url: str) -> None:
-    from demo.build import write_department
-
-    for dept in ("psb", "hrss", "mr", "health", "civil"):
-        await write_department(city, dept, url)
-
-
-@pytest.fixture(scope="session")
-def pg_url(city: City) -> Iterator[str]:
-    """A throwaway PostgreSQL database holding every SQL department's demo tables."""
+def throwaway_pg_database(prefix: str = "hutong_test") -> Iterator[str]:
+    """A new PostgreSQL database on this machine, dropped afterwards; skips (or fails with
+    HUTONG_REQUIRE_SERVICES=1) when the server is unreachable."""
     import asyncpg
 
-    name = f"hutong_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
 
     async def admin(sql: str) -> None:
         conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="postgres", timeout=5)
@@ -225,13 +218,25 @@ def pg_url(city: City) -> Iterator[str]:
         arun(admin(f'CREATE DATABASE "{name}"'))
     except (OSError, asyncpg.PostgresError) as exc:
         service_unavailable("PostgreSQL at 127.0.0.1:5432", exc)
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-
     try:
-        arun(load_sql_departments(city, url))
-        yield url
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     finally:
         arun(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def load_sql_departments(city: City, url: str) -> None:
+    from demo.build import write_department
+
+    for dept in ("psb", "hrss", "mr", "health", "civil"):
+        await write_department(city, dept, url)
+
+
+@pytest.fixture(scope="session")
+def pg_url(city: City) -> Iterator[str]:
+    """A throwaway PostgreSQL database holding every SQL department's demo tables."""
+    for url in throwaway_pg_database():
+        arun(load_sql_departments(city, url))
+        yield url
 
 
 @pytest.fixture(scope="session")

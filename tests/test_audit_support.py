@@ -21,7 +21,7 @@ from gateway.audit.record import canonical, chain_hash
 from gateway.audit.store import AuditStore
 from gateway.audit.verify import read_objects
 from gateway.audit.writer import AuditWriter
-from tests.test_auth_support import throwaway_pg_database
+from tests.conftest import throwaway_pg_database
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)]
 

@@ -23,7 +23,8 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 from gateway.auth.clients import public_jwk
 from gateway.auth.demo import DEMO_CLIENTS
 from gateway.auth.tokens import LEEWAY, MAX_TOKEN_BYTES
-from tests.test_auth_support import ISSUER, Harness, auth_settings, b64, drop_store_tables, throwaway_pg_database
+from tests.conftest import throwaway_pg_database
+from tests.test_auth_support import ISSUER, Harness, auth_settings, b64, drop_store_tables
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 GRANT = {"grant_type": "client_credentials"}

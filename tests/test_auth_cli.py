@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from gateway.auth.cli import client_app
 from gateway.auth.client_secrets import verify_secret
 from gateway.auth.clients import ClientStore
-from tests.test_auth_support import drop_store_tables, throwaway_pg_database
+from tests.conftest import throwaway_pg_database
+from tests.test_auth_support import drop_store_tables
 
 runner = CliRunner()
 

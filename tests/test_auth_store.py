@@ -20,7 +20,8 @@ from gateway.auth.demo import DEMO_CLIENTS, DemoSecretsError, ensure_demo_client
 from gateway.auth.errors import AuthError
 from gateway.auth.service import AuthService
 from gateway.config import ConfigError
-from tests.test_auth_support import auth_settings, drop_store_tables, throwaway_pg_database
+from tests.conftest import throwaway_pg_database
+from tests.test_auth_support import auth_settings, drop_store_tables
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from starlette.routing import Route
 
 from gateway.auth import AuthError, AuthService, auth_error_response
 from gateway.auth.settings import AuthSettings, ExternalIdP
-from tests.conftest import arun, service_unavailable
 
 ISSUER = "http://gw.test"
 
@@ -125,30 +123,6 @@ class Harness:
 def b64(data: bytes | dict[str, Any]) -> str:
     raw = json.dumps(data, separators=(",", ":")).encode() if isinstance(data, dict) else data
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def throwaway_pg_database(prefix: str = "hutong_auth") -> Iterator[str]:
-    """A new PostgreSQL database on this machine, dropped afterwards; skips (or fails with
-    HUTONG_REQUIRE_SERVICES=1) when the server is unreachable."""
-    import asyncpg
-
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="postgres", timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    try:
-        arun(admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError) as exc:
-        service_unavailable("PostgreSQL at 127.0.0.1:5432", exc)
-    try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        arun(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def drop_store_tables(url: str) -> None:

@@ -255,8 +255,8 @@ async def test_long_in_filters_on_rest_sources_travel_in_the_body(client: httpx.
 
 
 @pytest.mark.parametrize(("drop", "change", "status", "code", "words"), [
-    ("x-purpose", {}, 400, "PURPOSE_REQUIRED", "X-Purpose header; accepted: citizen-self-service, market-supervision"),
-    (None, {"x-purpose": "fishing"}, 400, "UNKNOWN_PURPOSE", "accepted: citizen-self-service"),
+    ("x-purpose", {}, 400, "PURPOSE_REQUIRED", "X-Purpose header; accepted: benefit-fraud-investigation, citizen"),
+    (None, {"x-purpose": "fishing"}, 400, "UNKNOWN_PURPOSE", "accepted: benefit-fraud-investigation, citizen-self"),
     ("x-acting-user", {}, 400, "ACTING_USER_REQUIRED", "X-Acting-User"),
     ("x-case-id", {}, 400, "CASE_ID_REQUIRED", "X-Case-Id"),
     (None, {"x-case-id": "x" * 200}, 400, "BAD_REQUEST", "at most 128 characters"),

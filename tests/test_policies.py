@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -17,7 +16,7 @@ from policies.decide import Access, Decider, Subject
 from policies.masks import Masker
 from policies.store import FilePolicySource, PolicyStore, SQLPolicySource
 from policies.validate import PolicyError
-from tests.conftest import arun, service_unavailable
+from tests.conftest import throwaway_pg_database
 
 CATALOG: Catalog = load_catalog(REPO_ROOT / "demo" / "catalog")
 HEADER = "# test policy\n"
@@ -93,25 +92,7 @@ async def test_policy_reloads_without_restart_and_bad_versions_are_refused(tmp_p
 
 @pytest.fixture(scope="module")
 def policy_pg_url() -> Iterator[str]:
-    import asyncpg
-
-    name = f"hutong_policy_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(host="127.0.0.1", port=5432, user="postgres", database="postgres", timeout=5)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    try:
-        arun(admin(f'CREATE DATABASE "{name}"'))
-    except (OSError, asyncpg.PostgresError) as exc:
-        service_unavailable("PostgreSQL at 127.0.0.1:5432", exc)
-    try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        arun(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    yield from throwaway_pg_database("hutong_policy")
 
 
 async def test_sql_policy_store_on_postgresql(policy_pg_url: str) -> None:

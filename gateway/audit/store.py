@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -28,6 +26,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.audit.record import GENESIS_HASH, derive, parse_time
+from gateway.sqlite_files import prepare_sqlite_file
 
 __all__ = ["SEARCH_FILTERS", "AuditStore", "Head", "insert_only_grants", "metadata"]
 
@@ -100,7 +99,7 @@ class AuditStore:
         self.durable = durable
         self.backend = sa.engine.make_url(url).get_backend_name()
         if engine is None:
-            _prepare_sqlite_file(url)
+            prepare_sqlite_file(url)
             engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=self.backend == "postgresql")
         self.engine = engine
         if self.backend == "sqlite":
@@ -337,15 +336,3 @@ class AuditStore:
 def _public(row: dict[str, Any]) -> dict[str, Any]:
     return {"seq": int(row["seq"]), "time": row["time"], "kind": row["kind"], "body": orjson.loads(row["body"]),
             "prev_hash": row["prev_hash"], "hash": row["hash"]}
-
-
-def _prepare_sqlite_file(url: str) -> None:
-    """Create a SQLite store's folder and file owner-only before SQLAlchemy opens it."""
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
-        return
-    path = Path(parsed.database)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not path.exists():
-        with contextlib.suppress(FileExistsError):
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.auth.client_secrets import hash_secret
+from gateway.sqlite_files import prepare_sqlite_file
 
 __all__ = ["Client", "ClientExists", "ClientStore", "ClientStoreError", "UnknownClient", "public_jwk"]
 
@@ -145,7 +144,7 @@ class ClientStore:
     def __init__(self, url: str, engine: AsyncEngine | None = None) -> None:
         self.url = url
         if engine is None:
-            _prepare_sqlite_file(url)
+            prepare_sqlite_file(url)
             # hide_parameters: a driver error logged on the server never carries a hash or a client id.
             engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=url.startswith("postgresql"))
         self.engine = engine
@@ -244,14 +243,3 @@ def _client(row: Any) -> Client:
         rotated_at=_utc(row.get("rotated_at")),
         disabled_at=_utc(row.get("disabled_at")),
     )
-
-
-def _prepare_sqlite_file(url: str) -> None:
-    """Create a SQLite store's folder and file owner-only before SQLAlchemy opens it world-readable."""
-    parsed = sa.engine.make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
-        return
-    path = Path(parsed.database)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not path.exists():
-        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
