@@ -52,8 +52,8 @@ def catalogue_digest(catalog: Catalog) -> str:
 
 def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
                auth: AuthService | None = None, audit: AuditWriter | None = None) -> Starlette:
-    """The gateway's ASGI app. Give ``gateway`` and ``auth`` to reuse started ones (tests do);
-    otherwise they are built from ``settings`` and started by the app's lifespan."""
+    """The gateway's ASGI app. ``gateway``, ``auth`` and ``audit`` are built from ``settings`` unless
+    given (tests give their own). Whatever the app holds, its lifespan starts and closes."""
     settings = settings or load_settings()
     gw = gateway or Gateway(load_catalog(*settings.catalog), settings)
     identity = auth or AuthService.from_settings(settings)
@@ -62,18 +62,20 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # Fail before serving: an invalid policy, or demo secrets outside demo mode, stop start-up here.
-        await trail.start()  # first: the policy loading below is itself recorded
-        await gw.start()
-        await identity.start()
-        await trail.append("admin", admin_event(
-            "gateway.start", str(settings.path), by="gateway",
-            after={"catalogue_digest": catalogue_digest(gw.catalog), "policy": {
-                "version": gw.store.snapshot.version, "digest": gw.store.snapshot.digest}}))
-        yield
-        await trail.close()
-        await identity.close()
-        await gw.close()
+        # Each part is closed if a later one fails to start: an invalid policy, or demo secrets
+        # outside demo mode, stop start-up here without leaving the audit writer open.
+        async with contextlib.AsyncExitStack() as stack:
+            await trail.start()  # first: the policy loading below is itself recorded
+            stack.push_async_callback(trail.close)
+            stack.push_async_callback(gw.close)
+            await gw.start()
+            stack.push_async_callback(identity.close)
+            await identity.start()
+            await trail.append("admin", admin_event(
+                "gateway.start", str(settings.path), by="gateway",
+                after={"catalogue_digest": catalogue_digest(gw.catalog), "policy": {
+                    "version": gw.store.snapshot.version, "digest": gw.store.snapshot.digest}}))
+            yield
 
     app = Starlette(
         routes=[

@@ -133,6 +133,7 @@ def request_record(*, request_id: str, ip: str | None, client_id: str | None, de
         "operation": audit.get("operation"),
         "datasets": audit.get("datasets", []),
         "fields": audit.get("fields", []),
+        "row_rules": audit.get("row_rules", {}),  # the shapes of the rules applied, never their values
         "subjects": audit.get("subjects", []),
         "rows": audit.get("rows", {}),
         "consents": [],  # consent ids used: none until consent is recorded (conditional fields are withheld)

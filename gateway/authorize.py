@@ -236,8 +236,14 @@ class _Stage:
             data_type = ds.field(r.column).type
             value = r.bind(self.ctx.subject)
             op = Op(r.op)
-            conds.append(Condition(r.column, op, [coerce(v, data_type) for v in value.split("|")]
-                                   if op is Op.IN else coerce(value, data_type)))
+            try:
+                conds.append(Condition(r.column, op, [coerce(v, data_type) for v in value.split("|")]
+                                       if op is Op.IN else coerce(value, data_type)))
+            except (ValueError, ArithmeticError):
+                # A rule this client's identity cannot satisfy: refuse rather than widen or crash.
+                message = f"a row rule on {f.dataset} cannot be applied to this client; ask the policy administrator"
+                raise RequestError(Code.FORBIDDEN_FIELD, message, 403,
+                                   errors=[GraphQLErrorOut(message, Code.FORBIDDEN_FIELD)]) from None
         self.out.row_rules[f.dataset] = [c.describe() for c in conds]
         # Row rules hold together with the request's own filters (AND): the most restrictive wins.
         f.query = replace(f.query, conditions=(*f.query.conditions, *conds))

@@ -98,7 +98,8 @@ def _gateway(settings: Settings, cat: Any) -> Any:
 
 
 def _startable(settings: Settings, gw: Any) -> None:
-    """Start and stop what the server's lifespan will start: the policy and the identity service."""
+    """Start and stop what the server's lifespan will start: the audit writer, the policy and the identity
+    service, so that a bad configuration stops `serve` before it binds."""
     from gateway.auth.service import AuthService
 
     async def check() -> None:

@@ -39,10 +39,6 @@ class Prepared:
     fragments: dict[str, FragmentDefinitionNode]
     variables: dict[str, Any]  # coerced
 
-    @property
-    def operation_type(self) -> str:
-        return self.operation.operation.value
-
 
 def _out(err: GraphQLError, code: Code) -> GraphQLErrorOut:
     locs = [{"line": loc.line, "column": loc.column} for loc in err.locations or []]

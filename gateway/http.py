@@ -153,7 +153,7 @@ async def graphql_endpoint(request: Request) -> Response:
         log.error("request %s failed: %s at %s", request_id, type(exc).__name__, where(exc))
         err = GraphQLErrorOut(f"internal error; quote request id {request_id} to the operators",
                               Code.INTERNAL_SERVER_ERROR)
-        outcome = Outcome(500, {"errors": [err.to_dict()]})
+        outcome = Outcome(500, {"errors": [err.to_dict()]}, audit=getattr(exc, "audit", {}))
 
     status = outcome.status
     if media == JSON and status == 400 and _code(outcome.body) != Code.BAD_REQUEST.value:

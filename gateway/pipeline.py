@@ -79,7 +79,18 @@ class Gateway:
         self.cursors = CursorCodec(self.policy.mask_key)
         self.subjects = SubjectHasher(self.policy.mask_key)
         self.audit_store: Any = None  # set by the app: the audit log the auditor queries read
+        self._normalised_cache: dict[str, tuple[str, str]] = {}
         self.planner = Planner(catalog, self.built.graphql, self.built.index, settings, self.cursors)
+
+    def _normalised(self, prep: Prepared) -> tuple[str, str]:
+        """The query's audit text and hash, once per distinct query text (like the parsed document)."""
+        hit = self._normalised_cache.get(prep.text)
+        if hit is None:
+            text = normalise_query(prep.document)
+            hit = self._normalised_cache[prep.text] = (text, hashlib.sha256(text.encode()).hexdigest())
+            if len(self._normalised_cache) > 512:
+                self._normalised_cache.pop(next(iter(self._normalised_cache)))
+        return hit
 
     async def start(self) -> None:
         """Load the policy (an invalid policy stops the gateway here, with the problems listed)."""
@@ -103,8 +114,8 @@ class Gateway:
         audit: dict[str, Any] = {}
         try:
             prep = self.prepare(query, operation_name, variables, method)
-            normalised = normalise_query(prep.document)
-            audit.update(query=normalised, query_hash=hashlib.sha256(normalised.encode()).hexdigest(),
+            normalised, digest = self._normalised(prep)
+            audit.update(query=normalised, query_hash=digest,
                          operation=prep.operation.name.value if prep.operation.name else None)
             plan = self.planner.plan(prep)
             requested = plan.requested()  # before authorisation trims what it withholds
@@ -122,6 +133,7 @@ class Gateway:
                     authorize(plan, ctx, self.decider, self.catalog, auth)
                 finally:
                     audit["fields"] = field_dispositions(requested, auth)
+                    audit["row_rules"] = auth.row_rules
             results = await execute_plan(plan, self.sources)
             audit.update(returned(results, self.catalog, self.subjects))
             shaper = Shaper(plan, results, self.settings.max_nodes, self.masker, self.cursors)
@@ -144,6 +156,10 @@ class Gateway:
                 body["errors"] = errors
         except RequestError as exc:
             return Outcome(exc.status, {"errors": [e.to_dict() for e in exc.errors]}, plan, exc.headers, audit)
+        except Exception as exc:
+            # A bug after data left the sources: the audit record must still say whose records were read.
+            exc.audit = audit  # type: ignore[attr-defined]
+            raise
         if debug if debug is not None else self.settings.debug:
             body["extensions"] = {"plan": plan.describe(),
                                   "timing": {"ms": round((time.perf_counter() - started) * 1000, 2)}}

@@ -237,6 +237,9 @@ class _Build:
         (op_name, value), = ops.items()
         op = _OPS[op_name]
         spec = ds.field(member.column)
+        if op is Op.IN and len(value) > self.p.settings.max_keys:
+            top = self.p.settings.max_keys
+            raise self.fail(f"verify: claim.in has {len(value)} values; at most {top} are accepted", [key], node)
         try:
             if op is Op.IN:
                 value = [coerce(v, spec.type) for v in value]

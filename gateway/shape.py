@@ -77,10 +77,6 @@ SERIALISERS: dict[DataType, Any] = {
 }
 
 
-def serialise(value: Any, data_type: DataType) -> Any:
-    return None if value is None else SERIALISERS[data_type](value)
-
-
 class Shaper:
     def __init__(self, plan: Plan, results: dict[int, FetchResult], max_nodes: int, masker: Masker,
                  cursors: CursorCodec) -> None:

@@ -34,6 +34,7 @@ __all__ = ["MODEL_PATH", "FilePolicySource", "PolicySource", "PolicyStore", "SQL
 log = logging.getLogger("hutong.policies")
 
 MODEL_PATH = Path(__file__).resolve().parent / "model.conf"
+LOAD_TIMEOUT = 60.0  # seconds a policy source may take to answer before the check is given up
 
 
 def new_enforcer() -> casbin.Enforcer:
@@ -158,12 +159,15 @@ class PolicyStore:
         invalid; later invalid versions are refused and the one in force is kept."""
         if not force and self._snapshot is not None and time.monotonic() - self._checked < self.reload_interval:
             return
+        if not force and self._snapshot is not None and self._lock.locked():
+            return  # another request is checking: use the policy in force rather than wait behind it
         async with self._lock:
             if not force and self._snapshot is not None and time.monotonic() - self._checked < self.reload_interval:
                 return
             self._checked = time.monotonic()
             try:
-                stamp, enforcer = await self.source.load_if_changed(self._stamp)
+                async with asyncio.timeout(LOAD_TIMEOUT):
+                    stamp, enforcer = await self.source.load_if_changed(self._stamp)
                 if enforcer is None:
                     return
                 self._stamp = stamp  # a refused version is not retried until it changes again
@@ -184,7 +188,7 @@ class PolicyStore:
                 return
             version = 1 if self._snapshot is None else self._snapshot.version + 1
             before = self._snapshot
-            digest = await asyncio.to_thread(_digest, enforcer)
+            digest = stamp if isinstance(self.source, SQLPolicySource) else await asyncio.to_thread(_digest, enforcer)
             self._snapshot = Snapshot(enforcer, version, index, digest)
             log.info("policy loaded from %s: version %d", self.source.name, version)
             await self._tell("policy.loaded", {

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import casbin
 
-from catalog.model import Catalog, ShareType
+from catalog.model import Catalog, DataType, ShareType
 from policies.masks import mask_for
 from resolvers.coerce import coerce
 from resolvers.query import Op
@@ -111,6 +111,8 @@ def check_row_rule(catalog: Catalog, line: list[str]) -> list[str]:
         out.append(f"unknown column {column!r} of {code}")
     if op not in ROW_OPS:
         out.append(f"unknown operator {op!r}; known: {', '.join(sorted(ROW_OPS))}")
+    elif spec is not None and "${" in _value and spec.type is not DataType.STRING:
+        out.append(f"placeholders (${{client_id}}, ${{department}}) bind text: {code}.{column} is a {spec.type.value}")
     elif spec is not None and "${" not in _value:
         # A value the column's type cannot hold would fail every matching request at run time.
         try:

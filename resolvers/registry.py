@@ -57,12 +57,18 @@ class Sources:
             url = resolve_url(src, self.base_dir, self.overrides.get(src.code))
         except KeyError as exc:
             raise SourceError(src.code, SourceFailure.UNAVAILABLE, str(exc.args[0])) from None
-        if src.kind == "sql":
-            return SQLConnector(src.code, url, pool_size=src.pool_size, timeout=src.timeout,
-                                max_batch=src.max_batch)
-        headers = {k: expand_env(v) for k, v in src.headers.items()}
-        return RESTConnector(src.code, url, headers=headers, pool_size=src.pool_size, timeout=src.timeout,
-                             max_batch=src.max_batch)
+        try:
+            if src.kind == "sql":
+                return SQLConnector(src.code, url, pool_size=src.pool_size, timeout=src.timeout,
+                                    max_batch=src.max_batch)
+            headers = {k: expand_env(v) for k, v in src.headers.items()}
+            return RESTConnector(src.code, url, headers=headers, pool_size=src.pool_size, timeout=src.timeout,
+                                 max_batch=src.max_batch)
+        except KeyError as exc:
+            raise SourceError(src.code, SourceFailure.UNAVAILABLE, str(exc.args[0])) from None
+        except Exception as exc:  # a bad URL or a missing driver: by kind, the URL may hold a password
+            raise SourceError(src.code, SourceFailure.UNAVAILABLE,
+                              f"source {src.code!r} cannot be opened ({type(exc).__name__})") from None
 
     def statements(self) -> dict[str, int]:
         """Source queries issued so far, per source (for tests, metrics and benchmarks)."""

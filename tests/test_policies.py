@@ -161,6 +161,7 @@ async def test_the_strictest_mask_wins_whatever_the_line_order(tmp_path: Path) -
     ("p, app, psb.resident.name, read_masked, *, allow, none", "read_masked with mask none would be a clear read"),
     ("p2, app, psb.resident, *, birth_date, lt, not-a-date", "'not-a-date' is not a date"),
     ("p2, app, psb.resident, *, birth_date, in, 1990-01-01|never", "is not a date"),
+    ("p2, app, hrss.employment, *, id, eq, ${client_id}", "placeholders (${client_id}, ${department}) bind text"),
 ])
 async def test_more_invalid_lines(tmp_path: Path, line: str, words: str) -> None:
     with pytest.raises(PolicyError) as exc:
