@@ -9,18 +9,16 @@ numbers they stand for. They open the very same SQLite files, read-only, as the 
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
-import uvicorn
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from demo.server_thread import ServerThread
 
 __all__ = ["SQL_DEPARTMENTS", "Baseline", "ServerThread", "keyed"]
 
@@ -37,38 +35,6 @@ def keyed(text: str) -> sa.TextClause:
     every key still travels as a bound parameter, as the gateway's batched joins do.
     """
     return sa.text(text).bindparams(sa.bindparam("keys", expanding=True))
-
-
-class ServerThread:
-    """A uvicorn server in a daemon thread on a free loopback port (as in tests/conftest.py).
-
-    Copied rather than imported: tests/conftest.py pulls in pytest, which a benchmark run
-    should not need.
-    """
-
-    def __init__(self, app: Any) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the Housing service did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 class Baseline:

@@ -7,10 +7,10 @@ repository, so ``hutong catalog check`` works right after ``make demo``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -284,6 +284,7 @@ def demo_serve(port: Annotated[int | None, typer.Option(help="Gateway port (defa
     import uvicorn
 
     from demo.housing_service import create_app as housing_app
+    from demo.server_thread import ServerThread
 
     showcase_file = DEMO_DATA / "showcase.json"
     if not showcase_file.exists():
@@ -292,29 +293,22 @@ def demo_serve(port: Annotated[int | None, typer.Option(help="Gateway port (defa
     os.environ["HUTONG_HOUSING_PORT"] = str(housing_port)
     settings = _settings(None)
     gw_port = port or settings.port
-    # The Housing bureau's service runs in a thread of this process, so that however the demo
-    # is stopped (Ctrl-C, SIGTERM), it stops too and never holds its port afterwards.
-    housing = uvicorn.Server(uvicorn.Config(housing_app(DEMO_DATA / "housing.json"), host="127.0.0.1",
-                                            port=housing_port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=housing.run, name="housing-service", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not housing.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
+    with contextlib.ExitStack() as stack:
+        # The Housing bureau's service runs in a thread of this process, so that however the demo
+        # is stopped (Ctrl-C, SIGTERM), it stops too and never holds its port afterwards.
+        try:
+            stack.enter_context(ServerThread(housing_app(DEMO_DATA / "housing.json"), housing_port,
+                                             start_timeout=15))
+        except RuntimeError:
             _error(f"the Housing service could not start on port {housing_port}; is it in use? "
                    "Set HOUSING_PORT=... (make) or --housing-port")
-            raise typer.Exit(1)
-        time.sleep(0.05)
-    showcase = json.loads(showcase_file.read_text(encoding="utf-8"))
-    _startable(settings, _gateway(settings, _catalog(settings)))
-    _banner(settings.host, gw_port, housing_port, showcase)
-    os.environ["HUTONG_CONFIG"] = str(settings.path)
-    try:
+            raise typer.Exit(1) from None
+        showcase = json.loads(showcase_file.read_text(encoding="utf-8"))
+        _startable(settings, _gateway(settings, _catalog(settings)))
+        _banner(settings.host, gw_port, housing_port, showcase)
+        os.environ["HUTONG_CONFIG"] = str(settings.path)
         uvicorn.run("gateway.app:create_app", factory=True, host=settings.host, port=gw_port,
                     log_config=LOG_CONFIG, access_log=False)
-    finally:
-        housing.should_exit = True
-        thread.join(timeout=5)
 
 
 def _banner(host: str, port: int, housing_port: int, showcase: dict[str, str]) -> None:

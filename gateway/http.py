@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.accept import best_of
+from gateway.audit.entry import request_record
 from gateway.audit.errors import AuditUnavailable
-from gateway.audit_entry import request_record
 from gateway.auth.bearer import auth_error_response
 from gateway.auth.errors import AuthError
 from gateway.context import RequestContext, context_from_headers

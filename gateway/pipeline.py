@@ -18,7 +18,7 @@ from typing import Any
 from graphql import ExecutionResult, execute
 
 from catalog.model import Catalog
-from gateway.audit_entry import SubjectHasher, field_dispositions, normalise_query, returned
+from gateway.audit.entry import SubjectHasher, field_dispositions, normalise_query, returned
 from gateway.authorize import Authorisation, authorize
 from gateway.config import ConfigError, Settings
 from gateway.context import RequestContext, Unrestricted

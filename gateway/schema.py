@@ -20,7 +20,7 @@ import graphene
 from graphql import GraphQLSchema
 
 from catalog.model import Catalog, Dataset, DataType, EntityLink, FieldSpec, Relation
-from gateway.audit_schema import AuditQuery
+from gateway.audit.schema import AuditQuery
 from gateway.catalog_schema import CatalogQuery
 
 __all__ = ["BuiltSchema", "Member", "SchemaIndex", "build_schema"]

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,11 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from catalog.loader import load_catalog
 from demo.build import City, build_demo
 from demo.housing_service import create_app as housing_app
+from demo.server_thread import ServerThread
 from gateway.config import REPO_ROOT, Settings, load_settings
 from gateway.pipeline import Gateway
 
@@ -52,39 +50,11 @@ def arun(coro: Any) -> Any:
     return box.get("value")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def service_unavailable(what: str, exc: BaseException) -> None:
     reason = f"{what} is unreachable ({type(exc).__name__}: {exc})"
     if REQUIRE_SERVICES:
         pytest.fail(f"{reason}, and HUTONG_REQUIRE_SERVICES=1 requires it")
     pytest.skip(f"{reason}; start it, or set HUTONG_REQUIRE_SERVICES=1 to make this a failure")
-
-
-class ServerThread:
-    """A uvicorn server in a background thread, on a free loopback port."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("test server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")

@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from demo.server_thread import ServerThread, free_port
 from gateway.auth.settings import parse_auth
-from tests.conftest import ServerThread, free_port
 from tests.test_auth_support import Harness, b64
 
 IDP = "https://idp.city.test/realms/gov"

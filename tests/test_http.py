@@ -11,9 +11,10 @@ import pytest
 
 from catalog.loader import load_catalog
 from demo.build import City
+from demo.server_thread import free_port
 from gateway.context import UNRESTRICTED
 from gateway.pipeline import Gateway
-from tests.conftest import TEST_POLICY, free_port, served
+from tests.conftest import TEST_POLICY, served
 
 GQL = "application/graphql-response+json"
 

@@ -6,7 +6,7 @@ import json
 import re
 
 from demo.build import City
-from gateway.audit_entry import normalise_query
+from gateway.audit.entry import normalise_query
 from gateway.context import RequestContext
 from gateway.pipeline import Gateway
 from policies.decide import Subject

@@ -123,11 +123,11 @@ async def test_startup_and_policy_changes_are_admin_events(make_settings: Any, t
     import os
     import shutil
 
+    from demo.server_thread import ServerThread
     from gateway.app import create_app
     from gateway.audit.keys import AuditKeys
     from gateway.audit.settings import AuditSettings
     from gateway.audit.store import AuditStore
-    from tests.conftest import ServerThread
 
     policy = tmp_path / "policy.csv"
     shutil.copy(TEST_POLICY, policy)

@@ -12,12 +12,13 @@ from typing import Any
 
 import httpx
 
+from demo.server_thread import free_port
 from gateway.audit.keys import AuditKeys
 from gateway.audit.settings import AuditSettings
 from gateway.audit.store import AuditStore
 from gateway.audit.verify import verify_store
 from gateway.config import REPO_ROOT
-from tests.conftest import TEST_POLICY, free_port
+from tests.conftest import TEST_POLICY
 
 REQUESTS_EACH = 60
 

@@ -17,12 +17,12 @@ from starlette.routing import Route
 
 from catalog.model import DataType
 from demo.housing_service import create_app as housing_app
+from demo.server_thread import ServerThread
 from gateway.context import UNRESTRICTED
 from resolvers.errors import SourceError, SourceFailure
 from resolvers.query import Condition, Op, SourceQuery
 from resolvers.rest import RESTConnector, _decode
 from resolvers.sql import SQLConnector
-from tests.conftest import ServerThread
 
 HOSTILE = "x' OR '1'='1'; DROP TABLE resident; --"
 

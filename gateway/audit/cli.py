@@ -201,7 +201,7 @@ def search(time_from: Annotated[str | None, typer.Option("--from", help="From th
 def _subject_hmac(config: Path | None, kind: str, value: str) -> str:
     """The pseudonym the records hold for this key (keyed with the gateway's secret, as recorded)."""
     from catalog.keys import InvalidKey
-    from gateway.audit_entry import SubjectHasher
+    from gateway.audit.entry import SubjectHasher
     from policies.settings import PolicySettings
 
     try:
