@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
     "Catalog",
+    "ConsentBounds",
     "Contact",
     "DataType",
     "Dataset",
@@ -166,6 +167,12 @@ class Dataset(_Entry):
     rows_hint: int | None = Field(default=None, ge=0, description="approximate row count, for cost estimates")
     fields: list[FieldSpec] = Field(min_length=1)
     relations: list[Relation] = Field(default_factory=list)
+    # Whose data a record is (a key field): consent to conditional fields is looked up for this
+    # subject. Defaults to the dataset's only key field; required when it has several.
+    subject: ColumnName | None = None
+    # The date that places a record in time (a date or datetime field): a consent's data range
+    # ("records from 2024 on") is checked against it.
+    dated_by: ColumnName | None = None
 
     def field(self, name: str) -> FieldSpec:
         for f in self.fields:
@@ -177,8 +184,29 @@ class Dataset(_Entry):
     def location(self) -> str:
         return self.table or self.endpoint or ""
 
+    @property
+    def subject_field(self) -> FieldSpec | None:
+        """The key field naming the data subject of each record (None: none can be told)."""
+        if self.subject is not None:
+            return next((f for f in self.fields if f.name == self.subject), None)
+        keys = [f for f in self.fields if f.key is not None]
+        return keys[0] if len(keys) == 1 else None
+
+    @property
+    def conditional_fields(self) -> list[FieldSpec]:
+        return [f for f in self.fields if f.share is ShareType.CONDITIONAL]
+
 
 PurposeCode = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]*[a-z0-9]$", max_length=64)]
+
+
+class ConsentBounds(_Entry):
+    """The broadest consent a purpose accepts: a consent beyond these is refused when recorded."""
+
+    max_validity_days: int = Field(default=365, ge=1, le=3650)
+    max_uses: int | None = Field(default=None, ge=1, le=100_000)  # uses per `per_days` ...
+    per_days: int | None = Field(default=None, ge=1, le=3650)  # ... both or neither
+    max_data_range_days: int | None = Field(default=None, ge=1, le=36_500)  # span of records covered
 
 
 class Purpose(_Entry):
@@ -194,6 +222,7 @@ class Purpose(_Entry):
     # Covert purposes (an investigation): accesses are hidden from the data tracker for this many
     # days after they happen, then disclosed, as Estonia's Data Tracker does for law enforcement.
     covert_days: int | None = Field(default=None, ge=1, le=3650)
+    consent: ConsentBounds = Field(default_factory=ConsentBounds)
 
 
 class EntityGraphQL(_Entry):

@@ -18,8 +18,11 @@ if TYPE_CHECKING:
 SCALAR_NAMES = ("String", "Int", "Float", "Boolean", "ID", "Date", "DateTime", "Decimal")
 RESERVED_TYPES = {"Query", "Mutation", "Subscription", "PageInfo", "ShareType", "Sensitivity", "CatalogRoot",
                   "CatalogContact", "CatalogDepartment", "CatalogDataset", "CatalogField", "CatalogEntity",
+                  "Claim", "AccessGrant", "AuditRecord", "AuditPage", "AuditFilter", "AuditFieldUse", "TrackedAccess",
+                  "TrackerPage",
+                  "ConsentGrant", "ConsentEvent", "ConsentPage", "ConsentInput", "LegalBasisInput",
                   *SCALAR_NAMES, *(f"{s}Filter" for s in SCALAR_NAMES)}
-RESERVED_ROOTS = {"catalog", "node", "nodes"}
+RESERVED_ROOTS = {"catalog", "node", "nodes", "myAccess", "verify", "auditLog", "dataTracker", "consents", "consent"}
 
 
 @dataclass
@@ -118,6 +121,8 @@ def _check_dataset(cat: Catalog, ds: Dataset, at: str, problems: Problems) -> No
     if any(f.share is ShareType.NONE and f.name == ds.primary_key for f in ds.fields):
         problems.add(at, f"primary key {ds.primary_key!r} cannot have share type 'none': records need an identity")
 
+    _check_consent_terms(ds, at, problems)
+
     for rel in ds.relations:
         rat = f"{at}.relations[{rel.name}]"
         if rel.name in gql:
@@ -137,7 +142,40 @@ def _check_dataset(cat: Catalog, ds: Dataset, at: str, problems: Problems) -> No
                 problems.add(rat, f"column {theirs!r} is not a field of {target.code}")
 
 
+def _check_consent_terms(ds: Dataset, at: str, problems: Problems) -> None:
+    """Conditional fields are released per data subject (and per record date, for data ranges):
+    the dataset must say whose each record is, and those columns must themselves be shareable."""
+    by_name = {f.name: f for f in ds.fields}
+    if ds.subject is not None:
+        spec = by_name.get(ds.subject)
+        if spec is None:
+            problems.add(at, f"subject {ds.subject!r} is not one of its fields")
+        elif spec.key is None:
+            problems.add(at, f"subject {ds.subject!r} must be a key field (give it key: id_number or credit_code)")
+    if ds.dated_by is not None:
+        spec = by_name.get(ds.dated_by)
+        if spec is None:
+            problems.add(at, f"dated_by {ds.dated_by!r} is not one of its fields")
+        elif spec.type not in (DataType.DATE, DataType.DATETIME):
+            problems.add(at, f"dated_by {ds.dated_by!r} must be a date or datetime field, not {spec.type.value!r}")
+    conditional = [f.name for f in ds.fields if f.share is ShareType.CONDITIONAL]
+    if not conditional:
+        return
+    if ds.subject_field is None and ds.subject is None:
+        keys = [f.name for f in ds.fields if f.key is not None]
+        problems.add(at, f"conditional field(s) {', '.join(conditional)} need a data subject to ask consent of: "
+                         + (f"set subject to one of its key fields ({', '.join(keys)})" if keys
+                            else "give the field naming the person or organisation key: id_number or credit_code"))
+    for role, column in (("subject", ds.subject_field.name if ds.subject_field else None),
+                         ("dated_by", ds.dated_by), ("primary key", ds.primary_key)):
+        if column in conditional:
+            problems.add(at, f"{role} {column!r} cannot be conditional: consent is looked up by it")
+
+
 def _check_purpose(cat: Catalog, pur: Purpose, at: str, problems: Problems) -> None:
+    bounds = pur.consent
+    if (bounds.max_uses is None) != (bounds.per_days is None):
+        problems.add(at, "consent: give max_uses and per_days together (at most max_uses uses per per_days days)")
     for code in pur.datasets:
         if code not in cat.datasets:
             problems.add(at, f"unknown dataset {code!r}; known: {_known(cat.datasets)}")

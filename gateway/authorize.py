@@ -6,14 +6,16 @@ dataset.field) is taken once (cached by :class:`policies.decide.Decider`) and ap
 - **Returned fields.** Clear: kept. Masked: kept, masked while shaping. Verify-only or
   denied: not fetched (the column leaves the source query unless a join needs it) and
   ``null`` with ``FORBIDDEN_FIELD`` at each path (Apollo's filter mode), or the whole request
-  fails in reject mode (403). Conditional fields (有条件共享) are withheld with
-  ``CONSENT_REQUIRED`` until consent or a legal basis covers them.
+  fails in reject mode (403). Conditional fields (有条件共享) become
+  :class:`~gateway.plan.Conditional` entries: fetched with their subject's key (and the
+  record's date), then released per record by the consent stage (``gateway/consent.py``).
 - **Tested fields.** A list filter reveals as much as reading: it needs clear, unconditional
   access. A ``verify`` claim, a yes/no question about one subject, needs at least ``verify``.
   Otherwise the request fails (403), since its answer would disclose the field.
 - **Joined fields.** Following a relation or an entity link tests equality of key columns
-  on both sides, so each needs at least ``verify`` and must not be conditional; otherwise the
-  nested part is ``null`` with the reason, and is not fetched.
+  on both sides, so each needs at least ``verify`` and must not be conditional (consent is
+  given per record, a join would test every record); otherwise the nested part is ``null``
+  with the reason, and is not fetched.
 - **Datasets.** A dataset outside the purpose, or one of whose fields the caller may not
   even verify, is not queried at all: even the existence or count of its records is data.
 - **Row rules** of the caller's policy join the fetch's conditions: pushed into the
@@ -31,6 +33,7 @@ from gateway.context import RequestContext
 from gateway.errors import Code, GraphQLErrorOut, RequestError
 from gateway.plan import (
     ENTITY_KEY,
+    Conditional,
     EntityRef,
     Fetch,
     KeyValue,
@@ -90,8 +93,9 @@ class _Stage:
     def conditional(self, dataset: str, column: str) -> bool:
         return self.catalog.datasets[dataset].field(column).share is ShareType.CONDITIONAL
 
-    def refusal(self, key: str, dataset: str, column: str, need: Access) -> Withheld | None:
-        """Why ``dataset.column`` cannot be used at level ``need`` (None when it can)."""
+    def refusal(self, key: str, dataset: str, column: str, need: Access, *, gated: bool = False) -> Withheld | None:
+        """Why ``dataset.column`` cannot be used at level ``need`` (None when it can). ``gated``: a
+        returned value, which the consent stage may release per record when it is conditional."""
         d = self.decision(dataset, column)
         obj = f"{dataset}.{column}"
         if d.access < need:
@@ -102,7 +106,7 @@ class _Stage:
             self.out.withheld[obj] = Code.FORBIDDEN_FIELD.value
             return Withheld(key, Code.FORBIDDEN_FIELD.value, f"{obj} is not available for purpose "
                                                              f"{self.purpose!r}: {reason}")
-        if self.conditional(dataset, column):
+        if self.conditional(dataset, column) and not gated:
             self.out.withheld[obj] = Code.CONSENT_REQUIRED.value
             return Withheld(key, Code.CONSENT_REQUIRED.value,
                             f"{obj} is shared only with the data subject's consent or a recorded legal basis, "
@@ -175,12 +179,15 @@ class _Stage:
         ds = self.plan.fetches[shape.fetch].dataset if shape.fetch is not None else None
         for i, e in enumerate(shape.entries):
             if isinstance(e, Scalar) and ds is not None:
-                w = self.refusal(e.key, ds, e.column, Access.MASKED)
+                w = self.refusal(e.key, ds, e.column, Access.MASKED, gated=True)
                 if w is not None:
                     shape.entries[i] = w
                 else:
                     d = self.decision(ds, e.column)
                     e.mask = d.mask if d.access is Access.MASKED else None
+                    if self.conditional(ds, e.column):
+                        shape.entries[i] = Conditional(e.key, e.column, e.type, e.mask)
+                        self.gate(self.plan.fetches[shape.fetch], e.column)
             elif isinstance(e, KeyValue) and key_source is not None:
                 w = self.refusal(e.key, *key_source, Access.MASKED)
                 if w is not None:
@@ -205,6 +212,17 @@ class _Stage:
                     self.drop_under(None, e.shape, w)
                 else:
                     self.shape(e.shape, (ds, e.column))
+
+    def gate(self, f: Fetch, column: str) -> None:
+        """Release ``column`` of ``f`` per record: fetch the subject's key and the record's date with it."""
+        if column not in f.gated:
+            f.gated.append(column)
+        ds = self.catalog.datasets[f.dataset]
+        subject = ds.subject_field
+        assert subject is not None  # the catalogue refuses conditional fields without a subject
+        f.need(subject.name)
+        if ds.dated_by is not None:
+            f.need(ds.dated_by)
 
     def drop_under(self, fetch: int | None, shape: ObjShape, why: Withheld) -> None:
         """Withhold ``fetch`` and every fetch reached from ``shape``: nothing under a withheld link runs."""

@@ -24,6 +24,7 @@ from catalog.loader import CatalogError, load_catalog
 from gateway.audit.cli import audit_app
 from gateway.auth.cli import client_app
 from gateway.config import REPO_ROOT, ConfigError, Settings, load_settings
+from gateway.consent_cli import consent_app, legal_basis_app
 from gateway.logs import LOG_CONFIG
 
 app = typer.Typer(help="hutong: federated data catalogue and GraphQL gateway.", no_args_is_help=True,
@@ -34,6 +35,8 @@ app.add_typer(catalog_app, name="catalog")
 app.add_typer(demo_app, name="demo")
 app.add_typer(client_app, name="client")
 app.add_typer(audit_app, name="audit")
+app.add_typer(consent_app, name="consent")
+app.add_typer(legal_basis_app, name="legal-basis")
 
 out = Console(soft_wrap=True, highlight=False)
 err = Console(stderr=True, soft_wrap=True, highlight=False)

@@ -41,6 +41,7 @@ class Settings:
     auth: dict[str, Any] = field(default_factory=dict)  # the [auth] section, read by gateway.auth.settings
     policies: dict[str, Any] = field(default_factory=dict)  # the [policies] section, read by policies.settings
     audit: dict[str, Any] = field(default_factory=dict)  # the [audit] section, read by gateway.audit.settings
+    consent: dict[str, Any] = field(default_factory=dict)  # the [consent] section, read by policies.consent.settings
 
     @property
     def base_dir(self) -> Path:
@@ -58,10 +59,10 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{cfg_path}: not valid TOML: {exc}") from None
 
-    sections = sorted(set(raw) - {"gateway", "sources", "auth", "policies", "audit"})
+    sections = sorted(set(raw) - {"gateway", "sources", "auth", "policies", "audit", "consent"})
     if sections:
         raise ConfigError(f"{cfg_path}: unknown section(s) {', '.join(sections)}; "
-                          "known: [gateway], [sources.CODE], [auth], [policies], [audit]")
+                          "known: [gateway], [sources.CODE], [auth], [policies], [audit], [consent]")
     gw: dict[str, Any] = raw.get("gateway", {})
     known = {"catalog", "demo", "host", "port", "debug", "default_limit", "max_limit", "max_keys", "max_depth",
              "max_rows", "max_nodes"}
@@ -110,6 +111,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         auth=dict(raw.get("auth", {})),
         policies=dict(raw.get("policies", {})),
         audit=dict(raw.get("audit", {})),
+        consent=dict(raw.get("consent", {})),
     )
     if settings.default_limit > settings.max_limit:
         raise ConfigError(f"{cfg_path}: default_limit ({settings.default_limit}) exceeds max_limit "

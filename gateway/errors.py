@@ -33,6 +33,12 @@ class Code(StrEnum):
     FORBIDDEN = "FORBIDDEN"  # the client's roles do not allow this query (auditLog, dataTracker)
     FORBIDDEN_FIELD = "FORBIDDEN_FIELD"  # policy or catalogue terms deny the field for this caller and purpose
     CONSENT_REQUIRED = "CONSENT_REQUIRED"  # a conditional field without the subject's consent or a legal basis
+    CONSENT_EXPIRED = "CONSENT_EXPIRED"  # the subject's consent covering it has expired
+    CONSENT_REVOKED = "CONSENT_REVOKED"  # ... was revoked
+    CONSENT_PAUSED = "CONSENT_PAUSED"  # ... is paused
+    CONSENT_FREQUENCY_EXCEEDED = "CONSENT_FREQUENCY_EXCEEDED"  # ... allows no more uses in this period
+    OUTSIDE_CONSENT_RANGE = "OUTSIDE_CONSENT_RANGE"  # the record's date is outside the consent's data range
+    CONSENT_UNAVAILABLE = "CONSENT_UNAVAILABLE"  # the consent store cannot be read: nothing conditional flows
     SOURCE_UNAVAILABLE = "SOURCE_UNAVAILABLE"
     SOURCE_TIMEOUT = "SOURCE_TIMEOUT"
     SOURCE_ERROR = "SOURCE_ERROR"

@@ -1,8 +1,9 @@
 """The request pipeline, stage by stage:
-parse and validate -> plan -> authorise -> execute -> shape (and mask).
+parse and validate (document.py) -> plan (planner.py) -> authorise (authorize.py) ->
+execute (executor.py) -> consent (consent.py) -> shape and mask (shape.py).
 
-Each stage is a module of its own, reading the same :class:`~gateway.plan.Plan`. Consent
-and audit hook in the same way.
+Each stage is a module of its own, reading the same :class:`~gateway.plan.Plan`; the audit
+record (audit/entry.py) collects what each stage decided.
 """
 
 from __future__ import annotations
@@ -12,15 +13,20 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from inspect import isawaitable
 from typing import Any
 
 from graphql import ExecutionResult, execute
+from sqlalchemy.exc import SQLAlchemyError
 
 from catalog.model import Catalog
 from gateway.audit.entry import SubjectHasher, field_dispositions, normalise_query, returned
+from gateway.audit.errors import AuditUnavailable
 from gateway.authorize import Authorisation, authorize
 from gateway.config import ConfigError, Settings
+from gateway.consent import ConsentOutcome, apply_consent
+from gateway.consent_admin import ConsentAdmin, open_store
 from gateway.context import RequestContext, Unrestricted
 from gateway.cursor import CursorCodec
 from gateway.document import DocumentCache, Prepared, prepare
@@ -30,6 +36,8 @@ from gateway.plan import Const, Meta, Plan, RootEntity, RootPage, RootVerify, Wi
 from gateway.planner import Planner
 from gateway.schema import BuiltSchema, build_schema
 from gateway.shape import Shaper
+from policies.consent.settings import ConsentSettings
+from policies.consent.store import ConsentStore
 from policies.decide import Decider
 from policies.masks import Masker
 from policies.settings import PolicySettings
@@ -79,6 +87,9 @@ class Gateway:
         self.cursors = CursorCodec(self.policy.mask_key)
         self.subjects = SubjectHasher(self.policy.mask_key)
         self.audit_store: Any = None  # set by the app: the audit log the auditor queries read
+        self.audit_writer: Any = None  # set by the app: consent changes are recorded through it
+        self.consent_settings = ConsentSettings.from_settings(settings)
+        self.consents: ConsentStore | None = None  # opened by start(): it signs with the audit key
         self._normalised_cache: dict[str, tuple[str, str]] = {}
         self.planner = Planner(catalog, self.built.graphql, self.built.index, settings, self.cursors)
 
@@ -98,6 +109,9 @@ class Gateway:
             await self.store.refresh(force=True)
         except PolicyError as exc:
             raise ConfigError(str(exc)) from None
+        if self.consents is None:
+            self.consents = open_store(self.settings)
+        await self.consents.init()
 
     def prepare(self, query: Any, operation_name: Any = None, variables: Any = None, method: str = "POST") -> Prepared:
         return prepare(self.documents, query, operation_name, variables, method)
@@ -135,6 +149,11 @@ class Gateway:
                     audit["fields"] = field_dispositions(requested, auth)
                     audit["row_rules"] = auth.row_rules
             results = await execute_plan(plan, self.sources)
+            consent = ConsentOutcome()
+            if isinstance(ctx, RequestContext) and any(f.gated for f in plan.fetches):
+                consent = await self._consent(plan, results, ctx)
+                audit.update(consent.record())
+                audit["fields"] = field_dispositions(requested, auth, consent)
             audit.update(returned(results, self.catalog, self.subjects))
             shaper = Shaper(plan, results, self.settings.max_nodes, self.masker, self.cursors)
             data: dict[str, Any] = {}
@@ -165,14 +184,34 @@ class Gateway:
                                   "timing": {"ms": round((time.perf_counter() - started) * 1000, 2)}}
         return Outcome(200, body, plan, audit=audit)
 
+    @property
+    def consent_admin(self) -> ConsentAdmin | None:
+        """Consent changes need the store and the audit log (each change is an audit event)."""
+        if self.consents is None or self.audit_writer is None:
+            return None
+        writer = self.audit_writer
+
+        async def record(body: dict[str, Any]) -> None:
+            await writer.append("admin", body)
+
+        return ConsentAdmin(self.catalog, self.consents, self.subjects, record)
+
+    async def _consent(self, plan: Plan, results: dict[int, Any], ctx: RequestContext) -> ConsentOutcome:
+        if self.consents is None:  # never started: nothing conditional may go
+            raise RequestError(Code.CONSENT_UNAVAILABLE, "the consent store is not open: retry later", 503,
+                               headers={"Retry-After": "5"})
+        return await apply_consent(plan, results, ctx, self.catalog, self.consents, self.consents.signer,
+                                   self.subjects, datetime.now(UTC))
+
     async def _meta(self, prep: Prepared, ctx: RequestContext | Unrestricted) -> ExecutionResult:
         """Introspection and ``catalog`` run through graphql-core. With no root value, graphene's
         default resolvers give null for the data roots (the plan answers those), so graphql-core
         never walks data."""
         result = execute(self.built.graphql, prep.document, root_value=None,
                          context_value={"catalog": self.catalog, "decider": self.decider, "audit": self.audit_store,
-                                        "subjects": self.subjects,
-                                        "subject": ctx.subject if isinstance(ctx, RequestContext) else None},
+                                        "subjects": self.subjects, "consent_admin": self.consent_admin,
+                                        "subject": ctx.subject if isinstance(ctx, RequestContext) else None,
+                                        "acting_user": ctx.acting_user if isinstance(ctx, RequestContext) else None},
                          variable_values=prep.variables,
                          operation_name=prep.operation.name.value if prep.operation.name else None)
         if isawaitable(result):  # the audit queries read the store asynchronously
@@ -183,9 +222,18 @@ class Gateway:
     async def close(self) -> None:
         await self.sources.close()
         await self.store.close()
+        if self.consents is not None:
+            await self.consents.close()
 
 
 def _meta_error(err: Any) -> dict[str, Any]:
+    if isinstance(err.original_error, AuditUnavailable):  # a consent change the audit log could not record
+        return GraphQLErrorOut("the audit log cannot record this change, so it was not made: retry later",
+                               Code.AUDIT_UNAVAILABLE, path=list(err.path or [])).to_dict()
+    if isinstance(err.original_error, SQLAlchemyError):
+        log.error("consent store failed: %s", type(err.original_error).__name__)
+        return GraphQLErrorOut("the consent store cannot be reached: retry later", Code.CONSENT_UNAVAILABLE,
+                               path=list(err.path or [])).to_dict()
     if isinstance(err.original_error, PermissionError):  # a role-restricted query asked by another client
         return GraphQLErrorOut(str(err.original_error), Code.FORBIDDEN, path=list(err.path or [])).to_dict()
     if isinstance(err.original_error, ValueError):  # a resolver's own "bad argument" message

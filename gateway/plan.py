@@ -1,9 +1,10 @@
 """The plan: what a validated request will fetch, from where, and how the answer is shaped.
 
 A :class:`Plan` is built once per request by :mod:`gateway.planner` and read by every later
-stage: authorisation (which dataset fields), consent (which are conditional), the executor
-(one pushed-down :class:`Fetch` per dataset per level, batched by keys), the shaper, the
-audit log. ``Plan.describe()`` is what ``hutong plan`` and ``extensions.plan`` show.
+stage: authorisation (which dataset fields), the executor (one pushed-down :class:`Fetch`
+per dataset per level, batched by keys), consent (which fetched columns are conditional),
+the shaper, the audit log. ``Plan.describe()`` is what ``hutong plan`` and
+``extensions.plan`` show.
 
 Shapes mirror the response: an :class:`ObjShape` lists entries in selection order, each
 saying where its value comes from (a column of the current row, rows of a child fetch,
@@ -12,15 +13,15 @@ an entity built from a key column, a constant).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from catalog.model import DataType
 from resolvers.query import SourceQuery
 
 __all__ = [
-    "ENTITY_KEY", "Const", "EntityRef", "Fetch", "KeyValue", "Meta", "Nested", "ObjShape", "PageInfoShape",
-    "Plan", "RootEntity", "RootPage", "RootVerify", "Scalar", "Withheld",
+    "ENTITY_KEY", "Conditional", "Const", "EntityRef", "Fetch", "KeyValue", "Meta", "Nested", "ObjShape",
+    "PageInfoShape", "Plan", "RootEntity", "RootPage", "RootVerify", "Scalar", "Withheld",
 ]
 
 # Entity objects are built from a one-entry row holding their key under this name, which is
@@ -47,6 +48,15 @@ class Fetch:
     page: bool = False  # a root page: one extra row is fetched to know whether there is a next page
     row_cap: int | None = None  # more rows than this is an error (ROW_LIMIT_EXCEEDED), not a silent cut
     claim: bool = False  # a verify(...) claim: its condition is a yes/no question, not a list filter
+    gated: list[str] = field(default_factory=list)  # conditional columns released per subject by consent
+
+    def need(self, column: str, selected: bool = False) -> None:
+        """Fetch ``column``: for the client (``selected``) or for the gateway itself (``required``)."""
+        if column not in self.query.columns:
+            self.query = replace(self.query, columns=(*self.query.columns, column))
+        kept = self.selected if selected else self.required
+        if column not in kept:
+            kept.append(column)
 
 
 @dataclass(slots=True)
@@ -55,6 +65,17 @@ class Scalar:
     column: str
     type: DataType
     mask: str | None = None  # set by authorisation when the caller may read the field only masked
+
+
+@dataclass(slots=True)
+class Conditional:
+    """A conditional field (有条件共享) the policy allows: returned per record only where the
+    consent stage left its value in the row (else the row holds a ``Refused`` marker)."""
+
+    key: str
+    column: str
+    type: DataType
+    mask: str | None = None
 
 
 @dataclass(slots=True)
@@ -103,7 +124,8 @@ class EntityRef:
 
 @dataclass(slots=True)
 class ObjShape:
-    entries: list[Scalar | Const | KeyValue | Nested | EntityRef | Withheld] = field(default_factory=list)
+    entries: list[Scalar | Conditional | Const | KeyValue | Nested | EntityRef | Withheld] = field(
+        default_factory=list)
     fetch: int | None = None  # the fetch whose rows this shape is built from (None: an entity object)
 
 

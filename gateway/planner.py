@@ -11,10 +11,9 @@ cursors fail the request with ``BAD_USER_INPUT`` before any source is asked.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import replace
 from typing import Any
 
-from graphql import FieldNode, GraphQLObjectType, GraphQLSchema
+from graphql import FieldNode, GraphQLObjectType, GraphQLSchema, OperationType
 from graphql.execution.collect_fields import collect_fields, collect_sub_fields
 from graphql.execution.values import get_argument_values
 
@@ -46,7 +45,7 @@ from resolvers.query import Condition, Op, SourceQuery
 
 __all__ = ["Planner"]
 
-META_ROOTS = {"catalog", "myAccess", "auditLog", "dataTracker", "__schema", "__type"}
+META_ROOTS = {"catalog", "myAccess", "auditLog", "dataTracker", "consents", "consent", "__schema", "__type"}
 _OPS = {"eq": Op.EQ, "ne": Op.NE, "in_": Op.IN, "lt": Op.LT, "lte": Op.LTE, "gt": Op.GT, "gte": Op.GTE,
         "prefix": Op.PREFIX, "is_null": Op.IS_NULL}
 
@@ -101,14 +100,6 @@ class _Build:
         return fetch
 
     @staticmethod
-    def need(fetch: Fetch, column: str, selected: bool = False) -> None:
-        if column not in fetch.query.columns:
-            fetch.query = replace(fetch.query, columns=(*fetch.query.columns, column))
-        kept = fetch.selected if selected else fetch.required
-        if column not in kept:
-            kept.append(column)
-
-    @staticmethod
     def filters(fetch: Fetch) -> None:
         for c in fetch.query.conditions:
             if c.column not in fetch.filtered:
@@ -161,6 +152,15 @@ class _Build:
     # --- roots -----------------------------------------------------------------------------
 
     def run(self) -> Plan:
+        if self.prep.operation.operation is OperationType.MUTATION:
+            # Mutations (consents) read no department data: graphql-core runs them, one after another.
+            mutation_type = self.p.schema.mutation_type
+            assert mutation_type is not None
+            for key, nodes in collect_fields(self.p.schema, self.prep.fragments, self.prep.variables, mutation_type,
+                                             self.prep.operation.selection_set).items():
+                is_typename = nodes[0].name.value == "__typename"
+                self.plan.roots.append(Const(key, "Mutation") if is_typename else Meta(key))
+            return self.plan
         query_type = self.p.schema.query_type
         assert query_type is not None
         roots = collect_fields(self.p.schema, self.prep.fragments, self.prep.variables, query_type,
@@ -197,7 +197,7 @@ class _Build:
                                order_by=ds.primary_key, after=after, limit=limit + 1)
         fetch.page = True
         self.filters(fetch)
-        self.need(fetch, ds.primary_key)
+        fetch.need(ds.primary_key)
         page = RootPage(key=key, fetch=fetch.id, limit=limit, order_by=ds.primary_key, nodes=[], page_info=[],
                         typename=[])
         for sub_key, sub_nodes in self.subfields(f"{ds.graphql.type}Page", nodes).items():
@@ -252,7 +252,7 @@ class _Build:
         fetch.literal_keys = (subject,)
         fetch.claim = True
         self.filters(fetch)
-        self.need(fetch, ds.primary_key)
+        fetch.need(ds.primary_key)
         return RootVerify(key, fetch.id)
 
     def root_entity(self, key: str, kind: str, code: str, nodes: list[FieldNode], args: dict[str, Any]) -> RootEntity:
@@ -302,12 +302,12 @@ class _Build:
         for key, sub, m in self.members(gtype, nodes, shape):
             if m.kind == "column":
                 assert m.column is not None
-                self.need(fetch, m.column, selected=True)
+                fetch.need(m.column, selected=True)
                 shape.entries.append(Scalar(key, m.column, ds.field(m.column).type))
             elif m.kind == "relation":
                 assert m.relation is not None and m.dataset is not None
                 (mine, theirs), = m.relation.join.items()
-                self.need(fetch, mine)
+                fetch.need(mine)
                 target = self.p.catalog.datasets[m.dataset]
                 args = self.args(gtype, sub[0]) if m.many else {}
                 child = self.child_fetch(target, theirs, (fetch.id, mine), fetch.level + 1, sub, [*path, key],
@@ -319,9 +319,9 @@ class _Build:
                 entity = self.entity_object(m.entity, (fetch.id, m.column), sub, [*path, key], None,
                                             f"{fetch.path}.{key}")
                 # The entity's key value is this record's column: returned if the key is selected.
-                self.need(fetch, m.column)  # the children's join key, whether or not the key is shown
+                fetch.need(m.column)  # the children's join key, whether or not the key is shown
                 if any(isinstance(e, KeyValue) for e in entity.entries):
-                    self.need(fetch, m.column, selected=True)
+                    fetch.need(m.column, selected=True)
                 shape.entries.append(EntityRef(key, m.column, entity))
         return shape
 
@@ -358,7 +358,7 @@ class _Build:
         fetch.parent, fetch.parent_column = producer
         fetch.literal_keys = literal if producer[0] is None else None
         self.filters(fetch)
-        self.need(fetch, key_column)
-        self.need(fetch, ds.primary_key)
+        fetch.need(key_column)
+        fetch.need(ds.primary_key)
         return fetch
 

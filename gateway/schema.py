@@ -22,6 +22,7 @@ from graphql import GraphQLSchema
 from catalog.model import Catalog, Dataset, DataType, EntityLink, FieldSpec, Relation
 from gateway.audit.schema import AuditQuery
 from gateway.catalog_schema import CatalogQuery
+from gateway.consent_schema import ConsentMutation, ConsentQuery
 
 __all__ = ["BuiltSchema", "Member", "SchemaIndex", "build_schema"]
 
@@ -223,6 +224,7 @@ def build_schema(catalog: Catalog) -> BuiltSchema:
         id_number=graphene.String(name="idNumber"), credit_code=graphene.String(name="creditCode"),
         claim=graphene.Argument(Claim, required=True))
     index.roots["verify"] = ("verify", "")
-    query = type("Query", (CatalogQuery, AuditQuery, graphene.ObjectType), root)
-    schema = graphene.Schema(query=query, types=list(types.values()), auto_camelcase=True)
+    query = type("Query", (CatalogQuery, AuditQuery, ConsentQuery, graphene.ObjectType), root)
+    mutation = type("Mutation", (ConsentMutation, graphene.ObjectType), {})
+    schema = graphene.Schema(query=query, mutation=mutation, types=list(types.values()), auto_camelcase=True)
     return BuiltSchema(schema=schema, index=index)

@@ -2,7 +2,8 @@
 
 Values are serialised per the catalogue's data type (dates as ISO 8601, decimals as
 strings). A fetch that failed becomes ``null`` at every path where its records would
-appear, each with an error carrying the source failure code, while the rest stands.
+appear, each with an error carrying the source failure code, while the rest stands. A
+conditional value the consent stage refused is ``null`` with the refusal's code.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from datetime import date, datetime
 from typing import Any
 
 from catalog.model import DataType
+from gateway.consent import Refused
 from gateway.cursor import CursorCodec
 from gateway.errors import Code, GraphQLErrorOut, RequestError
 from gateway.executor import FetchResult
 from gateway.plan import (
     ENTITY_KEY,
+    Conditional,
     Const,
     EntityRef,
     KeyValue,
@@ -151,6 +154,15 @@ class Shaper:
                 if e.mask is not None and v is not None:
                     v = self.masker.apply(e.mask, v)
                 out[e.key] = None if v is None else SERIALISERS[e.type](v)
+            elif isinstance(e, Conditional):
+                v = row.get(e.column)
+                if v.__class__ is Refused:
+                    out[e.key] = None
+                    self.errors.append(GraphQLErrorOut(v.message, Code(v.code), path=materialise((path, e.key))))
+                else:
+                    if e.mask is not None and v is not None:
+                        v = self.masker.apply(e.mask, v)
+                    out[e.key] = None if v is None else SERIALISERS[e.type](v)
             elif isinstance(e, Nested):
                 out[e.key] = self.nested(e, row, (path, e.key))
             elif isinstance(e, EntityRef):

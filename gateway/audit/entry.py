@@ -17,6 +17,7 @@ from graphql import DocumentNode, StringValueNode, Visitor, print_ast, visit
 from catalog.keys import KEY_KINDS, InvalidKey
 from catalog.model import Catalog
 from gateway.authorize import Authorisation
+from gateway.consent import ConsentOutcome
 from gateway.executor import FetchResult
 from policies.decide import Access
 
@@ -59,10 +60,12 @@ class SubjectHasher:
         return self(KEY_KINDS[kind].normalise(value))
 
 
-def field_dispositions(requested: list[tuple[str, str, str]], auth: Authorisation) -> list[dict[str, str]]:
+def field_dispositions(requested: list[tuple[str, str, str]], auth: Authorisation,
+                       consent: ConsentOutcome | None = None) -> list[dict[str, str]]:
     """Each requested field (with the response path of its records) and its disposition: clear |
     masked | verify | denied | consent_required. A part withheld as a whole gives all its fields
-    that part's disposition."""
+    that part's disposition. A conditional field returned for some records and withheld for
+    others has two entries: its decision, and consent_required."""
     out = []
     for path, ds, f in requested:
         obj = f"{ds}.{f}"
@@ -74,6 +77,12 @@ def field_dispositions(requested: list[tuple[str, str, str]], auth: Authorisatio
             disposition = CLEAR  # an in-process call, or a field no stage restricted
         else:
             disposition = {Access.CLEAR: CLEAR, Access.MASKED: MASKED, Access.VERIFY: VERIFY}.get(d.access, DENIED)
+        key = (path, ds, f)
+        if consent is not None and key in consent.withheld:
+            if consent.released.get(key):
+                out.append({"path": path, "dataset": ds, "field": f, "disposition": disposition})
+            out.append({"path": path, "dataset": ds, "field": f, "disposition": CONSENT})
+            continue
         out.append({"path": path, "dataset": ds, "field": f, "disposition": disposition})
     return out
 
@@ -136,8 +145,13 @@ def request_record(*, request_id: str, ip: str | None, client_id: str | None, de
         "row_rules": audit.get("row_rules", {}),  # the shapes of the rules applied, never their values
         "subjects": audit.get("subjects", []),
         "rows": audit.get("rows", {}),
-        "consents": [],  # consent ids used: none until consent is recorded (conditional fields are withheld)
-        "legal_bases": [legal_basis] if legal_basis and returned_data else [],
+        "consents": audit.get("consents", []),  # ids of the consents that released a value
+        "consent_subjects": audit.get("consent_subjects", {}),  # consent id -> its subject's pseudonym
+        "legal_bases": ([legal_basis] if legal_basis and returned_data else [])
+        + [f"{g['id']}: {g['reference']}" for g in audit.get("legal_basis_grants", [])],
+        "legal_basis_grants": audit.get("legal_basis_grants", []),  # recorded legal bases used instead of consent
+        "consent_withheld": audit.get("consent_withheld", {}),  # refusal code -> values withheld
+        "disclose_after": audit.get("disclose_after"),  # covert legal basis: hidden from the data tracker until then
         "status": status,
         "outcome": outcome_of(status, body),
         "codes": codes,

@@ -68,6 +68,9 @@ class AuditRecord(graphene.ObjectType):
     subjects = graphene.List(graphene.NonNull(graphene.String), description="Keyed HMACs of the data subjects")
     rows = graphene.JSONString(description="Rows returned per source")
     legal_bases = graphene.List(graphene.NonNull(graphene.String))
+    consents = graphene.List(graphene.NonNull(graphene.String), description="Ids of the consents that released data")
+    consent_withheld = graphene.JSONString(description="Conditional values withheld, per refusal code")
+    disclose_after = graphene.String(description="A covert legal basis hides this access from the person until then")
     status = graphene.Int()
     outcome = graphene.String()
     codes = graphene.List(graphene.NonNull(graphene.String))
@@ -79,7 +82,8 @@ class AuditRecord(graphene.ObjectType):
         body = rec["body"]
         flat = {k: body.get(k) for k in ("request_id", "client_id", "department", "acting_user", "case_id", "purpose",
                                          "ip", "query", "query_hash", "datasets", "fields", "subjects", "rows",
-                                         "legal_bases", "status", "outcome", "codes", "latency_ms")}
+                                         "legal_bases", "consents", "consent_withheld", "disclose_after",
+                                         "status", "outcome", "codes", "latency_ms")}
         event = body if rec["kind"] != "request" else None
         return {"seq": rec["seq"], "time": rec["time"], "kind": rec["kind"], "hash": rec["hash"], **flat,
                 "event": event}
@@ -117,6 +121,9 @@ class TrackedAccess(graphene.ObjectType):
     purpose = graphene.String()
     purpose_description = graphene.String()
     legal_basis = graphene.String()
+    legal_bases = graphene.List(graphene.NonNull(graphene.String),
+                                description="The purpose's legal basis, and any recorded legal basis used")
+    consents = graphene.List(graphene.NonNull(graphene.String), description="The person's consents that were used")
     datasets = graphene.List(graphene.NonNull(graphene.String))
 
 
@@ -127,11 +134,16 @@ class TrackerPage(graphene.ObjectType):
 
 
 def _covert_until(catalog: Any, record: dict[str, Any]) -> datetime:
-    """When an access for a covert purpose may be shown to the person (the epoch for ordinary ones)."""
-    purpose = catalog.purposes.get(record["body"].get("purpose") or "")
-    if purpose is None or purpose.covert_days is None:
-        return datetime.min.replace(tzinfo=UTC)
-    return datetime.fromisoformat(record["time"].replace("Z", "+00:00")) + timedelta(days=purpose.covert_days)
+    """When an access may be shown to the person: after a covert purpose's days, and not before the
+    disclosure date of a covert legal basis it used (the epoch for ordinary accesses)."""
+    until = datetime.min.replace(tzinfo=UTC)
+    body = record["body"]
+    purpose = catalog.purposes.get(body.get("purpose") or "")
+    if purpose is not None and purpose.covert_days is not None:
+        until = datetime.fromisoformat(record["time"].replace("Z", "+00:00")) + timedelta(days=purpose.covert_days)
+    if body.get("disclose_after"):
+        until = max(until, datetime.fromisoformat(body["disclose_after"]).replace(tzinfo=UTC))
+    return until
 
 
 def _hmac(info: Any, kind: str, value: str) -> str:
@@ -195,6 +207,8 @@ class AuditQuery(graphene.ObjectType):
                 "time": r["time"], "department": b.get("department"), "client_id": b.get("client_id"),
                 "acting_user": b.get("acting_user"), "case_id": b.get("case_id"), "purpose": b.get("purpose"),
                 "purpose_description": purpose.description if purpose else None,
-                "legal_basis": purpose.legal_basis if purpose else None, "datasets": b.get("datasets"),
+                "legal_basis": purpose.legal_basis if purpose else None, "legal_bases": b.get("legal_bases"),
+                "consents": [i for i in b.get("consents") or [] if (b.get("consent_subjects") or {}).get(i) == hmac_],
+                "datasets": b.get("datasets"),
             })
         return {"total": total, "accesses": accesses, "end_cursor": str(last) if last is not None else None}

@@ -1,0 +1,377 @@
+"""The consent store: grants, their status history and their uses, over SQLAlchemy async Core.
+
+SQLite by default, PostgreSQL in production, like the client store and the audit log.
+Nothing is cached between requests: every lookup reads the database, so a revocation takes
+effect on the next request on every gateway worker that shares the store.
+
+``consent_grant``  terms (signed), current status (signed), use count and last use
+``consent_event``  status history: who changed what, when, why (each entry signed)
+``consent_use``    one row per request that used a grant, for frequency limits and citizens
+
+The gateway asks once per request (:meth:`ConsentStore.candidates`: one SELECT whatever the
+number of subjects, their pseudonyms passed as a single array or JSON parameter) and records
+the uses it made in one short transaction (:meth:`ConsentStore.record_uses`), which re-counts
+frequency-limited grants under a lock, so that concurrent requests cannot overrun a limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from datetime import UTC, date, datetime
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from policies.consent.model import Grant, Kind, Status, StatusEvent, Terms
+from policies.consent.signing import ConsentSigner
+
+__all__ = ["ConsentStateError", "ConsentStore", "metadata"]
+
+DAY_US = 86_400_000_000
+
+metadata = sa.MetaData()
+grant_table = sa.Table(
+    "consent_grant", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("subject_kind", sa.String(20)),
+    sa.Column("subject_hash", sa.String(64)),  # NULL: a legal basis for every subject
+    sa.Column("subject_hint", sa.String(40)),
+    sa.Column("requester", sa.String(64), nullable=False),
+    sa.Column("providers", sa.Text, nullable=False),  # JSON list
+    sa.Column("purpose", sa.String(64), nullable=False),
+    sa.Column("fields", sa.Text, nullable=False),  # JSON list of dataset.field
+    sa.Column("valid_from", sa.String(32), nullable=False),
+    sa.Column("valid_until", sa.String(32), nullable=False),
+    sa.Column("data_from", sa.String(10)),
+    sa.Column("data_to", sa.String(10)),
+    sa.Column("max_uses", sa.Integer),
+    sa.Column("per_days", sa.Integer),
+    sa.Column("explicit_request", sa.Boolean),
+    sa.Column("method", sa.String(16)),
+    sa.Column("basis_type", sa.String(32)),
+    sa.Column("reference", sa.Text),
+    sa.Column("covert", sa.Boolean, nullable=False),
+    sa.Column("disclose_after", sa.String(10)),
+    sa.Column("recorded_by", sa.String(200), nullable=False),
+    sa.Column("recorded_via", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("signature", sa.String(128), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("status_seq", sa.Integer, nullable=False),
+    sa.Column("status_at", sa.String(32), nullable=False),
+    sa.Column("state_signature", sa.String(128), nullable=False),
+    sa.Column("use_count", sa.Integer, nullable=False, default=0),
+    sa.Column("last_used_at", sa.String(32)),
+    sa.Index("ix_consent_grant_lookup", "requester", "purpose", "subject_hash"),
+    sa.Index("ix_consent_grant_subject", "subject_hash"),
+)
+event_table = sa.Table(
+    "consent_event", metadata,
+    sa.Column("grant_id", sa.String(40), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("at", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("by", sa.String(200), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("signature", sa.String(128), nullable=False),
+)
+use_table = sa.Table(
+    "consent_use", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("grant_id", sa.String(40), nullable=False),
+    sa.Column("at", sa.BigInteger, nullable=False),  # microseconds since the epoch: window arithmetic in SQL
+    sa.Column("request_id", sa.String(64), nullable=False),
+    sa.Index("ix_consent_use_grant_at", "grant_id", "at"),
+)
+
+# Allowed status changes: action -> (from statuses, to status).
+TRANSITIONS = {
+    "pause": ({Status.ACTIVE}, Status.PAUSED),
+    "resume": ({Status.PAUSED}, Status.ACTIVE),
+    "revoke": ({Status.ACTIVE, Status.PAUSED}, Status.REVOKED),
+}
+
+
+class ConsentStateError(ValueError):
+    """A status change that cannot be made (unknown grant, revoked already, not paused ...)."""
+
+
+def _stamp(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _time(s: str | None) -> datetime | None:
+    return None if s is None else datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def _day(s: str | None) -> date | None:
+    return None if s is None else date.fromisoformat(s)
+
+
+def _us(t: datetime) -> int:
+    return int(t.timestamp() * 1_000_000)
+
+
+class ConsentStore:
+    def __init__(self, url: str, signer: ConsentSigner, *, engine: AsyncEngine | None = None) -> None:
+        self.url = url
+        self.signer = signer
+        self.backend = sa.engine.make_url(url).get_backend_name()
+        if engine is None:
+            from gateway.sqlite_files import prepare_sqlite_file  # owner-only file, as every store
+
+            prepare_sqlite_file(url)
+            engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=self.backend == "postgresql")
+        self.engine = engine
+        if self.backend == "sqlite":
+            self._sqlite_events()
+        self._lookup = self._lookup_statement()
+
+    def _sqlite_events(self) -> None:
+        @event.listens_for(self.engine.sync_engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # transactions are begun below, not by the driver
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA busy_timeout = 30000")
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = FULL")
+            cur.close()
+
+        @event.listens_for(self.engine.sync_engine, "begin")
+        def _begin(conn: Any) -> None:
+            # Writers take the database lock at once, so a re-count under it is exact.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("consent_write") else "BEGIN")
+
+    async def init(self) -> None:
+        """Create the tables if missing (several workers may race: the loser retries)."""
+        for attempt in (1, 2, 3):
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.run_sync(metadata.create_all, checkfirst=True)
+                return
+            except (IntegrityError, DBAPIError):
+                if attempt == 3:
+                    raise
+                await asyncio.sleep(0.2 * attempt)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            if self.backend == "sqlite":
+                await conn.execution_options(consent_write=True)
+            async with conn.begin():
+                yield conn
+
+    # --- recording and changing -------------------------------------------------------------------
+
+    async def add(self, terms: Terms, *, by: str, reason: str = "recorded",
+                  then: Callable[[Grant], Awaitable[None]] | None = None) -> Grant:
+        """Sign and store new terms (status ACTIVE). ``then`` runs inside the transaction (the
+        audit event): if it fails, nothing is stored."""
+        at = terms.created_at
+        grant = Grant(terms=terms, key_id=self.signer.key_id, signature=self.signer.sign_terms(terms),
+                      status=Status.ACTIVE, status_seq=1, status_at=at,
+                      state_signature=self.signer.sign_state(terms.id, Status.ACTIVE, 1, at),
+                      history=[StatusEvent(1, at, Status.ACTIVE, by, reason)])
+        async with self._write() as conn:
+            await conn.execute(grant_table.insert().values(**self._row(grant)))
+            await conn.execute(event_table.insert().values(grant_id=terms.id, seq=1, at=_stamp(at),
+                                                           status=Status.ACTIVE.value, by=by, reason=reason,
+                                                           signature=grant.state_signature))
+            if then is not None:
+                await then(grant)
+        return grant
+
+    async def change(self, grant_id: str, action: str, *, by: str, reason: str, now: datetime,
+                     then: Callable[[Grant, Grant], Awaitable[None]] | None = None) -> tuple[Grant, Grant]:
+        """Pause, resume or revoke; returns (before, after). ``then(before, after)`` runs inside the
+        transaction: if it fails (the audit log cannot record the change), the change is undone."""
+        allowed, to = TRANSITIONS[action]
+        if not reason.strip():
+            raise ConsentStateError(f"give a reason to {action} {grant_id}")
+        async with self._write() as conn:
+            before = await self._get(conn, grant_id, history=True)
+            if before is None:
+                raise ConsentStateError(f"no consent or legal basis with id {grant_id!r}")
+            current = before.effective_status(now)
+            if before.status is Status.REVOKED:
+                raise ConsentStateError(f"{grant_id} was revoked on {before.status_at.date()}: revocation is final; "
+                                        "record a new consent instead")
+            if current is Status.EXPIRED and action != "revoke":
+                raise ConsentStateError(f"{grant_id} expired on {before.terms.valid_until.date()}: it cannot be "
+                                        f"{'paused' if action == 'pause' else 'resumed'}; record a new consent")
+            if before.status not in allowed:
+                raise ConsentStateError(f"{grant_id} is {before.status.value}: only "
+                                        f"{' or '.join(sorted(s.value for s in allowed))} can be {action}d")
+            seq = before.status_seq + 1
+            sig = self.signer.sign_state(grant_id, to, seq, now)
+            await conn.execute(grant_table.update().where(grant_table.c.id == grant_id).values(
+                status=to.value, status_seq=seq, status_at=_stamp(now), state_signature=sig))
+            await conn.execute(event_table.insert().values(grant_id=grant_id, seq=seq, at=_stamp(now),
+                                                           status=to.value, by=by, reason=reason.strip(),
+                                                           signature=sig))
+            after = Grant(terms=before.terms, key_id=before.key_id, signature=before.signature, status=to,
+                          status_seq=seq, status_at=now, state_signature=sig, use_count=before.use_count,
+                          last_used_at=before.last_used_at,
+                          history=[*before.history, StatusEvent(seq, now, to, by, reason.strip())])
+            if then is not None:
+                await then(before, after)
+        return before, after
+
+    # --- reading ----------------------------------------------------------------------------------
+
+    async def get(self, grant_id: str) -> Grant | None:
+        async with self.engine.connect() as conn:
+            return await self._get(conn, grant_id, history=True)
+
+    async def _get(self, conn: AsyncConnection, grant_id: str, *, history: bool) -> Grant | None:
+        row = (await conn.execute(sa.select(grant_table).where(grant_table.c.id == grant_id))).mappings().first()
+        if row is None:
+            return None
+        grant = self._grant(row)
+        if history:
+            e = event_table.c
+            rows = (await conn.execute(sa.select(event_table).where(e.grant_id == grant_id).order_by(e.seq))).all()
+            grant.history = [StatusEvent(r.seq, _time(r.at) or datetime.min, Status(r.status), r.by, r.reason)
+                             for r in rows]
+        return grant
+
+    async def search(self, *, subject_hash: str | None = None, requester: str | None = None,
+                   purpose: str | None = None, kind: Kind | None = None, limit: int = 50,
+                   after: str | None = None) -> list[Grant]:
+        """Grants matching every filter given, newest first; ``after`` is the last id of the previous page."""
+        g = grant_table.c
+        q = sa.select(grant_table).order_by(g.created_at.desc(), g.id.desc()).limit(limit)
+        if subject_hash is not None:
+            q = q.where(g.subject_hash == subject_hash)
+        if requester is not None:
+            q = q.where(g.requester == requester)
+        if purpose is not None:
+            q = q.where(g.purpose == purpose)
+        if kind is not None:
+            q = q.where(g.kind == kind.value)
+        async with self.engine.connect() as conn:
+            if after is not None:
+                anchor = (await conn.execute(sa.select(g.created_at).where(g.id == after))).scalar()
+                if anchor is None:
+                    raise ConsentStateError("after must be the id of the last grant of the previous page")
+                q = q.where(sa.or_(g.created_at < anchor, sa.and_(g.created_at == anchor, g.id < after)))
+            return [self._grant(r) for r in (await conn.execute(q)).mappings()]
+
+    def _lookup_statement(self) -> sa.Select[Any]:
+        g, u = grant_table.c, use_table.c
+        in_window = (sa.select(sa.func.count()).select_from(use_table)
+                     .where(u.grant_id == g.id, g.per_days.is_not(None),
+                            u.at >= sa.bindparam("now_us") - g.per_days * DAY_US)
+                     .scalar_subquery().label("uses_in_window"))
+        if self.backend == "postgresql":
+            subjects = g.subject_hash == sa.any_(sa.bindparam("hashes", type_=postgresql.ARRAY(sa.String)))
+        else:  # SQLite: the pseudonyms travel as one JSON parameter, whatever their number
+            subjects = g.subject_hash.in_(sa.select(sa.column("value")).select_from(
+                sa.func.json_each(sa.bindparam("hashes"))))
+        return (sa.select(grant_table, in_window)
+                .where(g.requester == sa.bindparam("requester"), g.purpose == sa.bindparam("purpose"),
+                       sa.or_(subjects, g.subject_hash.is_(None))))
+
+    async def candidates(self, requester: str, purpose: str, subject_hashes: Collection[str],
+                         now: datetime) -> list[tuple[Grant, int]]:
+        """Every grant of ``requester`` for ``purpose`` naming one of the subjects (or every subject),
+        with its uses in its frequency window: one query, whatever the number of subjects."""
+        hashes: Any = sorted(subject_hashes)
+        if self.backend != "postgresql":
+            hashes = orjson.dumps(hashes).decode()
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(self._lookup, {"requester": requester, "purpose": purpose,
+                                                      "hashes": hashes, "now_us": _us(now)})).mappings().all()
+        return [(self._grant(r), int(r["uses_in_window"] or 0)) for r in rows]
+
+    async def record_uses(self, grants: Collection[Grant], request_id: str, now: datetime) -> set[str]:
+        """Count one use of each grant by this request. Frequency-limited grants are re-counted under
+        a lock first; the ids of those found at their limit (by a concurrent request) are returned
+        and not counted: the caller withholds what it meant to release under them."""
+        if not grants:
+            return set()
+        limited = sorted((g for g in grants if g.terms.max_uses is not None), key=lambda g: g.id)
+        refused: set[str] = set()
+        now_us = _us(now)
+        async with self._write() as conn:
+            if limited:
+                if self.backend == "postgresql":
+                    for g in limited:  # in id order: two requests never wait on each other in a cycle
+                        await conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": g.id})
+                u = use_table.c
+                counts = dict((await conn.execute(
+                    sa.select(u.grant_id, sa.func.count()).where(
+                        u.grant_id.in_([g.id for g in limited]),
+                        u.at >= sa.case(*[(u.grant_id == g.id, now_us - (g.terms.per_days or 0) * DAY_US)
+                                          for g in limited]))
+                    .group_by(u.grant_id))).all())
+                refused = {g.id for g in limited if counts.get(g.id, 0) >= (g.terms.max_uses or 0)}
+            used = [g.id for g in grants if g.id not in refused]
+            if used:
+                await conn.execute(use_table.insert(), [{"grant_id": i, "at": now_us, "request_id": request_id}
+                                                        for i in used])
+                await conn.execute(grant_table.update().where(grant_table.c.id.in_(used)).values(
+                    use_count=grant_table.c.use_count + 1, last_used_at=_stamp(now)))
+        return refused
+
+    async def uses(self, grant_id: str, limit: int = 100) -> list[tuple[datetime, str]]:
+        """The latest uses of a grant: (time, request id), newest first."""
+        u = use_table.c
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(u.at, u.request_id).where(u.grant_id == grant_id)
+                                       .order_by(u.at.desc()).limit(limit))).all()
+        return [(datetime.fromtimestamp(r.at / 1_000_000, UTC), r.request_id) for r in rows]
+
+    # --- rows <-> grants ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _row(grant: Grant) -> dict[str, Any]:
+        t = grant.terms
+        return {
+            "id": t.id, "kind": t.kind.value, "subject_kind": t.subject_kind, "subject_hash": t.subject_hash,
+            "subject_hint": t.subject_hint, "requester": t.requester,
+            "providers": orjson.dumps(list(t.providers)).decode(),
+            "purpose": t.purpose, "fields": orjson.dumps(list(t.fields)).decode(),
+            "valid_from": _stamp(t.valid_from), "valid_until": _stamp(t.valid_until),
+            "data_from": t.data_from.isoformat() if t.data_from else None,
+            "data_to": t.data_to.isoformat() if t.data_to else None,
+            "max_uses": t.max_uses, "per_days": t.per_days, "explicit_request": t.explicit_request,
+            "method": t.method, "basis_type": t.basis_type, "reference": t.reference, "covert": t.covert,
+            "disclose_after": t.disclose_after.isoformat() if t.disclose_after else None,
+            "recorded_by": t.recorded_by, "recorded_via": t.recorded_via, "created_at": _stamp(t.created_at),
+            "key_id": grant.key_id, "signature": grant.signature, "status": grant.status.value,
+            "status_seq": grant.status_seq, "status_at": _stamp(grant.status_at),
+            "state_signature": grant.state_signature, "use_count": grant.use_count,
+            "last_used_at": _stamp(grant.last_used_at) if grant.last_used_at else None,
+        }
+
+    @staticmethod
+    def _grant(r: Any) -> Grant:
+        terms = Terms(
+            id=r["id"], kind=Kind(r["kind"]), subject_kind=r["subject_kind"], subject_hash=r["subject_hash"],
+            subject_hint=r["subject_hint"], requester=r["requester"], providers=tuple(orjson.loads(r["providers"])),
+            purpose=r["purpose"], fields=tuple(orjson.loads(r["fields"])),
+            valid_from=_time(r["valid_from"]) or datetime.min, valid_until=_time(r["valid_until"]) or datetime.min,
+            data_from=_day(r["data_from"]), data_to=_day(r["data_to"]), max_uses=r["max_uses"],
+            per_days=r["per_days"], explicit_request=r["explicit_request"], method=r["method"],
+            basis_type=r["basis_type"], reference=r["reference"], covert=bool(r["covert"]),
+            disclose_after=_day(r["disclose_after"]), recorded_by=r["recorded_by"],
+            recorded_via=r["recorded_via"], created_at=_time(r["created_at"]) or datetime.min,
+        )
+        return Grant(terms=terms, key_id=r["key_id"], signature=r["signature"], status=Status(r["status"]),
+                     status_seq=r["status_seq"], status_at=_time(r["status_at"]) or datetime.min,
+                     state_signature=r["state_signature"], use_count=r["use_count"],
+                     last_used_at=_time(r["last_used_at"]))
