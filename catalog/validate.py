@@ -144,7 +144,7 @@ def _check_dataset(cat: Catalog, ds: Dataset, at: str, problems: Problems) -> No
 
 def _check_consent_terms(ds: Dataset, at: str, problems: Problems) -> None:
     """Conditional fields are released per data subject (and per record date, for data ranges):
-    the dataset must say whose each record is, and those columns must themselves be shareable."""
+    the dataset must say whose each record is, and by which date."""
     by_name = {f.name: f for f in ds.fields}
     if ds.subject is not None:
         spec = by_name.get(ds.subject)
@@ -166,10 +166,6 @@ def _check_consent_terms(ds: Dataset, at: str, problems: Problems) -> None:
         problems.add(at, f"conditional field(s) {', '.join(conditional)} need a data subject to ask consent of: "
                          + (f"set subject to one of its key fields ({', '.join(keys)})" if keys
                             else "give the field naming the person or organisation key: id_number or credit_code"))
-    for role, column in (("subject", ds.subject_field.name if ds.subject_field else None),
-                         ("dated_by", ds.dated_by), ("primary key", ds.primary_key)):
-        if column in conditional:
-            problems.add(at, f"{role} {column!r} cannot be conditional: consent is looked up by it")
 
 
 def _check_purpose(cat: Catalog, pur: Purpose, at: str, problems: Problems) -> None:

@@ -120,13 +120,19 @@ async def served(settings: Settings, purpose: str = "citizen-self-service"
 
 
 def write_config(folder: Path, sources: dict[str, str] | None = None, *, policy: Path = DEMO_POLICY,
-                 **gateway: Any) -> Path:
+                 stores: Path | None = None, **gateway: Any) -> Path:
+    """A configuration over the built city. ``stores``: a folder for this configuration's own audit log,
+    signing key and consent store (by default they are shared, under the city's run/)."""
     lines = ["[gateway]", f'catalog = "{DEMO_CATALOG}"', "demo = true"]
     lines += [f"{k} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{k} = {str(v).lower()}"
               for k, v in gateway.items()]
     for code, url in (sources or {}).items():
         lines += [f"[sources.{code}]", f'url = "{url}"']
     lines += ["[policies]", f'file = "{policy}"', 'mask_key = "hutong-demo-mask-key-NOT-A-SECRET"']
+    if stores is not None:
+        lines += ["[audit]", f'url = "sqlite+aiosqlite:///{stores}/audit.sqlite"',
+                  f'signing_key = "{stores}/audit-signing-key.pem"',
+                  "[consent]", f'url = "sqlite+aiosqlite:///{stores}/consent.sqlite"']
     path = folder / f"hutong-{uuid.uuid4().hex[:8]}.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -134,9 +140,9 @@ def write_config(folder: Path, sources: dict[str, str] | None = None, *, policy:
 
 @pytest.fixture
 def make_settings(city_dir: Path, housing_url: str) -> Any:
-    def make(sources: dict[str, str] | None = None, **gateway: Any) -> Settings:
+    def make(sources: dict[str, str] | None = None, *, stores: Path | None = None, **gateway: Any) -> Settings:
         urls = {"housing_api": housing_url, **(sources or {})}
-        return load_settings(write_config(city_dir, urls, **gateway), environ={})
+        return load_settings(write_config(city_dir, urls, stores=stores, **gateway), environ={})
 
     return make
 
@@ -148,6 +154,29 @@ async def gateway(make_settings: Any) -> AsyncIterator[Gateway]:
     await gw.start()
     yield gw
     await gw.close()
+
+
+@pytest.fixture
+async def own_gateway(make_settings: Any, tmp_path: Path) -> AsyncIterator[Gateway]:
+    """A gateway with its own audit key and consent store, for tests that record consents."""
+    settings = make_settings(debug=False, stores=tmp_path / "stores")
+    gw = Gateway(load_catalog(*settings.catalog), settings)
+    await gw.start()
+    yield gw
+    await gw.close()
+
+
+def consent_admin(gw: Gateway, events: list[dict[str, Any]] | None = None) -> Any:
+    """The gateway's consent service, its audit events collected in ``events`` (the audit log itself
+    is exercised over HTTP in tests/test_consent_http.py)."""
+    from gateway.consent_admin import ConsentAdmin
+
+    async def record(body: dict[str, Any]) -> None:
+        if events is not None:
+            events.append(body)
+
+    assert gw.consents is not None
+    return ConsentAdmin(gw.catalog, gw.consents, gw.subjects, record)
 
 
 SQL_SOURCES = ("psb_registry", "hrss_db", "mr_register", "health_db", "civil_db")
