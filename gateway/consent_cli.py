@@ -157,7 +157,8 @@ def consent_grant(
     explicit: Annotated[bool, typer.Option("--explicit/--not-explicit",
                                            help="The subject asked for the sharing themselves.")] = False,
     start: Annotated[str | None, typer.Option("--from", help="Start (default: now).")] = None,
-    data_from: Annotated[str | None, typer.Option("--data-from", help="Covers records dated from (YYYY-MM-DD).")] = None,
+    data_from: Annotated[str | None, typer.Option("--data-from", help="Covers records dated from (YYYY-MM-DD).")
+                         ] = None,
     data_to: Annotated[str | None, typer.Option("--data-to", help="... to (YYYY-MM-DD).")] = None,
     max_uses: Annotated[int | None, typer.Option("--max-uses", help="At most this many requests ...")] = None,
     per_days: Annotated[int | None, typer.Option("--per-days", help="... in any window of this many days.")] = None,

@@ -42,7 +42,8 @@ def errors_by_path(body: dict[str, Any]) -> dict[tuple[Any, ...], str]:
     return {tuple(e["path"]): e["extensions"]["code"] for e in body.get("errors", [])}
 
 
-async def test_street_office_sees_its_district_only_and_pension_amounts_masked(own_gateway: Gateway, city: City) -> None:
+async def test_street_office_sees_its_district_only_and_pension_amounts_masked(own_gateway: Gateway,
+                                                                               city: City) -> None:
     # Pension amounts are conditional: a statutory duty stands in for consent here, for every subject.
     await consent_admin(own_gateway).grant(GrantRequest(
         kind=Kind.LEGAL_BASIS, subject=None, requester="civil", purpose="subsistence-allowance-review",
