@@ -29,12 +29,16 @@ class DemoClient:
 
 
 DEMO_CLIENTS = (
-    DemoClient("street-office-app", "street-office-demo-secret", "civil", ("street-office",),
-               "a street office (街道办) checking subsistence-allowance claims"),
+    DemoClient("street-office-app", "street-office-demo-secret", "civil", ("street-office", "consent-recorder"),
+               "a street office (街道办) checking subsistence-allowance claims; its counter records consents"),
     DemoClient("health-app", "health-demo-secret", "health", ("clinician",), "a hospital's clinical system"),
     DemoClient("market-app", "market-demo-secret", "mr", ("market-inspector",), "Market Regulation inspectors"),
-    DemoClient("citizen-portal", "citizen-portal-demo-secret", "civil", ("citizen-portal",),
-               "the citizens' self-service portal"),
+    DemoClient("citizen-portal", "citizen-portal-demo-secret", "civil", ("citizen-portal", "consent-recorder"),
+               "the citizens' self-service portal, where citizens grant and revoke consent"),
+    DemoClient("investigation-app", "investigation-demo-secret", "civil", ("investigator",),
+               "Civil Affairs' benefit-fraud investigators"),
+    DemoClient("legal-office", "legal-office-demo-secret", "civil", ("legal-basis-recorder",),
+               "the legal affairs office that records court orders and statutory duties"),
     DemoClient("auditor", "auditor-demo-secret", "audit", ("auditor",), "the audit office"),
     DemoClient("policy-admin", "policy-admin-demo-secret", "admin", ("policy-admin",),
                "the data-sharing office that manages policies"),

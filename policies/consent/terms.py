@@ -177,7 +177,7 @@ def build_terms(req: GrantRequest, catalog: Catalog, hasher: Callable[[str], str
         if undated:
             problems.append(f"a data range cannot apply to {', '.join(undated)}: their records carry no date "
                             "(dated_by in the catalogue); record a separate consent without a range for them")
-    if consent and purpose is not None and purpose.consent.max_data_range_days is not None and covered:
+    if consent and purpose is not None and purpose.consent.max_data_range_days is not None and dated:
         widest = purpose.consent.max_data_range_days
         if req.data_from is None or req.data_to is None:
             problems.append(f"over-broad: purpose {purpose.code} allows a data range of at most {widest} days; "
