@@ -274,7 +274,8 @@ class ConsentStore:
         g, u = grant_table.c, use_table.c
         in_window = (sa.select(sa.func.count()).select_from(use_table)
                      .where(u.grant_id == g.id, g.per_days.is_not(None),
-                            u.at >= sa.bindparam("now_us") - g.per_days * DAY_US)
+                            u.at >= sa.bindparam("now_us", type_=sa.BigInteger)
+                            - sa.cast(g.per_days, sa.BigInteger) * sa.literal(DAY_US, sa.BigInteger))
                      .scalar_subquery().label("uses_in_window"))
         if self.backend == "postgresql":
             subjects = g.subject_hash == sa.any_(sa.bindparam("hashes", type_=postgresql.ARRAY(sa.String)))
