@@ -37,7 +37,8 @@ _MEMBERS = keyed("SELECT household_id, id_number, name, relation, birth_date FRO
                  "WHERE household_id IN :keys ORDER BY id_number")
 _CURRENT_JOBS = keyed("SELECT id_number, employer_name, position, start_date FROM employment "
                       "WHERE end_date IS NULL AND id_number IN :keys ORDER BY id")
-_PENSIONS = keyed("SELECT id_number, status, contribution_years FROM pension WHERE id_number IN :keys ORDER BY id")
+_PENSIONS = keyed("SELECT id_number, status, contribution_years, monthly_amount FROM pension WHERE id_number IN :keys "
+                  "ORDER BY id")
 _BUSINESSES = keyed("SELECT legal_rep_id_number, name, status FROM business WHERE legal_rep_id_number IN :keys "
                     "ORDER BY credit_code")
 
@@ -86,7 +87,7 @@ async def showcase(b: Baseline, applicant: str) -> Obj:
         b.rows("mr", _BUSINESSES, {"keys": ids}),
     )
     by_job = _group(jobs, lambda r: {"employerName": r[1], "position": r[2], "startDate": r[3]})
-    by_pension = _group(pensions, lambda r: {"status": r[1], "contributionYears": r[2]})
+    by_pension = _group(pensions, lambda r: {"status": r[1], "contributionYears": r[2], "monthlyAmount": r[3]})
     by_firm = _group(firms, lambda r: {"name": r[1], "status": r[2]})
     by_owner: dict[str, list[Obj]] = {}
     for p in props:

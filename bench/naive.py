@@ -37,7 +37,7 @@ _JOBS = keyed("SELECT employer_name, position, start_date, end_date, monthly_wag
               "WHERE id_number IN :keys ORDER BY id")
 _CURRENT_JOBS = keyed("SELECT employer_name, position, start_date, end_date, monthly_wage FROM employment "
                       "WHERE id_number IN :keys AND end_date IS NULL ORDER BY id")
-_PENSIONS = keyed("SELECT status, contribution_years FROM pension WHERE id_number IN :keys ORDER BY id")
+_PENSIONS = keyed("SELECT status, contribution_years, monthly_amount FROM pension WHERE id_number IN :keys ORDER BY id")
 _BUSINESSES = keyed("SELECT name, status FROM business WHERE legal_rep_id_number IN :keys ORDER BY credit_code")
 _PROPERTY_FIELDS = "property_id,district,area_sqm,usage"
 
@@ -66,6 +66,7 @@ class Employment(graphene.ObjectType):
 class Pension(graphene.ObjectType):
     status = graphene.String()
     contribution_years = graphene.Int()
+    monthly_amount = graphene.Float()
 
 
 class Property(graphene.ObjectType):

@@ -56,7 +56,7 @@ SHOWCASE_QUERY = """query SubsistenceCheck($applicant: String!) {
         name relation birthDate
         person {
           employments(filter: {endDate: {isNull: true}}) { employerName position startDate }
-          pensions { status contributionYears }
+          pensions { status contributionYears monthlyAmount }
           properties { propertyId district areaSqm usage }
           businesses { name status }
         }
@@ -277,6 +277,13 @@ def demo_build(residents: Annotated[int, typer.Option(help="Number of residents.
     counts = ", ".join(f"{t}={len(rows)}" for tables in city.tables.values() for t, rows in tables.items())
     out.print(f"demo city built in {out_dir} ({time.perf_counter() - started:.1f} s): {counts}, "
               f"property={len(city.housing)}")
+    if out_dir.resolve() == DEMO_DATA.resolve():  # the demo's own consent store goes with the demo's sources
+        from demo.consents import seed_consents
+
+        settings = _settings(None)
+        done = asyncio.run(seed_consents(settings, _catalog(settings), city))
+        out.print(f"demo consents: {done.get('granted', 0)} recorded" if "granted" in done
+                  else f"demo consents: {done['kept']} (kept)")
 
 
 @demo_app.command("serve")

@@ -35,7 +35,8 @@ def showcase_answer(city: City, applicant: str) -> dict[str, Any]:
                 if e["id_number"] == idn and e["end_date"] is None
             ],
             "pensions": [
-                {"status": p["status"], "contributionYears": p["contribution_years"]}
+                {"status": p["status"], "contributionYears": p["contribution_years"],
+                 "monthlyAmount": p["monthly_amount"]}
                 for p in sorted(rows(city, "hrss", "pension"), key=lambda p: p["id"]) if p["id_number"] == idn
             ],
             "properties": [

@@ -37,7 +37,7 @@ def test_showcase_plan(gw: Gateway) -> None:
         (0, "psb.resident", ("id_number", "name", "district", "household_id"), "id_number"),
         (1, "psb.resident", ("household_id", "id_number", "name", "relation", "birth_date"), "household_id"),
         (2, "hrss.employment", ("id_number", "id", "employer_name", "position", "start_date"), "id_number"),
-        (2, "hrss.pension", ("id_number", "id", "status", "contribution_years"), "id_number"),
+        (2, "hrss.pension", ("id_number", "id", "status", "contribution_years", "monthly_amount"), "id_number"),
         (2, "housing.property", ("owner_id_number", "property_id", "district", "area_sqm", "usage"),
          "owner_id_number"),
         (2, "mr.business", ("legal_rep_id_number", "credit_code", "name", "status"), "legal_rep_id_number"),

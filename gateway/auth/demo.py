@@ -29,7 +29,7 @@ class DemoClient:
 
 
 DEMO_CLIENTS = (
-    DemoClient("street-office-app", "street-office-demo-secret", "civil", ("street-office", "consent-recorder"),
+    DemoClient("street-office-app", "street-office-demo-secret", "civil", ("consent-recorder", "street-office"),
                "a street office (街道办) checking subsistence-allowance claims; its counter records consents"),
     DemoClient("health-app", "health-demo-secret", "health", ("clinician",), "a hospital's clinical system"),
     DemoClient("market-app", "market-demo-secret", "mr", ("market-inspector",), "Market Regulation inspectors"),

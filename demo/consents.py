@@ -1,0 +1,85 @@
+"""Seed the demo's consent store: some residents have consented, one has changed their mind.
+
+For the street office's subsistence-allowance review, pension amounts (conditional) flow only
+with the person's consent. The showcase household shows both outcomes: the retired father
+signed a paper consent at the counter, so his pension is returned; the spouse consented in the
+app and later revoked it, so hers is withheld with CONSENT_REVOKED. About a third of the other
+pension holders have consented too. Every grant is signed and recorded in the audit log like
+any other, by the demo's own counter clerk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+
+from catalog.model import Catalog
+from demo.build import City
+from gateway.audit.admin import admin_event
+from gateway.audit.entry import SubjectHasher
+from gateway.audit.settings import AuditSettings
+from gateway.audit.writer import AuditWriter
+from gateway.config import Settings
+from gateway.consent_admin import ConsentAdmin, open_store
+from policies.consent.model import Kind
+from policies.consent.terms import GrantRequest
+from policies.settings import PolicySettings
+
+__all__ = ["seed_consents"]
+
+PURPOSE = "subsistence-allowance-review"
+FIELDS = ["hrss.pension.monthly_amount"]
+SHARE = 3  # one pension holder in SHARE has consented
+
+
+def _consent(subject: str, method: str, now: datetime) -> GrantRequest:
+    return GrantRequest(kind=Kind.CONSENT, subject=subject, requester="civil", purpose=PURPOSE, fields=FIELDS,
+                        valid_from=now, valid_until=now + timedelta(days=365), max_uses=20, per_days=30,
+                        explicit_request=True, method=method, recorded_by="demo-counter-clerk",
+                        recorded_via="demo-seed")
+
+
+async def seed_consents(settings: Settings, catalog: Catalog, city: City) -> dict[str, int | str]:
+    """Record the demo consents unless the store already holds some (a rebuilt city keeps what
+    people granted and revoked since). Returns what was done."""
+    store = open_store(settings)
+    await store.init()
+    writer = AuditWriter.from_settings(AuditSettings.from_settings(settings))
+    await writer.start()
+    try:
+        if await store.search(limit=1):
+            return {"kept": "the consent store already holds consents"}
+
+        async def record(body: dict[str, object]) -> None:
+            await writer.append("admin", body)
+
+        admin = ConsentAdmin(catalog, store, SubjectHasher(PolicySettings.from_settings(settings).mask_key), record)
+        now = datetime.now(UTC)
+        residents = city.tables["psb"]["resident"]
+        applicant = city.showcase["applicant_id_number"]
+        household = next(r["household_id"] for r in residents if r["id_number"] == applicant)
+        members = {r["relation"]: r["id_number"] for r in residents if r["household_id"] == household}
+        pensioned = {p["id_number"] for p in city.tables["hrss"]["pension"]}
+
+        granted = 0
+        if members.get("parent") in pensioned:
+            await admin.grant(_consent(members["parent"], "paper", now))
+            granted += 1
+        if members.get("spouse") in pensioned:
+            grant = await admin.grant(_consent(members["spouse"], "app", now - timedelta(days=20)), now=now
+                                      - timedelta(days=20))
+            await admin.change(grant.id, "revoke", by="citizen (via the portal)", via="demo-seed",
+                               reason="I no longer agree to share my pension details", now=now - timedelta(days=3))
+            granted += 1
+        others = sorted(pensioned - set(members.values()))
+        for subject in others:
+            # A stable third of the others, whatever the order the city was generated in.
+            if int(hashlib.sha256(subject.encode()).hexdigest(), 16) % SHARE == 0:
+                await admin.grant(_consent(subject, "app", now))
+                granted += 1
+        await writer.append("admin", admin_event("demo.consents_seeded", str(store.url), by="demo-seed",
+                                                 after={"consents": granted}))
+        return {"granted": granted}
+    finally:
+        await writer.close()
+        await store.close()
