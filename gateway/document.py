@@ -38,6 +38,7 @@ class Prepared:
     operation: OperationDefinitionNode
     fragments: dict[str, FragmentDefinitionNode]
     variables: dict[str, Any]  # coerced
+    raw_variables: dict[str, Any]  # as sent: graphql-core's executor coerces them itself
 
 
 def _out(err: GraphQLError, code: Code) -> GraphQLErrorOut:
@@ -115,4 +116,4 @@ def prepare(cache: DocumentCache, text: Any, operation_name: Any, variables: Any
         errs = [_out(e, Code.BAD_USER_INPUT) for e in coerced]
         raise RequestError(Code.BAD_USER_INPUT, errs[0].message, 400, errors=errs)
     fragments = {d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)}
-    return Prepared(text, document, operation, fragments, coerced)
+    return Prepared(text, document, operation, fragments, coerced, dict(variables or {}))

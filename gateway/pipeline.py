@@ -212,7 +212,7 @@ class Gateway:
                                         "subjects": self.subjects, "consent_admin": self.consent_admin,
                                         "subject": ctx.subject if isinstance(ctx, RequestContext) else None,
                                         "acting_user": ctx.acting_user if isinstance(ctx, RequestContext) else None},
-                         variable_values=prep.variables,
+                         variable_values=prep.raw_variables,
                          operation_name=prep.operation.name.value if prep.operation.name else None)
         if isawaitable(result):  # the audit queries read the store asynchronously
             result = await result
