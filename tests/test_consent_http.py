@@ -35,8 +35,8 @@ PENSIONS = "query($ids: [String!]!) { persons(idNumbers: $ids) { pensions { mont
 
 def consent_input(subject: str, **kw: Any) -> dict[str, Any]:
     return {"idNumber": subject, "requester": "civil", "purpose": REVIEW, "fields": ["hrss.pension.monthly_amount"],
-            "validUntil": (datetime.now(UTC) + timedelta(days=90)).isoformat(), "maxUses": 10, "perDays": 30, "explicitRequest": True,
-            "method": "app", **kw}
+            "validUntil": (datetime.now(UTC) + timedelta(days=90)).isoformat(), "maxUses": 10, "perDays": 30,
+            "explicitRequest": True, "method": "app", **kw}
 
 
 class Gw:
@@ -168,8 +168,8 @@ async def test_the_data_tracker_shows_consented_accesses_and_hides_covert_ones(h
     assert lb is not None, r.text
     assert lb["covert"] is True and lb["discloseAfter"] == "2098-01-01"
     # The counter may not record legal bases, the legal office may not record consents.
-    denied = await http.post("mutation { withdrawLegalBasis(id: \"%s\", reason: \"x\") { id } }" % lb["id"], None,
-                             counter)
+    denied = await http.post('mutation($id: ID!) { withdrawLegalBasis(id: $id, reason: "x") { id } }',
+                             {"id": lb["id"]}, counter)
     assert denied.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
 
     seen = await http.post(PENSIONS, {"ids": [citizen]}, counter)
