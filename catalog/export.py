@@ -24,6 +24,7 @@ def to_json(cat: Catalog) -> dict[str, Any]:
              "source_kind": cat.sources[d.source].kind}
             for d in cat.datasets.values()
         ],
+        "purposes": [p.model_dump(mode="json", exclude_none=True) for p in cat.purposes.values()],
     }
 
 

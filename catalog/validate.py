@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 SCALAR_NAMES = ("String", "Int", "Float", "Boolean", "ID", "Date", "DateTime", "Decimal")
 RESERVED_TYPES = {"Query", "Mutation", "Subscription", "PageInfo", "ShareType", "Sensitivity", "CatalogRoot",
                   "CatalogContact", "CatalogDepartment", "CatalogDataset", "CatalogField", "CatalogEntity",
-                  "Claim", "AccessGrant", "AuditRecord", "AuditPage", "AuditFilter", "AuditFieldUse", "TrackedAccess",
+                  "Claim", "Access", "AccessGrant", "CatalogPurpose", "CatalogConsentBounds", "JSONString",
+                  "AuditRecord", "AuditPage", "AuditFilter", "AuditFieldUse", "TrackedAccess",
                   "TrackerPage",
                   "ConsentGrant", "ConsentEvent", "ConsentPage", "ConsentInput", "LegalBasisInput",
                   *SCALAR_NAMES, *(f"{s}Filter" for s in SCALAR_NAMES)}

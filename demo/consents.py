@@ -11,10 +11,12 @@ any other, by the demo's own counter clerk.
 from __future__ import annotations
 
 import hashlib
+import json
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from catalog.model import Catalog
-from demo.build import City
 from gateway.audit.admin import admin_event
 from gateway.audit.entry import SubjectHasher
 from gateway.audit.settings import AuditSettings
@@ -39,7 +41,18 @@ def _consent(subject: str, method: str, now: datetime) -> GrantRequest:
                         recorded_via="demo-seed")
 
 
-async def seed_consents(settings: Settings, catalog: Catalog, city: City) -> dict[str, int | str]:
+def _read(data_dir: Path) -> tuple[dict[str, str], list[str]]:
+    """The showcase household's members by relation, and every pension holder, from the built sources."""
+    showcase = json.loads((data_dir / "showcase.json").read_text(encoding="utf-8"))
+    with sqlite3.connect(f"file:{data_dir / 'psb.sqlite'}?mode=ro", uri=True) as psb:
+        members = dict(psb.execute("SELECT relation, id_number FROM resident WHERE household_id = ?",
+                                   (showcase["household_id"],)).fetchall())
+    with sqlite3.connect(f"file:{data_dir / 'hrss.sqlite'}?mode=ro", uri=True) as hrss:
+        pensioned = [r[0] for r in hrss.execute("SELECT DISTINCT id_number FROM pension ORDER BY id_number")]
+    return members, pensioned
+
+
+async def seed_consents(settings: Settings, catalog: Catalog, data_dir: Path) -> dict[str, int | str]:
     """Record the demo consents unless the store already holds some (a rebuilt city keeps what
     people granted and revoked since). Returns what was done."""
     store = open_store(settings)
@@ -55,11 +68,8 @@ async def seed_consents(settings: Settings, catalog: Catalog, city: City) -> dic
 
         admin = ConsentAdmin(catalog, store, SubjectHasher(PolicySettings.from_settings(settings).mask_key), record)
         now = datetime.now(UTC)
-        residents = city.tables["psb"]["resident"]
-        applicant = city.showcase["applicant_id_number"]
-        household = next(r["household_id"] for r in residents if r["id_number"] == applicant)
-        members = {r["relation"]: r["id_number"] for r in residents if r["household_id"] == household}
-        pensioned = {p["id_number"] for p in city.tables["hrss"]["pension"]}
+        members, holders = _read(data_dir)
+        pensioned = set(holders)
 
         granted = 0
         if members.get("parent") in pensioned:

@@ -108,7 +108,15 @@ class CatalogDataset(graphene.ObjectType):
     keywords = graphene.List(graphene.NonNull(graphene.String), required=True)
     graphql_type = graphene.String(required=True)
     graphql_list_field = graphene.String(required=True)
+    subject_field = graphene.String(description="The key field naming whose data a record is (consent is asked "
+                                                "of this subject).")
+    dated_by = graphene.String(description="The date field a consent's data range is checked against.")
     fields = graphene.List(graphene.NonNull(CatalogField), required=True)
+
+    @staticmethod
+    def resolve_subject_field(ds: Dataset, _: Any) -> str | None:
+        spec = ds.subject_field
+        return spec.name if spec else None
 
     @staticmethod
     def resolve_provider(ds: Dataset, info: Any) -> DepartmentEntry:
@@ -152,6 +160,27 @@ class CatalogEntity(graphene.ObjectType):
         return [f"{lk.dataset}.{lk.field}" for lk in _cat(info).links_of_entity(ent.code)]
 
 
+class CatalogConsentBounds(graphene.ObjectType):
+    """The broadest consent a purpose accepts."""
+
+    max_validity_days = graphene.Int(required=True)
+    max_uses = graphene.Int()
+    per_days = graphene.Int()
+    max_data_range_days = graphene.Int()
+
+
+class CatalogPurpose(graphene.ObjectType):
+    """A declared purpose of use (the X-Purpose header), its legal basis and reach."""
+
+    code = graphene.String(required=True)
+    description = graphene.String(required=True)
+    legal_basis = graphene.String(required=True)
+    datasets = graphene.List(graphene.NonNull(graphene.String), required=True)
+    none_fields = graphene.List(graphene.NonNull(graphene.String), required=True)
+    covert_days = graphene.Int(description="Accesses are hidden from the person's data tracker this long.")
+    consent = graphene.Field(CatalogConsentBounds, required=True)
+
+
 def _matches(ds: Dataset, text: str) -> bool:
     hay = " ".join([ds.code, ds.name, ds.name_zh or "", ds.description, *ds.keywords,
                     *(f"{f.name} {f.graphql_name} {f.description}" for f in ds.fields)]).lower()
@@ -170,6 +199,11 @@ class CatalogRoot(graphene.ObjectType):
                            dataset=graphene.String(), share_type=graphene.Argument(ShareTypeEnum),
                            key=graphene.String(description="Only fields carrying this key kind."))
     entities = graphene.List(graphene.NonNull(CatalogEntity), required=True)
+    purposes = graphene.List(graphene.NonNull(CatalogPurpose), required=True)
+
+    @staticmethod
+    def resolve_purposes(_: Any, info: Any) -> list[Any]:
+        return list(_cat(info).purposes.values())
 
     @staticmethod
     def resolve_departments(_: Any, info: Any) -> list[DepartmentEntry]:

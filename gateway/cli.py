@@ -278,12 +278,14 @@ def demo_build(residents: Annotated[int, typer.Option(help="Number of residents.
     out.print(f"demo city built in {out_dir} ({time.perf_counter() - started:.1f} s): {counts}, "
               f"property={len(city.housing)}")
     if out_dir.resolve() == DEMO_DATA.resolve():  # the demo's own consent store goes with the demo's sources
-        from demo.consents import seed_consents
+        _seed_consents(_settings(None))
 
-        settings = _settings(None)
-        done = asyncio.run(seed_consents(settings, _catalog(settings), city))
-        out.print(f"demo consents: {done.get('granted', 0)} recorded" if "granted" in done
-                  else f"demo consents: {done['kept']} (kept)")
+
+def _seed_consents(settings: Settings) -> None:
+    from demo.consents import seed_consents
+
+    done = asyncio.run(seed_consents(settings, _catalog(settings), DEMO_DATA))
+    out.print(f"demo consents: {done['granted']} recorded" if "granted" in done else f"demo consents: {done['kept']}")
 
 
 @demo_app.command("serve")
@@ -314,6 +316,7 @@ def demo_serve(port: Annotated[int | None, typer.Option(help="Gateway port (defa
                    "Set HOUSING_PORT=... (make) or --housing-port")
             raise typer.Exit(1) from None
         showcase = json.loads(showcase_file.read_text(encoding="utf-8"))
+        _seed_consents(settings)  # once: a store that holds consents is left as it is
         _startable(settings, _gateway(settings, _catalog(settings)))
         _banner(settings.host, gw_port, housing_port, showcase)
         os.environ["HUTONG_CONFIG"] = str(settings.path)

@@ -244,3 +244,21 @@ def test_a_type_may_not_take_another_datasets_page_name(tmp_path: Path) -> None:
     doc["datasets"].append(second)
     found = problems(tmp_path, doc)
     assert any("datasets[psb.extra]: GraphQL type 'ResidentPage' is already used" in p for p in found), found
+
+
+def test_every_fixed_schema_type_and_root_is_reserved() -> None:
+    """A dataset or entity named like one of the gateway's own types or roots would clash with it:
+    the validator's reserved names must cover everything the gateway adds to the schema."""
+    from catalog.validate import RESERVED_ROOTS, RESERVED_TYPES
+    from gateway.schema import build_schema
+
+    cat = load_catalog(REPO_ROOT / "demo" / "catalog")
+    built = build_schema(cat)
+    generated = set(built.index.types) | {f"{ds.graphql.type}Filter" for ds in cat.datasets.values()}
+    fixed = {name for name in built.graphql.type_map if not name.startswith("__")} - generated
+    assert fixed <= RESERVED_TYPES, sorted(fixed - RESERVED_TYPES)
+    query = built.graphql.query_type
+    assert query is not None
+    generated_roots = set(built.index.roots)
+    assert set(query.fields) - generated_roots <= RESERVED_ROOTS | {"verify"}, sorted(
+        set(query.fields) - generated_roots - RESERVED_ROOTS)
