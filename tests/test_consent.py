@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import event
 
 from demo.build import City
@@ -376,3 +378,58 @@ async def test_no_withheld_value_reaches_the_response_the_log_or_the_record(
         for form in (f": {wage}", f":{wage}", f" {wage},", f"{wage}}}"):
             assert form not in text and form not in record and form not in caplog.text, (job["id"], wage)
     assert checked > 100
+
+
+# --- the property: a conditional value goes to exactly those its subject allowed --------------------
+
+@pytest.fixture
+async def consented(own_gateway: Gateway, admin: ConsentAdmin, city: City) -> dict[str, set[str]]:
+    """Consents for a fixed, irregular part of the city: pension amounts for some, wages for others."""
+    people = sorted({p["id_number"] for p in rows(city, "hrss", "pension")})[:60]
+    pension = {p for i, p in enumerate(people) if i % 3 != 1}
+    for subject in sorted(pension):
+        await admin.grant(consent(subject))
+    jobs: dict[str, list[dict[str, Any]]] = {}
+    for e in rows(city, "hrss", "employment"):
+        jobs.setdefault(e["id_number"], []).append(e)
+    wage = set()
+    for subject in sorted(jobs)[:40:2]:
+        first = min(j["start_date"] for j in jobs[subject])
+        if max(j["start_date"] for j in jobs[subject]) <= first + timedelta(days=3650):
+            await admin.grant(wage_consent(subject, jobs[subject]))
+            wage.add(subject)
+    return {"pension": pension, "wage": wage, "people": set(people) | set(sorted(jobs)[:40])}
+
+
+# Fewer examples than a consent's 20 uses per 30 days: every example is one use of each grant it reads.
+@settings(max_examples=18, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+async def test_conditional_values_go_exactly_to_the_consented(own_gateway: Gateway, consented: dict[str, set[str]],
+                                                             city: City, data: Any) -> None:
+    people = sorted(consented["people"])
+    ids = data.draw(st.lists(st.sampled_from(people), min_size=1, max_size=25, unique=True))
+    parts = data.draw(st.lists(st.sampled_from(["pensions { monthlyAmount status }",
+                                                "employments { monthlyWage id }",
+                                                "p2: pensions { amount: monthlyAmount }"]),
+                               min_size=1, max_size=3, unique=True))
+    query = f"query($ids: [String!]!) {{ persons(idNumbers: $ids) {{ {' '.join(parts)} }} }}"
+    out = await own_gateway.run(query, None, {"ids": ids}, context=ctx())
+    assert out.status == 200, out.body
+    errs = codes(out.body)
+    pension = {p["id_number"]: p["monthly_amount"] for p in rows(city, "hrss", "pension")}
+    wages = {e["id"]: e["monthly_wage"] for e in rows(city, "hrss", "employment")}
+    for i, person in enumerate(out.body["data"]["persons"]):
+        who = ids[i]
+        for key, field in (("pensions", "monthlyAmount"), ("p2", "amount")):
+            for j, p in enumerate(person.get(key) or []):
+                if who in consented["pension"]:
+                    assert p[field] == round_1000(pension[who])
+                else:
+                    assert p[field] is None and errs[("persons", i, key, j, field)] == "CONSENT_REQUIRED"
+        for j, e in enumerate(person.get("employments") or []):
+            if who in consented["wage"]:
+                assert e["monthlyWage"] == wages[e["id"]]
+            else:
+                assert e["monthlyWage"] is None and errs[("persons", i, "employments", j, "monthlyWage")] == \
+                    "CONSENT_REQUIRED"
