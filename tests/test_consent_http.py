@@ -184,6 +184,17 @@ async def test_the_data_tracker_shows_consented_accesses_and_hides_covert_ones(h
             "legalBases": [http.gw.catalog.purposes[REVIEW].legal_basis]} in mine
     theirs = (await http.post(tracker, {"id": suspect}, portal)).json()["data"]["dataTracker"]["accesses"]
     assert all(a["purpose"] != "benefit-fraud-investigation" for a in theirs), "covert until 2098"
+    # An ordinary (not covert) legal basis: the person sees the access, and the basis it rested on.
+    ordered = pensions[5]["id_number"]
+    r = await http.post("""mutation($input: LegalBasisInput!) { recordLegalBasis(input: $input) { id } }""", {"input": {
+        "idNumber": ordered, "requester": "civil", "purpose": REVIEW, "fields": ["hrss.pension"],
+        "validUntil": (datetime.now(UTC) + timedelta(days=30)).isoformat(), "basisType": "court_order",
+        "reference": "(2026)云0106执123号"}}, legal)
+    court = r.json()["data"]["recordLegalBasis"]["id"]
+    assert (await http.post(PENSIONS, {"ids": [ordered]}, counter)).json()["data"]["persons"][0]["pensions"][0][
+        "monthlyAmount"] is not None
+    shown = (await http.post(tracker, {"id": ordered}, portal)).json()["data"]["dataTracker"]["accesses"]
+    assert any(f"{court}: (2026)云0106执123号" in (a["legalBases"] or []) and a["consents"] == [] for a in shown)
     # The auditor sees the covert access, with the legal basis it used.
     auditor = await http.login("auditor", "auditor-demo-secret")
     log = await http.post('query($id: String!) { auditLog(filter: {idNumber: $id, purpose: '
