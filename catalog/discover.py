@@ -128,10 +128,16 @@ async def discover_sql(url: str, tables: list[str] | None = None, sample: int = 
                 type_name = "".join(p.capitalize() for p in re.split(r"[_\W]+", table) if p)
                 keyed = [f["name"] for f in fields if "key" in f]
                 subject = {"subject": keyed[0]} if len(keyed) > 1 else {}  # TODO for the reviewer: whose record
+                primary = pk[0] if pk else cols[0]["name"]
+                for f in fields:
+                    # Read by the gateway for every record (paging, consent lookup): never conditional.
+                    # Policies and masks still decide who sees them.
+                    if f["name"] == primary or f["name"] in keyed[:1]:
+                        f["share"] = "unconditional"
                 out.append({
                     "code": f"TODO.{table.lower()}", "name": table, "description": "TODO: describe",
                     "source": "TODO", "table": table, "update_cycle": "daily",
-                    "primary_key": pk[0] if pk else cols[0]["name"],
+                    "primary_key": primary,
                     "graphql": {"type": type_name, "list": camel(table) + "List"},
                     **subject,
                     "fields": fields,

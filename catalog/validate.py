@@ -162,6 +162,13 @@ def _check_consent_terms(ds: Dataset, at: str, problems: Problems) -> None:
     conditional = [f.name for f in ds.fields if f.share is ShareType.CONDITIONAL]
     if not conditional:
         return
+    # These columns are read by the gateway for every record (paging, consent lookup, data range):
+    # a per-person release cannot apply to them.
+    for role, column in (("primary key", ds.primary_key), ("subject", ds.subject_field.name if ds.subject_field
+                                                           else None), ("dated_by", ds.dated_by)):
+        if column in conditional:
+            problems.add(at, f"{role} {column!r} cannot be conditional: the gateway reads it for every record "
+                             "(make it unconditional and restrict it by policy and mask)")
     if ds.subject_field is None and ds.subject is None:
         keys = [f.name for f in ds.fields if f.key is not None]
         problems.add(at, f"conditional field(s) {', '.join(conditional)} need a data subject to ask consent of: "

@@ -16,6 +16,8 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from catalog.model import Catalog
 from gateway.audit.admin import admin_event
 from gateway.audit.entry import SubjectHasher
@@ -87,7 +89,8 @@ async def seed_consents(settings: Settings, catalog: Catalog, data_dir: Path) ->
             if int(hashlib.sha256(subject.encode()).hexdigest(), 16) % SHARE == 0:
                 await admin.grant(_consent(subject, "app", now))
                 granted += 1
-        await writer.append("admin", admin_event("demo.consents_seeded", str(store.url), by="demo-seed",
+        where = sa.engine.make_url(store.url).render_as_string(hide_password=True)
+        await writer.append("admin", admin_event("demo.consents_seeded", where, by="demo-seed",
                                                  after={"consents": granted}))
         return {"granted": granted}
     finally:

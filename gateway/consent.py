@@ -30,6 +30,7 @@ from typing import Any
 from catalog.keys import KEY_KINDS, InvalidKey
 from catalog.model import Catalog
 from gateway.context import RequestContext
+from gateway.errors import Code, GraphQLErrorOut, RequestError
 from gateway.executor import FetchResult
 from gateway.logs import where
 from gateway.plan import Plan
@@ -71,16 +72,21 @@ class ConsentOutcome:
         withheld: Counter[str] = Counter()
         for codes in self.withheld.values():
             withheld.update(codes)
-        disclose = [g.terms.disclose_after.isoformat() for g in bases if g.terms.covert and g.terms.disclose_after]
+        # A covert legal basis names one subject: the access is hidden from that person's data
+        # tracker until its date, and from no one else's.
+        disclose: dict[str, str] = {}
+        for g in bases:
+            if g.terms.covert and g.terms.disclose_after and g.terms.subject_hash:
+                day = g.terms.disclose_after.isoformat()
+                disclose[g.terms.subject_hash] = max(day, disclose.get(g.terms.subject_hash, day))
         return {
             "consents": consents,
             # Whose each consent is (pseudonyms), so a person's data tracker shows only their own.
             "consent_subjects": {i: self.used[i].terms.subject_hash for i in consents},
             "legal_basis_grants": [{"id": g.id, "type": g.terms.basis_type, "reference": g.terms.reference,
-                                    "covert": g.terms.covert} for g in bases],
+                                    "covert": g.terms.covert, "subject": g.terms.subject_hash} for g in bases],
             "consent_withheld": dict(sorted(withheld.items())),
-            # A covert legal basis hides the access from the subject's data tracker until then.
-            "disclose_after": max(disclose) if disclose else None,
+            "disclose_after": disclose,
         }
 
 
@@ -91,6 +97,19 @@ def _message(code: Refusal, field_ref: str, why: str, ctx: RequestContext) -> st
     if code is Refusal.UNAVAILABLE:
         return f"{field_ref} is withheld: {why}; retry later"
     return f"{field_ref} of this record is withheld: {why}"
+
+
+@dataclass(slots=True)
+class _Value:
+    """One gated value of one fetched row, while it is judged."""
+
+    row: dict[str, Any]
+    column: str
+    ref: str  # dataset.field
+    key: tuple[str, str, str]  # (path, dataset, field) for the audit record
+    candidates: list[Candidate]
+    record_date: Any
+    has_subject: bool
 
 
 async def apply_consent(plan: Plan, results: dict[int, FetchResult], ctx: RequestContext, catalog: Catalog,
@@ -127,14 +146,15 @@ async def apply_consent(plan: Plan, results: dict[int, FetchResult], ctx: Reques
         row_subjects.append(subjects)
 
     def refuse_all(code: Refusal, why: str) -> ConsentOutcome:
-        for (f, r), _ in zip(gated, row_subjects, strict=True):
+        out.used.clear()
+        out.released.clear()
+        out.withheld.clear()
+        for f, r in gated:
             for column in f.gated:
                 ref = f"{f.dataset}.{column}"
                 for row in r.rows:
                     row[column] = Refused(code.value, _message(code, ref, why, ctx))
                 out.withheld[(f.path, f.dataset, column)][code.value] += len(r.rows)
-        out.used.clear()
-        out.released.clear()
         return out
 
     # 2. One lookup for them all.
@@ -156,41 +176,63 @@ async def apply_consent(plan: Plan, results: dict[int, FetchResult], ctx: Reques
         cands.extend(everyone)
         cands.sort(key=lambda c: c.grant.terms.kind is not Kind.CONSENT)  # consents first (stable)
 
-    # 3. Judge every value; releases are tentative until the uses are recorded.
-    tentative: dict[str, list[tuple[dict[str, Any], str, str, tuple[str, str, str]]]] = defaultdict(list)
+    values: list[_Value] = []
     for (f, r), subjects in zip(gated, row_subjects, strict=True):
         dated_by = catalog.datasets[f.dataset].dated_by
         for row, subject in zip(r.rows, subjects, strict=True):
             cands = by_subject.get(subject, everyone) if subject is not None else []
             record_date = row.get(dated_by) if dated_by else None
             for column in f.gated:
-                ref = f"{f.dataset}.{column}"
-                key = (f.path, f.dataset, column)
-                v = judge(cands, ref, now, record_date)
-                if v.grant is not None:
-                    out.used[v.grant.id] = v.grant
-                    tentative[v.grant.id].append((row, column, ref, key))
-                else:
-                    assert v.refusal is not None
-                    why = v.message if subject is not None else "the record names no subject to ask"
-                    row[column] = Refused(v.refusal.value, _message(v.refusal, ref, why, ctx))
-                    out.withheld[key][v.refusal.value] += 1
+                values.append(_Value(row, column, f"{f.dataset}.{column}", (f.path, f.dataset, column), cands,
+                                     record_date, subject is not None))
 
-    # 4. Count the uses; a grant a concurrent request took to its limit releases nothing here.
-    try:
-        overrun = await store.record_uses(list(out.used.values()), ctx.request_id or "-", now)
-    except Exception as exc:
-        log.error("consent uses not recorded (%s at %s): conditional fields withheld", type(exc).__name__, where(exc))
-        return refuse_all(Refusal.UNAVAILABLE, "the consent store cannot record this use")
-    for grant_id, entries in tentative.items():
-        if grant_id in overrun:
-            grant = out.used.pop(grant_id)
-            why = f"consent {grant_id} allows {grant.terms.max_uses} uses per {grant.terms.per_days} days, all used"
-            for row, column, ref, key in entries:
-                row[column] = Refused(Refusal.FREQUENCY_EXCEEDED.value,
-                                      _message(Refusal.FREQUENCY_EXCEEDED, ref, why, ctx))
-                out.withheld[key][Refusal.FREQUENCY_EXCEEDED.value] += 1
-        else:
-            for _, _, _, key in entries:
-                out.released[key] += 1
+    # 3. Judge every value; 4. count the uses. A grant a concurrent request took to its limit meanwhile
+    # is marked exhausted and its values judged again: another grant may still cover them.
+    exhausted: set[str] = set()
+    counted: set[str] = set()  # grants whose use by this request is recorded
+    pending = values
+    while pending:
+        tentative: dict[str, list[_Value]] = defaultdict(list)
+        refused: list[tuple[_Value, Refusal, str]] = []
+        for v in pending:
+            cands = v.candidates if not exhausted else [
+                Candidate(c.grant, c.grant.terms.max_uses or 0) if c.grant.id in exhausted else c
+                for c in v.candidates]
+            verdict = judge(cands, v.ref, now, v.record_date)
+            if verdict.grant is not None:
+                tentative[verdict.grant.id].append(v)
+                out.used[verdict.grant.id] = verdict.grant
+            else:
+                assert verdict.refusal is not None
+                why = verdict.message if v.has_subject else "the record names no subject to ask"
+                refused.append((v, verdict.refusal, why))
+        if ctx.reject_unauthorized and refused:
+            # Reject mode: the whole request fails rather than answer with consent-withheld nulls,
+            # and no use is counted for an answer that is not given.
+            listed = Counter(f"{v.ref} ({code.value})" for v, code, _ in refused)
+            message = ("the request asks for conditional values their subjects did not allow: "
+                       + ", ".join(f"{k} x{n}" for k, n in sorted(listed.items()))
+                       + " (reject mode: remove them, or drop X-Reject-Unauthorized)")
+            raise RequestError(Code(refused[0][1].value), message, 403,
+                               errors=[GraphQLErrorOut(message, Code(refused[0][1].value))])
+        for v, code, why in refused:
+            v.row[v.column] = Refused(code.value, _message(code, v.ref, why, ctx))
+            out.withheld[v.key][code.value] += 1
+        fresh = [out.used[i] for i in tentative if i not in counted]
+        try:
+            overrun = await store.record_uses(fresh, ctx.request_id or "-", now)
+            counted.update(g.id for g in fresh if g.id not in overrun)
+        except Exception as exc:
+            log.error("consent uses not recorded (%s at %s): conditional fields withheld", type(exc).__name__,
+                      where(exc))
+            return refuse_all(Refusal.UNAVAILABLE, "the consent store cannot record this use")
+        pending = []
+        for grant_id, under in tentative.items():
+            if grant_id in overrun:
+                out.used.pop(grant_id, None)
+                exhausted.add(grant_id)
+                pending.extend(under)
+            else:
+                for v in under:
+                    out.released[v.key] += 1
     return out

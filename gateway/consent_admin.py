@@ -38,11 +38,12 @@ Recorder = Callable[[dict[str, Any]], Awaitable[Any]]  # appends an admin event 
 
 class ConsentAdmin:
     def __init__(self, catalog: Catalog, store: ConsentStore, pseudonym: Callable[[str], str],
-                 record: Recorder) -> None:
+                 record: Recorder, *, self_recording: bool = False) -> None:
         self.catalog = catalog
         self.store = store
         self.pseudonym = pseudonym
         self.record = record
+        self.self_recording = self_recording  # may a department's client record consents to its own use?
 
     async def grant(self, req: GrantRequest, *, now: datetime | None = None) -> Grant:
         now = now or datetime.now(UTC)

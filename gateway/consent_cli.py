@@ -175,8 +175,14 @@ def consent_grant(
     _show(grant)
 
 
-def _change(action: str, grant_id: str, reason: str, by: str | None, config: Path | None) -> None:
-    grant = _run(config, lambda admin: admin.change(grant_id, action, by=by or actor(), via="cli", reason=reason))
+def _change(kind: Kind, action: str, grant_id: str, reason: str, by: str | None, config: Path | None) -> None:
+    async def change(admin: ConsentAdmin) -> Grant:
+        found = await admin.store.get(grant_id)
+        if found is None or found.terms.kind is not kind:  # consent commands never touch legal bases, and back
+            raise ConsentStateError(f"no {'consent' if kind is Kind.CONSENT else 'legal basis'} with id {grant_id!r}")
+        return await admin.change(grant_id, action, by=by or actor(), via="cli", reason=reason)
+
+    grant = _run(config, change)
     out.print(f"{grant.id} is now {grant.status.value}")
 
 
@@ -184,21 +190,21 @@ def _change(action: str, grant_id: str, reason: str, by: str | None, config: Pat
 def consent_revoke(grant_id: GrantId, reason: Reason = "revoked by the subject", by: By = None,
                    config: ConfigOpt = None) -> None:
     """Revoke a consent: final, and in force from the next request on every gateway worker."""
-    _change("revoke", grant_id, reason, by, config)
+    _change(Kind.CONSENT, "revoke", grant_id, reason, by, config)
 
 
 @consent_app.command("pause")
 def consent_pause(grant_id: GrantId, reason: Reason = "paused by the subject", by: By = None,
                   config: ConfigOpt = None) -> None:
     """Pause a consent until it is resumed."""
-    _change("pause", grant_id, reason, by, config)
+    _change(Kind.CONSENT, "pause", grant_id, reason, by, config)
 
 
 @consent_app.command("resume")
 def consent_resume(grant_id: GrantId, reason: Reason = "resumed by the subject", by: By = None,
                    config: ConfigOpt = None) -> None:
     """Resume a paused consent."""
-    _change("resume", grant_id, reason, by, config)
+    _change(Kind.CONSENT, "resume", grant_id, reason, by, config)
 
 
 def _list(kind: Kind, subject: str | None, requester: str | None, purpose: str | None, limit: int,
@@ -243,6 +249,34 @@ def consent_show(grant_id: GrantId, config: ConfigOpt = None) -> None:
         raise typer.Exit(1)
 
 
+@consent_app.command("verify")
+def consent_verify(config: ConfigOpt = None,
+                   offline: Annotated[bool, typer.Option("--without-audit", help="Check signatures and histories "
+                                                                                 "only, not against the audit log.")]
+                   = False) -> None:
+    """Check every consent and legal basis: signatures, histories, uses, and agreement with the audit log.
+    Exit 1 on any problem."""
+    from gateway.audit.settings import AuditSettings
+    from gateway.audit.store import AuditStore
+    from gateway.consent_verify import verify_consents
+
+    async def check(admin: ConsentAdmin) -> tuple[int, list[str]]:
+        audit = None if offline else AuditStore(AuditSettings.from_settings(load_settings(config)).url)
+        try:
+            return await verify_consents(admin.store, audit)
+        finally:
+            if audit is not None:
+                await audit.close()
+
+    checked, problems = _run(config, check)
+    for p in problems:
+        err.print(Text("damaged: ", style="red") + Text(p))
+    if problems:
+        raise typer.Exit(1)
+    out.print(f"OK {checked} consent(s) and legal basis(es): signatures, histories and uses intact"
+              + ("" if offline else ", in agreement with the audit log"))
+
+
 @legal_basis_app.command("add")
 def legal_basis_add(
     requester: Annotated[str, typer.Option("--requester", help="The department it empowers.")],
@@ -252,8 +286,9 @@ def legal_basis_add(
                                                           "or investigation.")],
     reference: Annotated[str, typer.Option("--reference", help="Document number, statute and article.")],
     until: Annotated[str, typer.Option("--until", help="Expiry: YYYY-MM-DD or ISO time.")],
-    subject: Annotated[str | None, typer.Option("--subject", help="The person it names (default: every "
-                                                                  "subject).")] = None,
+    subject: Annotated[str | None, typer.Option("--subject", help="The person or organisation it names.")] = None,
+    every_subject: Annotated[bool, typer.Option("--every-subject", help="It covers everyone (a statutory duty): "
+                                                                        "instead of --subject.")] = False,
     start: Annotated[str | None, typer.Option("--from", help="Start (default: now).")] = None,
     covert: Annotated[bool, typer.Option("--covert", help="Hide the accesses from the subject's data tracker ...")]
     = False,
@@ -262,7 +297,8 @@ def legal_basis_add(
     config: ConfigOpt = None,
 ) -> None:
     """Record a legal basis that stands in for consent; prints its id."""
-    req = GrantRequest(kind=Kind.LEGAL_BASIS, subject=subject, requester=requester, purpose=purpose, fields=fields,
+    req = GrantRequest(kind=Kind.LEGAL_BASIS, subject=subject, every_subject=every_subject, requester=requester,
+                       purpose=purpose, fields=fields,
                        valid_until=_moment(until, "--until", end=True) or datetime.now(UTC),
                        valid_from=_moment(start, "--from"), basis_type=basis_type, reference=reference,
                        covert=covert, disclose_after=_day(disclose_after, "--disclose-after"),
@@ -282,4 +318,4 @@ def legal_basis_list(requester: Annotated[str | None, typer.Option("--requester"
 @legal_basis_app.command("withdraw")
 def legal_basis_withdraw(grant_id: GrantId, reason: Reason, by: By = None, config: ConfigOpt = None) -> None:
     """Withdraw a legal basis (final)."""
-    _change("revoke", grant_id, reason, by, config)
+    _change(Kind.LEGAL_BASIS, "revoke", grant_id, reason, by, config)

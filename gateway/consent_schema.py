@@ -1,10 +1,18 @@
 """Consents and legal bases through GraphQL: mutations to record and change them, queries to list them.
 
 Role ``consent-recorder`` (citizen-facing apps, counter staff) records, pauses, resumes and
-revokes consents and reads them; role ``legal-basis-recorder`` records and withdraws legal
-bases. ``X-Acting-User`` names the official (or the signed-in citizen) who does it: it is
-kept in the consent and in the audit event of the change. Subjects are given as ID numbers or
-credit codes and kept only as pseudonyms; answers show a masked hint.
+revokes consents and reads them, and nothing of legal bases; role ``legal-basis-recorder``
+records, withdraws and reads legal bases (and reads consents). Two guards keep duties apart:
+
+- a client may not record a consent to its own department's use of data (the department
+  that wants the data does not write its own permission slip), unless ``[consent]
+  self_recording = true``;
+- a change names the subject (``idNumber`` / ``creditCode``), which must be the consent's:
+  the app changes the consent of the person it has signed in, not any consent by id.
+
+``X-Acting-User`` names the official (or the signed-in citizen) who does it: it is kept in
+the consent and in the audit event of the change. Subjects are given as ID numbers or credit
+codes and kept only as pseudonyms; answers show a masked hint.
 """
 
 from __future__ import annotations
@@ -78,10 +86,12 @@ class ConsentGrant(graphene.ObjectType):
     last_used_at = graphene.DateTime()
     key_id = graphene.String(required=True, description="The gateway key that signed it")
     signature = graphene.String(required=True)
+    signature_valid = graphene.Boolean(required=True, description="Terms and status verify against the gateway's "
+                                                                  "keys (false: edited outside hutong, ignored)")
     history = graphene.List(graphene.NonNull(ConsentEvent), required=True)
 
     @staticmethod
-    def of(g: Grant) -> dict[str, Any]:
+    def of(g: Grant, valid: bool) -> dict[str, Any]:
         t = g.terms
         return {
             "id": t.id, "kind": t.kind.value, "status": g.effective_status(datetime.now(UTC)).value,
@@ -92,6 +102,7 @@ class ConsentGrant(graphene.ObjectType):
             "reference": t.reference, "covert": t.covert, "disclose_after": t.disclose_after,
             "recorded_by": t.recorded_by, "recorded_via": t.recorded_via, "created_at": t.created_at,
             "use_count": g.use_count, "last_used_at": g.last_used_at, "key_id": g.key_id, "signature": g.signature,
+            "signature_valid": valid,
             "history": [{"seq": e.seq, "at": e.at, "status": e.status.value, "by": e.by, "reason": e.reason}
                         for e in g.history],
         }
@@ -118,6 +129,8 @@ class ConsentInput(_Common, graphene.InputObjectType):
 
 
 class LegalBasisInput(_Common, graphene.InputObjectType):
+    every_subject = graphene.Boolean(description="A basis covering everyone (a statutory duty): give it instead of "
+                                                 "a subject, explicitly")
     basis_type = graphene.String(required=True,
                                  description="court_order, statutory_duty, administrative_decision or investigation")
     reference = graphene.String(required=True, description="Document number, statute and article")
@@ -126,7 +139,7 @@ class LegalBasisInput(_Common, graphene.InputObjectType):
 
 
 def _subject(given: dict[str, Any], *, required: bool) -> str | None:
-    ids = [v for v in (given.get("id_number"), given.get("credit_code")) if v]
+    ids = [v for v in (given.get("id_number"), given.get("credit_code")) if v is not None]
     if len(ids) > 1:
         raise ConsentInputError(["give idNumber or creditCode, not both"])
     if not ids and required:
@@ -134,39 +147,62 @@ def _subject(given: dict[str, Any], *, required: bool) -> str | None:
     return ids[0] if ids else None
 
 
+def _view(admin: Any, grant: Grant) -> dict[str, Any]:
+    return ConsentGrant.of(grant, admin.store.signer.verify(grant))
+
+
 async def _grant(info: Any, kind: Kind, given: dict[str, Any]) -> dict[str, Any]:
     admin = _admin(info, CONSENT_ROLE if kind is Kind.CONSENT else LEGAL_BASIS_ROLE)
     subject = info.context["subject"]
+    if kind is Kind.CONSENT and given["requester"] == subject.department and not admin.self_recording:
+        raise PermissionError(f"a client of department {subject.department} may not record consents to "
+                              f"{subject.department}'s own use of data (separation of duties): the citizen gives "
+                              "them through the service centre's counter or the portal")
     req = GrantRequest(
         kind=kind, subject=_subject(given, required=kind is Kind.CONSENT), requester=given["requester"],
+        every_subject=bool(given.get("every_subject")),
         purpose=given["purpose"], fields=list(given["fields"]), valid_from=given.get("valid_from"),
         valid_until=given["valid_until"], data_from=given.get("data_from"), data_to=given.get("data_to"),
         max_uses=given.get("max_uses"), per_days=given.get("per_days"),
         explicit_request=given.get("explicit_request"), method=given.get("method"),
         basis_type=given.get("basis_type"), reference=given.get("reference"), covert=bool(given.get("covert")),
         disclose_after=given.get("disclose_after"), recorded_by=_acting(info), recorded_via=subject.client_id)
-    return ConsentGrant.of(await admin.grant(req))
+    return _view(admin, await admin.grant(req))
 
 
-async def _change(info: Any, grant_id: str, action: str, reason: str) -> dict[str, Any]:
-    admin = _admin(info, CONSENT_ROLE, LEGAL_BASIS_ROLE)
+async def _change(info: Any, kind: Kind, grant_id: str, action: str, reason: str,
+                  given: dict[str, Any] | None = None) -> dict[str, Any]:
+    admin = _admin(info, CONSENT_ROLE if kind is Kind.CONSENT else LEGAL_BASIS_ROLE)
     grant = await admin.store.get(grant_id)
-    if grant is not None:  # each role changes only its own kind of grant
-        _admin(info, CONSENT_ROLE if grant.terms.kind is Kind.CONSENT else LEGAL_BASIS_ROLE)
-    return ConsentGrant.of(await admin.change(grant_id, action, by=_acting(info), via=info.context["subject"].client_id,
-                                              reason=reason))
+    what = "consent" if kind is Kind.CONSENT else "legal basis"
+    if grant is None or grant.terms.kind is not kind:
+        raise ValueError(f"no {what} with id {grant_id!r}")
+    if kind is Kind.CONSENT:  # the app changes the consent of the subject it names (the person signed in)
+        subject = _subject(given or {}, required=True)
+        assert subject is not None
+        key_kind = "id_number" if (given or {}).get("id_number") is not None else "credit_code"
+        if admin.subject_hash(key_kind, subject) != grant.terms.subject_hash:
+            raise ValueError(f"{grant_id} is not a consent of the subject named: check the ID number")
+    return _view(admin, await admin.change(grant_id, action, by=_acting(info), via=info.context["subject"].client_id,
+                                           reason=reason))
 
 
 class ConsentMutation(graphene.ObjectType):
     grant_consent = graphene.Field(ConsentGrant, required=True, input=graphene.Argument(ConsentInput, required=True),
                                    description="Record a subject's consent (role consent-recorder).")
     pause_consent = graphene.Field(ConsentGrant, required=True, id=graphene.ID(required=True),
-                                   reason=graphene.String(required=True))
+                             reason=graphene.String(required=True), id_number=graphene.String(),
+                             credit_code=graphene.String(), description="Give the subject's key: it must be the "
+                                                                        "consent's.")
     resume_consent = graphene.Field(ConsentGrant, required=True, id=graphene.ID(required=True),
-                                    reason=graphene.String(required=True))
+                             reason=graphene.String(required=True), id_number=graphene.String(),
+                             credit_code=graphene.String(), description="Give the subject's key: it must be the "
+                                                                        "consent's.")
     revoke_consent = graphene.Field(ConsentGrant, required=True, id=graphene.ID(required=True),
-                                    reason=graphene.String(required=True),
-                                    description="Final: takes effect on the next request, on every worker.")
+                                    reason=graphene.String(required=True), id_number=graphene.String(),
+                                    credit_code=graphene.String(),
+                                    description="Final: takes effect on the next request, on every worker. Give "
+                                                "the subject's key: it must be the consent's.")
     record_legal_basis = graphene.Field(ConsentGrant, required=True,
                                         input=graphene.Argument(LegalBasisInput, required=True),
                                         description="Record a legal basis standing in for consent "
@@ -183,20 +219,20 @@ class ConsentMutation(graphene.ObjectType):
         return await _grant(info, Kind.LEGAL_BASIS, dict(input))
 
     @staticmethod
-    async def resolve_pause_consent(_: Any, info: Any, id: str, reason: str) -> dict[str, Any]:
-        return await _change(info, id, "pause", reason)
+    async def resolve_pause_consent(_: Any, info: Any, id: str, reason: str, **given: Any) -> dict[str, Any]:
+        return await _change(info, Kind.CONSENT, id, "pause", reason, given)
 
     @staticmethod
-    async def resolve_resume_consent(_: Any, info: Any, id: str, reason: str) -> dict[str, Any]:
-        return await _change(info, id, "resume", reason)
+    async def resolve_resume_consent(_: Any, info: Any, id: str, reason: str, **given: Any) -> dict[str, Any]:
+        return await _change(info, Kind.CONSENT, id, "resume", reason, given)
 
     @staticmethod
-    async def resolve_revoke_consent(_: Any, info: Any, id: str, reason: str) -> dict[str, Any]:
-        return await _change(info, id, "revoke", reason)
+    async def resolve_revoke_consent(_: Any, info: Any, id: str, reason: str, **given: Any) -> dict[str, Any]:
+        return await _change(info, Kind.CONSENT, id, "revoke", reason, given)
 
     @staticmethod
     async def resolve_withdraw_legal_basis(_: Any, info: Any, id: str, reason: str) -> dict[str, Any]:
-        return await _change(info, id, "revoke", reason)
+        return await _change(info, Kind.LEGAL_BASIS, id, "revoke", reason)
 
 
 class ConsentPage(graphene.ObjectType):
@@ -222,6 +258,11 @@ class ConsentQuery(graphene.ObjectType):
             raise ValueError("limit must be from 1 to 500")
         if kind is not None and kind not in ("consent", "legal_basis"):
             raise ValueError("kind must be consent or legal_basis")
+        if LEGAL_BASIS_ROLE not in info.context["subject"].roles:
+            # Legal bases (covert ones above all) are not shown to consent recorders such as the portal.
+            if kind == "legal_basis":
+                raise PermissionError("legal bases are listed only for the role 'legal-basis-recorder'")
+            kind = "consent"
         subject = _subject(given, required=False)
         subject_hash = None
         if subject is not None:
@@ -229,11 +270,14 @@ class ConsentQuery(graphene.ObjectType):
         grants = await admin.store.search(subject_hash=subject_hash, requester=given.get("requester"),
                                           purpose=given.get("purpose"), kind=Kind(kind) if kind else None,
                                           limit=size, after=after)
-        return {"grants": [ConsentGrant.of(g) for g in grants],
+        return {"grants": [_view(admin, g) for g in grants],
                 "end_cursor": grants[-1].id if len(grants) == size else None}
 
     @staticmethod
     async def resolve_consent(_: Any, info: Any, id: str) -> dict[str, Any] | None:
         admin = _admin(info, CONSENT_ROLE, LEGAL_BASIS_ROLE)
         grant = await admin.store.get(id)
-        return ConsentGrant.of(grant) if grant is not None else None
+        if grant is None or (grant.terms.kind is Kind.LEGAL_BASIS and LEGAL_BASIS_ROLE not in info.context[
+                "subject"].roles):
+            return None  # a legal basis is not even acknowledged to consent recorders
+        return _view(admin, grant)

@@ -194,7 +194,8 @@ class Gateway:
         async def record(body: dict[str, Any]) -> None:
             await writer.append("admin", body)
 
-        return ConsentAdmin(self.catalog, self.consents, self.subjects, record)
+        return ConsentAdmin(self.catalog, self.consents, self.subjects, record,
+                            self_recording=self.consent_settings.self_recording)
 
     async def _consent(self, plan: Plan, results: dict[int, Any], ctx: RequestContext) -> ConsentOutcome:
         if self.consents is None:  # never started: nothing conditional may go

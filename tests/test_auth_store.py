@@ -195,12 +195,11 @@ async def test_demo_clients_and_the_refusal_outside_demo_mode(store: ClientStore
     assert sorted(await ensure_demo_clients(store)) == sorted(c.client_id for c in DEMO_CLIENTS)
     assert await ensure_demo_clients(store) == [], "registered once"
     by_id = {c.client_id: c for c in await store.list()}
-    assert (by_id["street-office-app"].department, by_id["street-office-app"].roles) == ("civil", ("consent-recorder",
-                                                                                               "street-office"))
+    assert (by_id["street-office-app"].department, by_id["street-office-app"].roles) == ("civil", ("street-office",))
     assert (by_id["health-app"].department, by_id["health-app"].roles) == ("health", ("clinician",))
     assert (by_id["market-app"].department, by_id["market-app"].roles) == ("mr", ("market-inspector",))
-    assert (by_id["citizen-portal"].department, by_id["citizen-portal"].roles) == ("civil", ("citizen-portal",
-                                                                                             "consent-recorder"))
+    assert (by_id["citizen-portal"].department, by_id["citizen-portal"].roles) == ("service", ("citizen-portal",
+                                                                                               "consent-recorder"))
     assert (by_id["legal-office"].department, by_id["legal-office"].roles) == ("civil", ("legal-basis-recorder",))
     assert (by_id["auditor"].department, by_id["auditor"].roles) == ("audit", ("auditor",))
     assert (by_id["policy-admin"].department, by_id["policy-admin"].roles) == ("admin", ("policy-admin",))

@@ -46,7 +46,8 @@ async def test_street_office_sees_its_district_only_and_pension_amounts_masked(o
                                                                                city: City) -> None:
     # Pension amounts are conditional: a statutory duty stands in for consent here, for every subject.
     await consent_admin(own_gateway).grant(GrantRequest(
-        kind=Kind.LEGAL_BASIS, subject=None, requester="civil", purpose="subsistence-allowance-review",
+        kind=Kind.LEGAL_BASIS, subject=None, every_subject=True,
+        requester="civil", purpose="subsistence-allowance-review",
         fields=["hrss.pension"], valid_until=datetime.now(UTC) + timedelta(days=30), basis_type="statutory_duty",
         reference="社会救助暂行办法 art. 11", recorded_by="legal-office"))
     gateway = own_gateway

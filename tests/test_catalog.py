@@ -72,7 +72,7 @@ def test_the_base_catalogue_is_valid(tmp_path: Path) -> None:
 
 def test_the_demo_catalogue_is_valid() -> None:
     cat = load_catalog(REPO_ROOT / "demo" / "catalog")
-    assert len(cat.departments) == 6 and len(cat.datasets) == 9
+    assert len(cat.departments) == 7 and len(cat.datasets) == 9
 
 
 @pytest.mark.parametrize(("changes", "expected"), [

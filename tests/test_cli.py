@@ -23,7 +23,7 @@ def test_catalog_check_offline_and_live(city_dir: Path, housing_url: str) -> Non
     cfg = write_config(city_dir, {"housing_api": housing_url})
     r = run("catalog", "check", "--config", str(cfg))
     assert r.exit_code == 0, r.output
-    assert "catalogue ok: 6 departments, 6 sources, 9 datasets" in r.output
+    assert "catalogue ok: 7 departments, 6 sources, 9 datasets" in r.output
     assert "live sources match the catalogue" in r.output
     r = run("catalog", "check", "--offline", "--config", str(cfg))
     assert r.exit_code == 0 and "live sources" not in r.output

@@ -279,7 +279,8 @@ async def test_bad_or_over_broad_consents_are_refused_with_the_reason(admin: Con
 async def test_a_legal_basis_for_everyone_stands_in_for_consent(own_gateway: Gateway, admin: ConsentAdmin,
                                                                city: City) -> None:
     lb = await admin.grant(GrantRequest(
-        kind=Kind.LEGAL_BASIS, subject=None, requester="civil", purpose=REVIEW, fields=["hrss.pension"],
+        kind=Kind.LEGAL_BASIS, subject=None, every_subject=True,
+        requester="civil", purpose=REVIEW, fields=["hrss.pension"],
         valid_until=NOW + timedelta(days=3000), basis_type="statutory_duty",
         reference="社会救助暂行办法 art. 11", recorded_by="legal-office"))
     out = await ask(own_gateway, PENSIONS)
@@ -287,7 +288,7 @@ async def test_a_legal_basis_for_everyone_stands_in_for_consent(own_gateway: Gat
     amounts = {p["id"]: p["monthly_amount"] for p in rows(city, "hrss", "pension")}
     assert all(n["monthlyAmount"] == round_1000(amounts[n["id"]]) for n in out.body["data"]["pensions"]["nodes"])
     assert out.audit["consents"] == [] and [g["id"] for g in out.audit["legal_basis_grants"]] == [lb.id]
-    assert out.audit["disclose_after"] is None
+    assert out.audit["disclose_after"] == {}
     # A consent, where there is one, is used before the legal basis (the citizen's own terms first).
     mine = rows(city, "hrss", "pension")[0]
     grant = await admin.grant(consent(mine["id_number"]))
@@ -308,8 +309,9 @@ async def test_a_covert_legal_basis_records_when_to_disclose(own_gateway: Gatewa
     assert nodes[suspect["id"]][1]["monthlyAmount"] == suspect["monthly_amount"]
     assert sum(1 for c in errs.values() if c == "CONSENT_REQUIRED") == len(nodes) - 1  # no one else
     assert out.audit["legal_basis_grants"] == [{"id": lb.id, "type": "investigation",
-                                                "reference": "云民调字〔2026〕17号", "covert": True}]
-    assert out.audit["disclose_after"] == disclose.isoformat()
+                                                "reference": "云民调字〔2026〕17号", "covert": True,
+                                                "subject": own_gateway.subjects(suspect["id_number"])}]
+    assert out.audit["disclose_after"] == {own_gateway.subjects(suspect["id_number"]): disclose.isoformat()}
     with pytest.raises(ConsentInputError, match="disclose_after"):  # covert needs a disclosure date
         await admin.grant(GrantRequest(
             kind=Kind.LEGAL_BASIS, subject=suspect["id_number"], requester="civil",
@@ -433,3 +435,48 @@ async def test_conditional_values_go_exactly_to_the_consented(own_gateway: Gatew
             else:
                 assert e["monthlyWage"] is None and errs[("persons", i, "employments", j, "monthlyWage")] == \
                     "CONSENT_REQUIRED"
+
+
+async def test_reject_mode_refuses_the_request_instead_of_withholding(own_gateway: Gateway, admin: ConsentAdmin,
+                                                                     city: City) -> None:
+    mine = rows(city, "hrss", "pension")[0]
+    grant = await admin.grant(consent(mine["id_number"]))
+    strict = RequestContext(STREET, REVIEW, "official-007", "CASE-1", True, "req-strict")
+    out = await own_gateway.run(PENSIONS, context=strict)
+    assert out.status == 403 and "data" not in out.body
+    assert out.body["errors"][0]["extensions"]["code"] == "CONSENT_REQUIRED"
+    assert "hrss.pension.monthly_amount (CONSENT_REQUIRED)" in out.body["errors"][0]["message"]
+    stored = await admin.store.get(grant.id)
+    assert stored is not None and stored.use_count == 0  # no answer, no use
+    ids = json.dumps([mine["id_number"]])
+    ok = await own_gateway.run(f"{{ persons(idNumbers: {ids}) {{ pensions {{ monthlyAmount }} }} }}", context=strict)
+    assert ok.status == 200 and "errors" not in ok.body
+
+
+async def test_a_limit_reached_meanwhile_falls_back_to_another_grant(own_gateway: Gateway, admin: ConsentAdmin,
+                                                                    city: City) -> None:
+    mine = rows(city, "hrss", "pension")[0]
+    limited = await admin.grant(consent(mine["id_number"], max_uses=1, per_days=30))
+    basis = await admin.grant(GrantRequest(
+        kind=Kind.LEGAL_BASIS, subject=mine["id_number"], requester="civil", purpose=REVIEW,
+        fields=["hrss.pension.monthly_amount"], valid_until=NOW + timedelta(days=30), basis_type="court_order",
+        reference="(2026)云0106执1号", recorded_by="legal-office"))
+    store = own_gateway.consents
+    assert store is not None
+    real = store.candidates
+
+    async def stale(*args: Any) -> Any:
+        # Another gateway uses the consent right after this request read the store.
+        found = await real(*args)
+        await store.record_uses([limited], "req-elsewhere", NOW)
+        return found
+
+    store.candidates = stale  # type: ignore[method-assign]
+    try:
+        out = await ask(own_gateway, PENSIONS)
+    finally:
+        store.candidates = real  # type: ignore[method-assign]
+    _, node = by_id(out.body, "pensions")[mine["id"]]
+    assert node["monthlyAmount"] == round_1000(mine["monthly_amount"])  # released under the court order
+    assert out.audit["consents"] == [] and [g["id"] for g in out.audit["legal_basis_grants"]] == [basis.id]
+    assert [r for _, r in await admin.store.uses(limited.id)] == ["req-elsewhere"]

@@ -29,7 +29,8 @@ REVIEW = "subsistence-allowance-review"
 GRANT = """mutation($input: ConsentInput!) { grantConsent(input: $input) {
     id status subjectHint requester purpose fields validUntil maxUses perDays method recordedBy recordedVia
     keyId history { seq status by reason } } }"""
-REVOKE = "mutation($id: ID!) { revokeConsent(id: $id, reason: \"changed my mind\") { id status history { status } } }"
+REVOKE = ("mutation($id: ID!, $who: String) { revokeConsent(id: $id, reason: \"changed my mind\", idNumber: $who) "
+          "{ id status history { status } } }")
 PENSIONS = "query($ids: [String!]!) { persons(idNumbers: $ids) { pensions { monthlyAmount } } }"
 
 
@@ -55,6 +56,12 @@ class Gw:
             h["x-acting-user"] = acting
         return h
 
+    async def register(self, client_id: str, department: str, roles: list[str]) -> dict[str, str]:
+        secret = f"{client_id}-secret-for-tests-0001"
+        await self.client._transport.app.state.auth.store.add(client_id, department, roles,  # type: ignore[attr-defined]
+                                                              secret=secret)
+        return await self.login(client_id, secret)
+
     async def post(self, query: str, variables: dict[str, Any] | None, headers: dict[str, str]) -> httpx.Response:
         async with httpx.AsyncClient(transport=self.client._transport, base_url="http://gw") as bare:
             return await bare.post("/graphql", json={"query": query, "variables": variables or {}}, headers=headers)
@@ -69,13 +76,14 @@ async def http(make_settings: Any, tmp_path: Path) -> AsyncIterator[Gw]:
 async def test_a_counter_records_consent_and_the_household_check_uses_it(http: Gw, city: City) -> None:
     pensions = rows(city, "hrss", "pension")
     mine, other = pensions[0]["id_number"], pensions[1]["id_number"]
+    desk = await http.login("service-counter", "service-counter-demo-secret")
     counter = await http.login("street-office-app", "street-office-demo-secret")
-    r = await http.post(GRANT, {"input": consent_input(mine, method="counter")}, counter)
+    r = await http.post(GRANT, {"input": consent_input(mine, method="counter")}, desk)
     assert r.status_code == 200, r.text
     grant = r.json()["data"]["grantConsent"]
     assert grant is not None, r.text
     assert grant["status"] == "ACTIVE" and grant["recordedBy"] == "clerk-7" and grant["recordedVia"] == \
-        "street-office-app"
+        "service-counter"
     assert grant["subjectHint"] == mine[:6] + "*" * 8 + mine[-4:] and grant["keyId"]
     assert grant["history"] == [{"seq": 1, "status": "ACTIVE", "by": "clerk-7", "reason": "recorded"}]
 
@@ -105,13 +113,17 @@ async def test_the_citizen_revokes_and_the_next_request_is_refused(http: Gw, cit
     grant = (await http.post(GRANT, {"input": consent_input(mine)}, portal)).json()["data"]["grantConsent"]
     before = await http.post(PENSIONS, {"ids": [mine]}, counter)
     assert before.json()["data"]["persons"][0]["pensions"][0]["monthlyAmount"] is not None
-    r = await http.post(REVOKE, {"id": grant["id"]}, portal)
+    someone_else = rows(city, "hrss", "pension")[3]["id_number"]
+    r = await http.post(REVOKE, {"id": grant["id"], "who": someone_else}, portal)
+    assert r.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    assert "is not a consent of the subject named" in r.json()["errors"][0]["message"]
+    r = await http.post(REVOKE, {"id": grant["id"], "who": mine}, portal)
     assert r.json()["data"]["revokeConsent"]["status"] == "REVOKED"
     after = await http.post(PENSIONS, {"ids": [mine]}, counter)
     assert after.json()["data"]["persons"][0]["pensions"][0]["monthlyAmount"] is None
     assert after.json()["errors"][0]["extensions"]["code"] == "CONSENT_REVOKED"
     assert grant["id"] in after.json()["errors"][0]["message"]
-    again = await http.post(REVOKE, {"id": grant["id"]}, portal)
+    again = await http.post(REVOKE, {"id": grant["id"], "who": mine}, portal)
     assert again.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
     assert "revocation is final" in again.json()["errors"][0]["message"]
     listed = await http.post('query($id: String!) { consents(idNumber: $id) { grants { id status } } }',
@@ -121,16 +133,19 @@ async def test_the_citizen_revokes_and_the_next_request_is_refused(http: Gw, cit
 
 @pytest.mark.parametrize(("who", "acting", "change", "code", "words"), [
     ("market-app", "x", {}, "FORBIDDEN", "needs a client with the role 'consent-recorder'"),
-    ("street-office-app", None, {}, "BAD_USER_INPUT", "X-Acting-User"),
-    ("street-office-app", "x", {"fields": ["hrss.pension.status", "hrss.pension.nope"]}, "BAD_USER_INPUT",
+    ("street-office-app", "x", {}, "FORBIDDEN", "needs a client with the role 'consent-recorder'"),
+    ("service-counter", None, {}, "BAD_USER_INPUT", "X-Acting-User"),
+    ("service-counter", "x", {"fields": ["hrss.pension.status", "hrss.pension.nope"]}, "BAD_USER_INPUT",
      "hrss.pension.status is shared unconditionally: it needs no consent; list only conditional fields; "
      "unknown field 'hrss.pension.nope'"),
-    ("street-office-app", "x", {"validUntil": "2020-01-01T00:00:00+00:00"}, "BAD_USER_INPUT", "is not after the start"),
-    ("street-office-app", "x", {"maxUses": 100}, "BAD_USER_INPUT", "over-broad: 100 uses per 30 days"),
+    ("service-counter", "x", {"validUntil": "2020-01-01T00:00:00+00:00"}, "BAD_USER_INPUT", "is not after the start"),
+    ("service-counter", "x", {"maxUses": 100}, "BAD_USER_INPUT", "over-broad: 100 uses per 30 days"),
+    ("service-counter", "x", {"idNumber": "  "}, "BAD_USER_INPUT", "the subject is empty"),
 ])
 async def test_bad_consent_requests_are_refused_with_their_code(http: Gw, city: City, who: str, acting: str | None,
                                                                 change: dict[str, Any], code: str, words: str) -> None:
-    secret = {"market-app": "market-demo-secret", "street-office-app": "street-office-demo-secret"}[who]
+    secret = {"market-app": "market-demo-secret", "street-office-app": "street-office-demo-secret",
+              "service-counter": "service-counter-demo-secret"}[who]
     h = await http.login(who, secret, purpose="market-supervision" if who == "market-app" else REVIEW,
                          acting=acting)
     r = await http.post(GRANT, {"input": consent_input(city.showcase["applicant_id_number"], **change)}, h)
@@ -139,6 +154,53 @@ async def test_bad_consent_requests_are_refused_with_their_code(http: Gw, city: 
     assert body["errors"][0]["extensions"]["code"] == code, body
     assert words in body["errors"][0]["message"]
     assert "Traceback" not in r.text
+
+
+async def test_a_department_does_not_record_consent_to_its_own_use(http: Gw, city: City) -> None:
+    own = await http.register("civil-desk", "civil", ["consent-recorder"])
+    r = await http.post(GRANT, {"input": consent_input(city.showcase["applicant_id_number"])}, own)
+    err = r.json()["errors"][0]
+    assert err["extensions"]["code"] == "FORBIDDEN" and "separation of duties" in err["message"]
+    # ... while consent to another department's use is theirs to record.
+    r = await http.post(GRANT, {"input": consent_input(city.showcase["applicant_id_number"], requester="health",
+                                                       purpose="public-health-followup", maxUses=10, perDays=365,
+                                                       fields=["health.medical_insurance.status"],
+                                                       dataFrom="2020-01-01", dataTo="2026-01-01")}, own)
+    assert r.json()["data"]["grantConsent"]["status"] == "ACTIVE", r.text
+
+
+async def test_legal_bases_are_hidden_from_consent_recorders(http: Gw, city: City) -> None:
+    legal = await http.login("legal-office", "legal-office-demo-secret", acting="legal-officer-2")
+    portal = await http.login("citizen-portal", "citizen-portal-demo-secret", acting="citizen:self")
+    suspect = rows(city, "hrss", "pension")[4]["id_number"]
+    r = await http.post("""mutation($input: LegalBasisInput!) { recordLegalBasis(input: $input) { id } }""", {
+        "input": {"idNumber": suspect, "requester": "civil", "purpose": "benefit-fraud-investigation",
+                  "fields": ["hrss.pension.monthly_amount"], "basisType": "investigation", "reference": "R-1",
+                  "validUntil": (datetime.now(UTC) + timedelta(days=30)).isoformat(), "covert": True,
+                  "discloseAfter": (datetime.now(UTC) + timedelta(days=90)).date().isoformat()}}, legal)
+    lb = r.json()["data"]["recordLegalBasis"]["id"]
+    listed = await http.post('query($id: String!) { consents(idNumber: $id) { grants { id kind } } }',
+                             {"id": suspect}, portal)
+    assert listed.json()["data"]["consents"]["grants"] == []
+    asked = await http.post('query($id: String!) { consents(idNumber: $id, kind: "legal_basis") { grants { id } } }',
+                            {"id": suspect}, portal)
+    assert asked.json()["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    one = await http.post('query($id: ID!) { consent(id: $id) { id covert } }', {"id": lb}, portal)
+    assert one.json()["data"]["consent"] is None
+    seen = await http.post('query($id: ID!) { consent(id: $id) { id covert signatureValid } }', {"id": lb}, legal)
+    assert seen.json()["data"]["consent"] == {"id": lb, "covert": True, "signatureValid": True}
+    # A legal basis is not a consent: the consent mutations do not touch it.
+    r = await http.post(REVOKE, {"id": lb, "who": suspect}, portal)
+    assert r.json()["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+    # Blanket covert bases, and ones disclosed too late, are refused.
+    for extra, words in (({"everySubject": True, "idNumber": None}, "must name its subject"),
+                         ({"discloseAfter": "2099-01-01"}, "disclose_after may be at most 365 days")):
+        r = await http.post("""mutation($input: LegalBasisInput!) { recordLegalBasis(input: $input) { id } }""", {
+            "input": {"idNumber": suspect, "requester": "civil", "purpose": "benefit-fraud-investigation",
+                      "fields": ["hrss.pension.monthly_amount"], "basisType": "investigation", "reference": "R-2",
+                      "validUntil": (datetime.now(UTC) + timedelta(days=30)).isoformat(), "covert": True,
+                      "discloseAfter": (datetime.now(UTC) + timedelta(days=90)).date().isoformat(), **extra}}, legal)
+        assert words in r.json()["errors"][0]["message"], r.text
 
 
 async def test_a_mutation_must_be_posted(http: Gw) -> None:
@@ -151,6 +213,7 @@ async def test_a_mutation_must_be_posted(http: Gw) -> None:
 async def test_the_data_tracker_shows_consented_accesses_and_hides_covert_ones(http: Gw, city: City) -> None:
     pensions = rows(city, "hrss", "pension")
     citizen, suspect = pensions[3]["id_number"], pensions[4]["id_number"]
+    disclose = (datetime.now(UTC) + timedelta(days=200)).date().isoformat()
     portal = await http.login("citizen-portal", "citizen-portal-demo-secret", purpose="citizen-self-service",
                               acting="citizen:self")
     legal = await http.login("legal-office", "legal-office-demo-secret", acting="legal-officer-2")
@@ -161,12 +224,12 @@ async def test_the_data_tracker_shows_consented_accesses_and_hides_covert_ones(h
     r = await http.post("""mutation($input: LegalBasisInput!) { recordLegalBasis(input: $input) { id covert
         discloseAfter basisType reference } }""", {"input": {
         "idNumber": suspect, "requester": "civil", "purpose": "benefit-fraud-investigation",
-        "fields": ["hrss.pension.monthly_amount"], "validUntil": (datetime.now(UTC) + timedelta(days=365)).isoformat(),
+        "fields": ["hrss.pension.monthly_amount"], "validUntil": (datetime.now(UTC) + timedelta(days=60)).isoformat(),
         "basisType": "investigation", "reference": "云民调字〔2026〕17号", "covert": True,
-        "discloseAfter": "2098-01-01"}}, legal)
+        "discloseAfter": disclose}}, legal)
     lb = r.json()["data"]["recordLegalBasis"]
     assert lb is not None, r.text
-    assert lb["covert"] is True and lb["discloseAfter"] == "2098-01-01"
+    assert lb["covert"] is True and lb["discloseAfter"] == disclose
     # The counter may not record legal bases, the legal office may not record consents.
     denied = await http.post('mutation($id: ID!) { withdrawLegalBasis(id: $id, reason: "x") { id } }',
                              {"id": lb["id"]}, counter)
@@ -183,7 +246,7 @@ async def test_the_data_tracker_shows_consented_accesses_and_hides_covert_ones(h
     assert {"department": "civil", "purpose": REVIEW, "consents": [grant["id"]],
             "legalBases": [http.gw.catalog.purposes[REVIEW].legal_basis]} in mine
     theirs = (await http.post(tracker, {"id": suspect}, portal)).json()["data"]["dataTracker"]["accesses"]
-    assert all(a["purpose"] != "benefit-fraud-investigation" for a in theirs), "covert until 2098"
+    assert all(a["purpose"] != "benefit-fraud-investigation" for a in theirs), "covert for 200 days"
     # An ordinary (not covert) legal basis: the person sees the access, and the basis it rested on.
     ordered = pensions[5]["id_number"]
     r = await http.post("""mutation($input: LegalBasisInput!) { recordLegalBasis(input: $input) { id } }""", {"input": {
@@ -201,7 +264,7 @@ async def test_the_data_tracker_shows_consented_accesses_and_hides_covert_ones(h
                           '"benefit-fraud-investigation"}) { records { legalBases discloseAfter } } }',
                           {"id": suspect}, auditor)
     [record] = log.json()["data"]["auditLog"]["records"]
-    assert record["discloseAfter"] == "2098-01-01"
+    assert json.loads(record["discloseAfter"]) == {http.gw.subjects(suspect): disclose}
     assert f"{lb['id']}: 云民调字〔2026〕17号" in record["legalBases"]
 
 
@@ -230,7 +293,8 @@ async def test_revocation_reaches_another_gateway_process(make_settings: Any, tm
             query = {"query": PENSIONS, "variables": {"ids": [subject]}}
             r = await two.post("/graphql", json=query, headers=counter)
             assert r.json()["data"]["persons"][0]["pensions"][0]["monthlyAmount"] is not None
-            r = await one.post("/graphql", json={"query": REVOKE, "variables": {"id": grant["id"]}}, headers=portal)
+            r = await one.post("/graphql", json={"query": REVOKE, "variables": {"id": grant["id"], "who": subject}},
+                               headers=portal)
             assert r.json()["data"]["revokeConsent"]["status"] == "REVOKED"
             r = await two.post("/graphql", json=query, headers=counter)  # the very next request, the other process
             assert r.json()["data"]["persons"][0]["pensions"][0]["monthlyAmount"] is None
@@ -279,3 +343,17 @@ def test_the_command_line_grants_lists_and_revokes(make_settings: Any, tmp_path:
 
     assert sorted(asyncio.run(events())) == [("consent.grant", grant_id, "clerk-9"),
                                              ("consent.revoke", grant_id, "clerk-9")]
+    r = runner.invoke(cli, ["consent", "verify", *cfg])
+    assert r.exit_code == 0 and "in agreement with the audit log" in r.output, r.output
+    # Roll the revocation back whole (history cut, an older signed state put back): the audit log tells.
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "stores" / "consent.sqlite")
+    con.execute("DELETE FROM consent_event WHERE grant_id = ? AND seq > 1", (grant_id,))
+    con.execute("UPDATE consent_grant SET status = 'ACTIVE', status_seq = 1, status_at = e.at, status_by = e.by, "
+                "status_reason = e.reason, prev_signature = '', state_signature = e.signature FROM (SELECT at, by, "
+                "reason, signature FROM consent_event WHERE grant_id = ?) AS e WHERE id = ?", (grant_id, grant_id))
+    con.commit()
+    con.close()
+    r = runner.invoke(cli, ["consent", "verify", *cfg], env={"COLUMNS": "200"})
+    assert r.exit_code == 1 and "1 changes in the store but 2 in the audit log" in r.output, r.output

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from catalog.loader import load_catalog
 from gateway.audit.entry import SubjectHasher
@@ -54,7 +55,7 @@ def terms(subject: str | None, kind: Kind = Kind.CONSENT, **kw: Any) -> Any:
     if kind is Kind.CONSENT:
         base.update(max_uses=20, per_days=30, explicit_request=True, method="app")
     else:
-        base.update(basis_type="statutory_duty", reference="art. 11")
+        base.update(basis_type="statutory_duty", reference="art. 11", every_subject=subject is None)
     base.update(kw)
     return build_terms(GrantRequest(**base), CATALOG, HASH, NOW)
 
@@ -147,3 +148,50 @@ async def test_search_pages_newest_first(store: ConsentStore) -> None:
     third = await store.search(limit=2, after=second[-1].id)
     assert [g.id for g in first + second + third] == ids[::-1]
     assert [g.id for g in await store.search(subject_hash=HASH(PEOPLE[0]))] == [ids[3], ids[0]]
+
+
+async def test_an_older_signed_state_put_back_is_not_honoured_and_verify_finds_it(store: ConsentStore) -> None:
+    from gateway.consent_verify import verify_consents
+
+    grant = await store.add(terms(PEOPLE[0]), by="clerk")
+    await store.change(grant.id, "revoke", by="citizen", reason="no", now=NOW)
+    assert await verify_consents(store, None) == (1, [])
+    # Un-revoke by replaying the first, genuinely signed, state into the row.
+    async with store.engine.begin() as conn:
+        await conn.execute(sa.text(
+            "UPDATE consent_grant SET status = 'ACTIVE', status_seq = 1, status_at = e.at, status_by = e.by, "
+            "status_reason = e.reason, prev_signature = '', state_signature = e.signature "
+            "FROM (SELECT at, by, reason, signature FROM consent_event WHERE grant_id = :i AND seq = 1) AS e "
+            "WHERE id = :i"), {"i": grant.id})
+    g = await store.get(grant.id)
+    assert g is not None and store.signer.verify(g)  # the replayed state's own signature is genuine ...
+    # ... but it is not the last of the grant's history: the lookup leaves it out.
+    assert await store.candidates("civil", "subsistence-allowance-review", {HASH(PEOPLE[0])}, NOW) == []
+    _, problems = await verify_consents(store, None)
+    assert any("not the last of its history" in p for p in problems), problems
+    # Cutting the history too defeats the lookup: only the audit log can tell (hutong consent verify, with
+    # the audit log, in tests/test_consent_http.py).
+    async with store.engine.begin() as conn:
+        await conn.execute(sa.text("DELETE FROM consent_event WHERE grant_id = :i AND seq > 1"), {"i": grant.id})
+    assert len(await store.candidates("civil", "subsistence-allowance-review", {HASH(PEOPLE[0])}, NOW)) == 1
+
+
+async def test_deleted_use_rows_are_found(store: ConsentStore) -> None:
+    from gateway.consent_verify import verify_consents
+
+    grant = await store.add(terms(PEOPLE[1], max_uses=2, per_days=30), by="clerk")
+    await store.record_uses([grant], "r1", NOW)
+    await store.record_uses([grant], "r2", NOW)
+    async with store.engine.begin() as conn:
+        await conn.execute(sa.text("DELETE FROM consent_use WHERE grant_id = :i"), {"i": grant.id})
+    _, problems = await verify_consents(store, None)
+    assert problems == [f"consent {grant.id}: 0 use rows but a use count of 2: uses deleted"]
+
+
+async def test_a_paused_consent_past_its_expiry_is_expired(store: ConsentStore) -> None:
+    grant = await store.add(terms(PEOPLE[2]), by="clerk")
+    _, paused = await store.change(grant.id, "pause", by="citizen", reason="away", now=NOW)
+    later = NOW + timedelta(days=31)
+    assert paused.effective_status(later) is Status.EXPIRED
+    with pytest.raises(ConsentStateError, match="expired on"):
+        await store.change(grant.id, "resume", by="citizen", reason="back", now=later)

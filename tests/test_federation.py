@@ -141,7 +141,7 @@ async def test_catalog_is_queryable(gateway: Gateway) -> None:
         entities { code key heldIn } } }"""
     data = await run(gateway, query)
     cat = data["catalog"]
-    assert {d["code"] for d in cat["departments"]} == {"psb", "hrss", "housing", "mr", "health", "civil"}
+    assert {d["code"] for d in cat["departments"]} == {"psb", "hrss", "housing", "mr", "health", "civil", "service"}
     assert [d["code"] for d in cat["datasets"]] == ["psb.resident"]
     fields = {f["name"]: f for f in cat["datasets"][0]["fields"]}
     assert fields["address"] == {"name": "address", "shareType": "CONDITIONAL", "sensitivity": "L3"}

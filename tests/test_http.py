@@ -281,7 +281,7 @@ async def test_metadata_needs_a_token_but_no_purpose(client: httpx.AsyncClient) 
     token_only = {"authorization": client.headers["authorization"]}
     async with httpx.AsyncClient(transport=client._transport, base_url="http://gw", headers=token_only) as c:
         r = await c.post("/graphql", json={"query": "{ catalog { departments { code } } }"})
-    assert r.status_code == 200 and len(r.json()["data"]["catalog"]["departments"]) == 6
+    assert r.status_code == 200 and len(r.json()["data"]["catalog"]["departments"]) == 7
     async with httpx.AsyncClient(transport=client._transport, base_url="http://gw") as bare:
         r = await bare.post("/graphql", json={"query": "{ catalog { departments { code } } }"})
     assert r.status_code == 401 and r.headers["www-authenticate"] == 'Bearer realm="hutong"'

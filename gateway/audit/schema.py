@@ -70,7 +70,8 @@ class AuditRecord(graphene.ObjectType):
     legal_bases = graphene.List(graphene.NonNull(graphene.String))
     consents = graphene.List(graphene.NonNull(graphene.String), description="Ids of the consents that released data")
     consent_withheld = graphene.JSONString(description="Conditional values withheld, per refusal code")
-    disclose_after = graphene.String(description="A covert legal basis hides this access from the person until then")
+    disclose_after = graphene.JSONString(description="Subjects (HMACs) a covert legal basis hides this access from, "
+                                                     "each until a date")
     status = graphene.Int()
     outcome = graphene.String()
     codes = graphene.List(graphene.NonNull(graphene.String))
@@ -133,7 +134,7 @@ class TrackerPage(graphene.ObjectType):
     end_cursor = graphene.String()
 
 
-def _covert_until(catalog: Any, record: dict[str, Any]) -> datetime:
+def _covert_until(catalog: Any, record: dict[str, Any], subject: str) -> datetime:
     """When an access may be shown to the person: after a covert purpose's days, and not before the
     disclosure date of a covert legal basis it used (the epoch for ordinary accesses)."""
     until = datetime.min.replace(tzinfo=UTC)
@@ -141,8 +142,9 @@ def _covert_until(catalog: Any, record: dict[str, Any]) -> datetime:
     purpose = catalog.purposes.get(body.get("purpose") or "")
     if purpose is not None and purpose.covert_days is not None:
         until = datetime.fromisoformat(record["time"].replace("Z", "+00:00")) + timedelta(days=purpose.covert_days)
-    if body.get("disclose_after"):
-        until = max(until, datetime.fromisoformat(body["disclose_after"]).replace(tzinfo=UTC))
+    hidden = (body.get("disclose_after") or {}).get(subject)
+    if hidden:
+        until = max(until, datetime.fromisoformat(hidden).replace(tzinfo=UTC))
     return until
 
 
@@ -196,7 +198,7 @@ class AuditQuery(graphene.ObjectType):
         scanned = scanned[:MAX_PAGE]
         # Covert accesses are skipped until their disclosure date; the cursor follows what was scanned,
         # so older, disclosed accesses stay reachable behind a run of covert ones.
-        out = [r for r in scanned if _covert_until(catalog, r) <= now][:size]
+        out = [r for r in scanned if _covert_until(catalog, r, hmac_) <= now][:size]
         last = out[-1]["seq"] if len(out) == size else (scanned[-1]["seq"] if len(scanned) == MAX_PAGE else None)
         total = len(out) if after_seq is None and last is None else None
         accesses = []
@@ -207,7 +209,11 @@ class AuditQuery(graphene.ObjectType):
                 "time": r["time"], "department": b.get("department"), "client_id": b.get("client_id"),
                 "acting_user": b.get("acting_user"), "case_id": b.get("case_id"), "purpose": b.get("purpose"),
                 "purpose_description": purpose.description if purpose else None,
-                "legal_basis": purpose.legal_basis if purpose else None, "legal_bases": b.get("legal_bases"),
+                "legal_basis": purpose.legal_basis if purpose else None,
+                # The purpose's basis, and the recorded bases that cover this person (not those naming others).
+                "legal_bases": ([purpose.legal_basis] if purpose else []) + [
+                    f"{g['id']}: {g['reference']}" for g in b.get("legal_basis_grants") or []
+                    if g.get("subject") in (None, hmac_)],
                 "consents": [i for i in b.get("consents") or [] if (b.get("consent_subjects") or {}).get(i) == hmac_],
                 "datasets": b.get("datasets"),
             })

@@ -29,12 +29,14 @@ class DemoClient:
 
 
 DEMO_CLIENTS = (
-    DemoClient("street-office-app", "street-office-demo-secret", "civil", ("consent-recorder", "street-office"),
-               "a street office (街道办) checking subsistence-allowance claims; its counter records consents"),
+    DemoClient("street-office-app", "street-office-demo-secret", "civil", ("street-office",),
+               "a street office (街道办) checking subsistence-allowance claims"),
     DemoClient("health-app", "health-demo-secret", "health", ("clinician",), "a hospital's clinical system"),
     DemoClient("market-app", "market-demo-secret", "mr", ("market-inspector",), "Market Regulation inspectors"),
-    DemoClient("citizen-portal", "citizen-portal-demo-secret", "civil", ("citizen-portal", "consent-recorder"),
+    DemoClient("citizen-portal", "citizen-portal-demo-secret", "service", ("citizen-portal", "consent-recorder"),
                "the citizens' self-service portal, where citizens grant and revoke consent"),
+    DemoClient("service-counter", "service-counter-demo-secret", "service", ("consent-recorder",),
+               "the Government Service Centre's counters (政务服务中心), recording consents on paper forms"),
     DemoClient("investigation-app", "investigation-demo-secret", "civil", ("investigator",),
                "Civil Affairs' benefit-fraud investigators"),
     DemoClient("legal-office", "legal-office-demo-secret", "civil", ("legal-basis-recorder",),

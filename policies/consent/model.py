@@ -105,11 +105,15 @@ class Terms:
 
 @dataclass(frozen=True, slots=True)
 class StatusEvent:
+    """One status change. Each is signed over its content and the signature of the one before,
+    so the history is a chain: a state cannot be rolled back without cutting the chain."""
+
     seq: int
     at: datetime
     status: Status
     by: str
     reason: str
+    signature: str = ""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -122,7 +126,10 @@ class Grant:
     status: Status  # stored status: ACTIVE, PAUSED or REVOKED
     status_seq: int
     status_at: datetime
-    state_signature: str  # over (id, status, status_seq, status_at)
+    status_by: str
+    status_reason: str
+    prev_signature: str  # the previous state's signature ("" for the first)
+    state_signature: str  # over (id, status, seq, at, by, reason, prev_signature): the last event's
     use_count: int = 0
     last_used_at: datetime | None = None
     history: list[StatusEvent] = field(default_factory=list)
@@ -131,8 +138,14 @@ class Grant:
     def id(self) -> str:
         return self.terms.id
 
+    @property
+    def last_event(self) -> StatusEvent:
+        return StatusEvent(self.status_seq, self.status_at, self.status, self.status_by, self.status_reason,
+                           self.state_signature)
+
     def effective_status(self, now: datetime) -> Status:
-        if self.status is Status.ACTIVE and now > self.terms.valid_until:
+        """REVOKED is final; otherwise past its expiry a grant is EXPIRED, paused or not."""
+        if self.status is not Status.REVOKED and now > self.terms.valid_until:
             return Status.EXPIRED
         return self.status
 

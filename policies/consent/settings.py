@@ -3,6 +3,7 @@
 ```toml
 [consent]
 url = "sqlite+aiosqlite:///run/consent.sqlite"   # or postgresql+asyncpg://hutong:${PASSWORD}@host/db
+self_recording = false   # true: a department's clients may record consents to its own use of data
 ```
 
 Every gateway worker must use the same store: a revocation recorded through one worker is
@@ -19,12 +20,13 @@ from gateway.config import ConfigError, Settings
 
 __all__ = ["ConsentSettings"]
 
-_KNOWN = {"url"}
+_KNOWN = {"url", "self_recording"}
 
 
 @dataclass(frozen=True)
 class ConsentSettings:
     url: str
+    self_recording: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConsentSettings:
@@ -34,7 +36,10 @@ class ConsentSettings:
         raw = settings.consent
         unknown = sorted(set(raw) - _KNOWN)
         if unknown:
-            raise ConfigError(f"{at} has unknown key(s) {', '.join(unknown)}; known: url")
+            raise ConfigError(f"{at} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN))}")
+        self_recording = raw.get("self_recording", False)
+        if not isinstance(self_recording, bool):
+            raise ConfigError(f"{at}: self_recording must be true or false")
         value = raw.get("url", "sqlite+aiosqlite:///run/consent.sqlite")
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{at}: url must be a SQLAlchemy URL")
@@ -47,4 +52,4 @@ class ConsentSettings:
         except ConfigError as exc:
             raise ConfigError(str(exc).replace("client store", "consent store")
                               .replace("every client", "every consent")) from None
-        return cls(url=url)
+        return cls(url=url, self_recording=self_recording)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from datetime import UTC, date, datetime
 from typing import Any
@@ -33,6 +35,8 @@ from policies.consent.model import Grant, Kind, Status, StatusEvent, Terms
 from policies.consent.signing import ConsentSigner
 
 __all__ = ["ConsentStateError", "ConsentStore", "metadata"]
+
+log = logging.getLogger("hutong.consent")
 
 DAY_US = 86_400_000_000
 
@@ -68,6 +72,9 @@ grant_table = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("status_seq", sa.Integer, nullable=False),
     sa.Column("status_at", sa.String(32), nullable=False),
+    sa.Column("status_by", sa.String(200), nullable=False),
+    sa.Column("status_reason", sa.Text, nullable=False),
+    sa.Column("prev_signature", sa.String(128), nullable=False),
     sa.Column("state_signature", sa.String(128), nullable=False),
     sa.Column("use_count", sa.Integer, nullable=False, default=0),
     sa.Column("last_used_at", sa.String(32)),
@@ -180,16 +187,14 @@ class ConsentStore:
                   then: Callable[[Grant], Awaitable[None]] | None = None) -> Grant:
         """Sign and store new terms (status ACTIVE). ``then`` runs inside the transaction (the
         audit event): if it fails, nothing is stored."""
-        at = terms.created_at
+        first = StatusEvent(1, terms.created_at, Status.ACTIVE, by, reason)
+        first = dataclasses.replace(first, signature=self.signer.sign_state(terms.id, first, ""))
         grant = Grant(terms=terms, key_id=self.signer.key_id, signature=self.signer.sign_terms(terms),
-                      status=Status.ACTIVE, status_seq=1, status_at=at,
-                      state_signature=self.signer.sign_state(terms.id, Status.ACTIVE, 1, at),
-                      history=[StatusEvent(1, at, Status.ACTIVE, by, reason)])
+                      status=first.status, status_seq=first.seq, status_at=first.at, status_by=by,
+                      status_reason=reason, prev_signature="", state_signature=first.signature, history=[first])
         async with self._write() as conn:
             await conn.execute(grant_table.insert().values(**self._row(grant)))
-            await conn.execute(event_table.insert().values(grant_id=terms.id, seq=1, at=_stamp(at),
-                                                           status=Status.ACTIVE.value, by=by, reason=reason,
-                                                           signature=grant.state_signature))
+            await conn.execute(event_table.insert().values(**self._event_row(terms.id, first)))
             if then is not None:
                 await then(grant)
         return grant
@@ -215,17 +220,24 @@ class ConsentStore:
             if before.status not in allowed:
                 raise ConsentStateError(f"{grant_id} is {before.status.value}: only "
                                         f"{' or '.join(sorted(s.value for s in allowed))} can be {action}d")
-            seq = before.status_seq + 1
-            sig = self.signer.sign_state(grant_id, to, seq, now)
-            await conn.execute(grant_table.update().where(grant_table.c.id == grant_id).values(
-                status=to.value, status_seq=seq, status_at=_stamp(now), state_signature=sig))
-            await conn.execute(event_table.insert().values(grant_id=grant_id, seq=seq, at=_stamp(now),
-                                                           status=to.value, by=by, reason=reason.strip(),
-                                                           signature=sig))
-            after = Grant(terms=before.terms, key_id=before.key_id, signature=before.signature, status=to,
-                          status_seq=seq, status_at=now, state_signature=sig, use_count=before.use_count,
-                          last_used_at=before.last_used_at,
-                          history=[*before.history, StatusEvent(seq, now, to, by, reason.strip())])
+            event = StatusEvent(before.status_seq + 1, now, to, by, reason.strip())
+            event = dataclasses.replace(event, signature=self.signer.sign_state(grant_id, event,
+                                                                               before.state_signature))
+            # Only the state read above may be changed: a concurrent change makes this a no-op.
+            done = await conn.execute(grant_table.update().where(
+                grant_table.c.id == grant_id, grant_table.c.status_seq == before.status_seq).values(
+                status=to.value, status_seq=event.seq, status_at=_stamp(now), status_by=by,
+                status_reason=event.reason, prev_signature=before.state_signature, state_signature=event.signature))
+            if done.rowcount != 1:
+                raise ConsentStateError(f"{grant_id} was changed by someone else meanwhile: look again and retry")
+            try:
+                await conn.execute(event_table.insert().values(**self._event_row(grant_id, event)))
+            except IntegrityError:
+                raise ConsentStateError(f"{grant_id} was changed by someone else meanwhile: look again and "
+                                        "retry") from None
+            after = dataclasses.replace(before, status=to, status_seq=event.seq, status_at=now, status_by=by,
+                                        status_reason=event.reason, prev_signature=before.state_signature,
+                                        state_signature=event.signature, history=[*before.history, event])
             if then is not None:
                 await then(before, after)
         return before, after
@@ -244,8 +256,8 @@ class ConsentStore:
         if history:
             e = event_table.c
             rows = (await conn.execute(sa.select(event_table).where(e.grant_id == grant_id).order_by(e.seq))).all()
-            grant.history = [StatusEvent(r.seq, _time(r.at) or datetime.min, Status(r.status), r.by, r.reason)
-                             for r in rows]
+            grant.history = [StatusEvent(r.seq, _time(r.at) or datetime.min, Status(r.status), r.by, r.reason,
+                                         r.signature) for r in rows]
         return grant
 
     async def search(self, *, subject_hash: str | None = None, requester: str | None = None,
@@ -282,21 +294,36 @@ class ConsentStore:
         else:  # SQLite: the pseudonyms travel as one JSON parameter, whatever their number
             subjects = g.subject_hash.in_(sa.select(sa.column("value")).select_from(
                 sa.func.json_each(sa.bindparam("hashes"))))
-        return (sa.select(grant_table, in_window)
+        # The last event of the grant's history: a state older than it is a replayed one.
+        e = event_table.c
+        last_seq = (sa.select(sa.func.max(e.seq)).where(e.grant_id == g.id).scalar_subquery().label("last_seq"))
+        return (sa.select(grant_table, in_window, last_seq)
                 .where(g.requester == sa.bindparam("requester"), g.purpose == sa.bindparam("purpose"),
                        sa.or_(subjects, g.subject_hash.is_(None))))
 
     async def candidates(self, requester: str, purpose: str, subject_hashes: Collection[str],
                          now: datetime) -> list[tuple[Grant, int]]:
         """Every grant of ``requester`` for ``purpose`` naming one of the subjects (or every subject),
-        with its uses in its frequency window: one query, whatever the number of subjects."""
+        with its uses in its frequency window: one query, whatever the number of subjects. Rows
+        that cannot be read, or whose state is not the last of their history, are left out (logged)."""
         hashes: Any = sorted(subject_hashes)
         if self.backend != "postgresql":
             hashes = orjson.dumps(hashes).decode()
         async with self.engine.connect() as conn:
             rows = (await conn.execute(self._lookup, {"requester": requester, "purpose": purpose,
                                                       "hashes": hashes, "now_us": _us(now)})).mappings().all()
-        return [(self._grant(r), int(r["uses_in_window"] or 0)) for r in rows]
+        out = []
+        for r in rows:
+            try:
+                grant = self._grant(r)
+            except (KeyError, ValueError, TypeError):
+                log.error("consent %s cannot be read (edited outside hutong?): ignored", r["id"])
+                continue
+            if r["last_seq"] != grant.status_seq:
+                log.error("consent %s is not in the last state of its history (rolled back?): ignored", grant.id)
+                continue
+            out.append((grant, int(r["uses_in_window"] or 0)))
+        return out
 
     async def record_uses(self, grants: Collection[Grant], request_id: str, now: datetime) -> set[str]:
         """Count one use of each grant by this request. Frequency-limited grants are re-counted under
@@ -328,6 +355,13 @@ class ConsentStore:
                     use_count=grant_table.c.use_count + 1, last_used_at=_stamp(now)))
         return refused
 
+    async def use_counts(self) -> dict[str, int]:
+        """Use rows per grant (for verification)."""
+        u = use_table.c
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(u.grant_id, sa.func.count()).group_by(u.grant_id))).all()
+        return {r[0]: int(r[1]) for r in rows}
+
     async def uses(self, grant_id: str, limit: int = 100) -> list[tuple[datetime, str]]:
         """The latest uses of a grant: (time, request id), newest first."""
         u = use_table.c
@@ -337,6 +371,11 @@ class ConsentStore:
         return [(datetime.fromtimestamp(r.at / 1_000_000, UTC), r.request_id) for r in rows]
 
     # --- rows <-> grants ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _event_row(grant_id: str, e: StatusEvent) -> dict[str, Any]:
+        return {"grant_id": grant_id, "seq": e.seq, "at": _stamp(e.at), "status": e.status.value, "by": e.by,
+                "reason": e.reason, "signature": e.signature}
 
     @staticmethod
     def _row(grant: Grant) -> dict[str, Any]:
@@ -354,7 +393,8 @@ class ConsentStore:
             "disclose_after": t.disclose_after.isoformat() if t.disclose_after else None,
             "recorded_by": t.recorded_by, "recorded_via": t.recorded_via, "created_at": _stamp(t.created_at),
             "key_id": grant.key_id, "signature": grant.signature, "status": grant.status.value,
-            "status_seq": grant.status_seq, "status_at": _stamp(grant.status_at),
+            "status_seq": grant.status_seq, "status_at": _stamp(grant.status_at), "status_by": grant.status_by,
+            "status_reason": grant.status_reason, "prev_signature": grant.prev_signature,
             "state_signature": grant.state_signature, "use_count": grant.use_count,
             "last_used_at": _stamp(grant.last_used_at) if grant.last_used_at else None,
         }
@@ -374,5 +414,6 @@ class ConsentStore:
         )
         return Grant(terms=terms, key_id=r["key_id"], signature=r["signature"], status=Status(r["status"]),
                      status_seq=r["status_seq"], status_at=_time(r["status_at"]) or datetime.min,
+                     status_by=r["status_by"], status_reason=r["status_reason"], prev_signature=r["prev_signature"],
                      state_signature=r["state_signature"], use_count=r["use_count"],
                      last_used_at=_time(r["last_used_at"]))

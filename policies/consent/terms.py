@@ -20,9 +20,10 @@ from catalog.model import Catalog, ShareType
 from policies.consent.model import BASIS_TYPES, METHODS, Kind, Terms
 from policies.masks import mask_for
 
-__all__ = ["MAX_LEGAL_BASIS_DAYS", "ConsentInputError", "GrantRequest", "build_terms"]
+__all__ = ["MAX_COVERT_DAYS_AFTER", "MAX_LEGAL_BASIS_DAYS", "ConsentInputError", "GrantRequest", "build_terms"]
 
 MAX_LEGAL_BASIS_DAYS = 3650  # a legal basis is reviewed at least every ten years
+MAX_COVERT_DAYS_AFTER = 365  # a covert basis is disclosed at most a year after it ends
 
 
 class ConsentInputError(ValueError):
@@ -36,7 +37,8 @@ class ConsentInputError(ValueError):
 @dataclass(kw_only=True)
 class GrantRequest:
     kind: Kind
-    subject: str | None  # the raw ID number or credit code; None: a legal basis for every subject
+    subject: str | None  # the raw ID number or credit code
+    every_subject: bool = False  # a legal basis for everyone (a statutory duty): said explicitly, never implied
     requester: str
     purpose: str
     fields: list[str]  # dataset.field, or a dataset code for all its conditional fields
@@ -127,11 +129,19 @@ def build_terms(req: GrantRequest, catalog: Catalog, hasher: Callable[[str], str
                         "record one consent per subject")
     elif subject_kinds:
         subject_kind = next(iter(subject_kinds))
-    if req.subject is None or not req.subject.strip():
-        if consent:
-            problems.append("name the data subject: the ID number or credit code of the person or organisation "
-                            "consenting")
-    elif subject_kind is not None:
+    if req.subject is not None and not req.subject.strip():
+        problems.append("the subject is empty: give the ID number or credit code"
+                        + ("" if consent else ", or leave it out and set every_subject for a basis covering everyone"))
+    elif req.subject is None and consent:
+        problems.append("name the data subject: the ID number or credit code of the person or organisation consenting")
+    elif req.subject is None and not req.every_subject:
+        problems.append("name the subject the legal basis covers, or set every_subject for one covering everyone "
+                        "(a statutory duty)")
+    elif req.subject is not None and req.every_subject:
+        problems.append("give a subject or every_subject, not both")
+    elif consent and req.every_subject:
+        problems.append("a consent is one subject's: every_subject applies to legal bases only")
+    elif req.subject is not None and subject_kind is not None:
         try:
             key = KEY_KINDS[subject_kind].normalise(req.subject)
         except InvalidKey as exc:
@@ -204,6 +214,12 @@ def build_terms(req: GrantRequest, catalog: Catalog, hasher: Callable[[str], str
                             "the accesses")
         if req.covert and req.disclose_after is not None and req.disclose_after <= valid_from.date():
             problems.append("disclose_after must be after the legal basis starts")
+        latest = valid_until.date() + timedelta(days=MAX_COVERT_DAYS_AFTER)
+        if req.covert and req.disclose_after is not None and req.disclose_after > latest:
+            problems.append(f"disclose_after may be at most {MAX_COVERT_DAYS_AFTER} days after the legal basis ends "
+                            f"({latest}): a covert access is disclosed in the end")
+        if req.covert and req.every_subject:
+            problems.append("a covert legal basis must name its subject: it cannot hide accesses to everyone")
         if not req.covert and req.disclose_after is not None:
             problems.append("disclose_after applies only to a covert legal basis (set covert)")
         if req.method or req.explicit_request is not None:
