@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from catalog.keys import KEY_KINDS, InvalidKey
 from catalog.model import Catalog
+from gateway.audit.entry import SubjectHasher
 from gateway.context import RequestContext
 from gateway.errors import Code, GraphQLErrorOut, RequestError
 from gateway.executor import FetchResult
@@ -113,7 +113,8 @@ class _Value:
 
 
 async def apply_consent(plan: Plan, results: dict[int, FetchResult], ctx: RequestContext, catalog: Catalog,
-                        store: ConsentStore, signer: ConsentSigner, pseudonym: Any, now: datetime) -> ConsentOutcome:
+                        store: ConsentStore, signer: ConsentSigner, pseudonyms: SubjectHasher,
+                        now: datetime) -> ConsentOutcome:
     """Judge every gated value of ``results`` (mutating their rows); see the module docstring."""
     out = ConsentOutcome()
     gated = [(f, results[f.id]) for f in plan.fetches
@@ -122,28 +123,14 @@ async def apply_consent(plan: Plan, results: dict[int, FetchResult], ctx: Reques
         return out
 
     # 1. Subjects, as pseudonyms, of every gated row.
-    hashes: dict[tuple[str, Any], str] = {}
     row_subjects: list[list[str | None]] = []
     for f, r in gated:
         spec = catalog.datasets[f.dataset].subject_field
         assert spec is not None and spec.key is not None  # catalogue validation guarantees both
-        kind = KEY_KINDS[spec.key]
-        subjects: list[str | None] = []
-        for row in r.rows:
-            value = row.get(spec.name)
-            if value is None:
-                subjects.append(None)
-                continue
-            memo = (spec.key, value)
-            h = hashes.get(memo)
-            if h is None:
-                try:
-                    h = pseudonym(kind.normalise(str(value)))
-                except InvalidKey:
-                    h = pseudonym(str(value))  # a malformed stored key matches no consent, but is never raw
-                hashes[memo] = h
-            subjects.append(h)
-        row_subjects.append(subjects)
+        kind, column = spec.key, spec.name
+        row_subjects.append([None if (v := row.get(column)) is None else pseudonyms.of_stored(kind, str(v))
+                             for row in r.rows])
+    hashes = {h for subjects in row_subjects for h in subjects if h is not None}
 
     def refuse_all(code: Refusal, why: str) -> ConsentOutcome:
         out.used.clear()
@@ -160,7 +147,7 @@ async def apply_consent(plan: Plan, results: dict[int, FetchResult], ctx: Reques
     # 2. One lookup for them all.
     try:
         out.lookups += 1
-        found = await store.candidates(ctx.subject.department, ctx.purpose or "", set(hashes.values()), now)
+        found = await store.candidates(ctx.subject.department, ctx.purpose or "", hashes, now)
     except Exception as exc:
         log.error("consent lookup failed (%s at %s): conditional fields withheld", type(exc).__name__, where(exc))
         return refuse_all(Refusal.UNAVAILABLE, "the consent store cannot be read")
