@@ -42,6 +42,7 @@ class Settings:
     policies: dict[str, Any] = field(default_factory=dict)  # the [policies] section, read by policies.settings
     audit: dict[str, Any] = field(default_factory=dict)  # the [audit] section, read by gateway.audit.settings
     consent: dict[str, Any] = field(default_factory=dict)  # the [consent] section, read by policies.consent.settings
+    sharing: dict[str, Any] = field(default_factory=dict)  # the [sharing] section, read by policies.sharing
 
     @property
     def base_dir(self) -> Path:
@@ -59,10 +60,10 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{cfg_path}: not valid TOML: {exc}") from None
 
-    sections = sorted(set(raw) - {"gateway", "sources", "auth", "policies", "audit", "consent"})
+    sections = sorted(set(raw) - {"gateway", "sources", "auth", "policies", "audit", "consent", "sharing"})
     if sections:
         raise ConfigError(f"{cfg_path}: unknown section(s) {', '.join(sections)}; "
-                          "known: [gateway], [sources.CODE], [auth], [policies], [audit], [consent]")
+                          "known: [gateway], [sources.CODE], [auth], [policies], [audit], [consent], [sharing]")
     gw: dict[str, Any] = raw.get("gateway", {})
     known = {"catalog", "demo", "host", "port", "debug", "default_limit", "max_limit", "max_keys", "max_depth",
              "max_rows", "max_nodes"}
@@ -112,6 +113,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         policies=dict(raw.get("policies", {})),
         audit=dict(raw.get("audit", {})),
         consent=dict(raw.get("consent", {})),
+        sharing=dict(raw.get("sharing", {})),
     )
     if settings.default_limit > settings.max_limit:
         raise ConfigError(f"{cfg_path}: default_limit ({settings.default_limit}) exceeds max_limit "

@@ -41,7 +41,7 @@ from policies.consent.store import ConsentStore
 from policies.decide import Decider
 from policies.masks import Masker
 from policies.settings import PolicySettings
-from policies.store import FilePolicySource, PolicyStore, SQLPolicySource
+from policies.store import open_policy_store
 from policies.validate import PolicyError
 from resolvers.registry import Sources
 
@@ -80,8 +80,7 @@ class Gateway:
         self.documents = DocumentCache(self.built.graphql)
         self.sources = sources or Sources(catalog, settings.base_dir, settings.source_urls)
         self.policy = PolicySettings.from_settings(settings)
-        source = FilePolicySource(self.policy.file) if self.policy.file else SQLPolicySource(str(self.policy.url))
-        self.store = PolicyStore(source, catalog, reload_interval=self.policy.reload_interval)
+        self.store = open_policy_store(settings, catalog)
         self.decider = Decider(self.store, catalog)
         self.masker = Masker(self.policy.mask_key)
         self.cursors = CursorCodec(self.policy.mask_key)

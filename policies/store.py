@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import casbin
 from casbin.persist.adapters import FileAdapter
@@ -29,7 +29,8 @@ from casbin.persist.adapters import FileAdapter
 from catalog.model import Catalog
 from policies.validate import PolicyError, validate_policy
 
-__all__ = ["MODEL_PATH", "FilePolicySource", "PolicySource", "PolicyStore", "SQLPolicySource", "Snapshot"]
+__all__ = ["MODEL_PATH", "FilePolicySource", "PolicySource", "PolicyStore", "SQLPolicySource", "Snapshot",
+           "open_policy_store"]
 
 log = logging.getLogger("hutong.policies")
 
@@ -209,3 +210,13 @@ class PolicyStore:
 
     async def close(self) -> None:
         await self.source.close()
+
+
+def open_policy_store(settings: Any, catalog: Catalog) -> PolicyStore:
+    """The policy store the configuration names (``[policies] file`` or ``url``), not yet loaded:
+    ``await store.refresh(force=True)`` loads it. One place builds it: the gateway and every tool."""
+    from policies.settings import PolicySettings
+
+    policy = PolicySettings.from_settings(settings)
+    source: PolicySource = FilePolicySource(policy.file) if policy.file else SQLPolicySource(str(policy.url))
+    return PolicyStore(source, catalog, reload_interval=policy.reload_interval)
