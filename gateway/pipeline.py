@@ -21,6 +21,7 @@ from graphql import ExecutionResult, execute
 from sqlalchemy.exc import SQLAlchemyError
 
 from catalog.model import Catalog
+from gateway.audit.admin import append_admin
 from gateway.audit.entry import SubjectHasher, field_dispositions, normalise_query, returned
 from gateway.audit.errors import AuditUnavailable
 from gateway.authorize import Authorisation, authorize
@@ -36,13 +37,15 @@ from gateway.plan import Const, Meta, Plan, RootEntity, RootPage, RootVerify, Wi
 from gateway.planner import Planner
 from gateway.schema import BuiltSchema, build_schema
 from gateway.shape import Shaper
+from policies.admin import PolicyAdmin, ensure_seeded
 from policies.consent.settings import ConsentSettings
 from policies.consent.store import ConsentStore
 from policies.decide import Decider
 from policies.masks import Masker
 from policies.settings import PolicySettings
-from policies.store import open_policy_store
+from policies.store import RepositorySource, open_policy_store
 from policies.validate import PolicyError
+from policies.watcher import PolicyWatcher
 from resolvers.registry import Sources
 
 # The caller's context, a factory given "does the plan fetch data?", or UNRESTRICTED.
@@ -82,6 +85,8 @@ class Gateway:
         self.policy = PolicySettings.from_settings(settings)
         self.store = open_policy_store(settings, catalog)
         self.decider = Decider(self.store, catalog)
+        self.proposed_decider = Decider(self.store, catalog, proposed=True)  # the dry run's, if one is started
+        self.watcher = PolicyWatcher(self.store, self.policy.poll_interval)
         self.masker = Masker(self.policy.mask_key)
         self.cursors = CursorCodec(self.policy.mask_key)
         self.subjects = SubjectHasher(self.policy.mask_key)
@@ -103,14 +108,37 @@ class Gateway:
         return hit
 
     async def start(self) -> None:
-        """Load the policy (an invalid policy stops the gateway here, with the problems listed)."""
+        """Load the policy (an invalid policy stops the gateway here, with the problems listed),
+        seeding an empty policy repository first, and start watching it for changes."""
         try:
+            admin = self.policy_admin
+            if admin is not None:
+                await admin.repo.init()
+                await ensure_seeded(admin, self.policy.seed)
             await self.store.refresh(force=True)
         except PolicyError as exc:
             raise ConfigError(str(exc)) from None
         if self.consents is None:
             self.consents = open_store(self.settings)
         await self.consents.init()
+        await self.watcher.start()
+
+    @property
+    def policy_admin(self) -> PolicyAdmin | None:
+        """Administration of the policy repository (None for a policy file). Changes are audit events,
+        written through the app's audit writer, or a short-lived one for in-process callers."""
+        source = self.store.source
+        if not isinstance(source, RepositorySource):
+            return None
+        settings, writer = self.settings, self.audit_writer
+
+        async def record(body: dict[str, Any]) -> None:
+            if writer is not None:
+                await writer.append("admin", body)
+            else:
+                await append_admin(settings, body)
+
+        return PolicyAdmin(source.repo, self.catalog, record)
 
     def prepare(self, query: Any, operation_name: Any = None, variables: Any = None, method: str = "POST") -> Prepared:
         return prepare(self.documents, query, operation_name, variables, method)
@@ -140,10 +168,17 @@ class Gateway:
                 # No policy in force means nothing may be shared: refuse, and say it is temporary.
                 raise RequestError(Code.POLICY_UNAVAILABLE, "the policy store cannot be read: retry later",
                                    503, headers={"Retry-After": "5"}) from None
+            if plan.fetches and self.store.stale():
+                # Grants withdrawn elsewhere may still be in force here: serve no data until confirmed.
+                log.error("policy not confirmed current for %.0f s: data requests refused", self.store.max_staleness)
+                raise RequestError(Code.POLICY_UNAVAILABLE, "the gateway cannot confirm that its policy is current "
+                                   "(the policy store is unreachable): retry later", 503, headers={"Retry-After": "5"})
             auth = Authorisation()
             if isinstance(ctx, RequestContext) and plan.fetches:  # a data request: its purpose is known
                 try:
                     authorize(plan, ctx, self.decider, self.catalog, auth)
+                    if self.store.snapshot.proposed is not None:
+                        audit["dry_run"] = self._dry_run(ctx, auth)
                 finally:
                     audit["fields"] = field_dispositions(requested, auth)
                     audit["row_rules"] = auth.row_rules
@@ -183,6 +218,21 @@ class Gateway:
                                   "timing": {"ms": round((time.perf_counter() - started) * 1000, 2)}}
         return Outcome(200, body, plan, audit=audit)
 
+    def _dry_run(self, ctx: RequestContext, auth: Authorisation) -> list[dict[str, Any]]:
+        """The decisions the proposed policy would take differently for this request (logged, recorded,
+        never enforced)."""
+        changed = []
+        for obj, now in sorted(auth.decisions.items()):
+            proposed = self.proposed_decider.decide(ctx.subject, ctx.purpose or "", obj)
+            if (proposed.access, proposed.mask) != (now.access, now.mask):
+                changed.append({"field": obj, "now": now.access.name, "now_mask": now.mask,
+                                "proposed": proposed.access.name, "proposed_mask": proposed.mask})
+        if changed:
+            log.warning("dry run: the proposed policy would decide %d field(s) differently for %s (%s): %s",
+                        len(changed), ctx.subject.client_id, ctx.purpose,
+                        ", ".join(f"{c['field']} {c['now']}->{c['proposed']}" for c in changed[:10]))
+        return changed
+
     @property
     def consent_admin(self) -> ConsentAdmin | None:
         """Consent changes need the store and the audit log (each change is an audit event)."""
@@ -220,6 +270,7 @@ class Gateway:
         return result
 
     async def close(self) -> None:
+        await self.watcher.close()
         await self.sources.close()
         await self.store.close()
         if self.consents is not None:

@@ -101,10 +101,11 @@ def compile_policy(enforcer: casbin.Enforcer, subject: Subject, purpose: str,
 
 
 class Decider:
-    def __init__(self, store: PolicyStore, catalog: Catalog, cache_size: int = 4096) -> None:
+    def __init__(self, store: PolicyStore, catalog: Catalog, cache_size: int = 4096, *, proposed: bool = False) -> None:
         self.store = store
         self.catalog = catalog
         self.cache_size = cache_size
+        self.proposed = proposed  # decide by the dry run's proposed policy instead of the one in force
         self._cache: OrderedDict[tuple[Any, ...], _Compiled] = OrderedDict()
 
     @staticmethod
@@ -117,6 +118,10 @@ class Decider:
 
     def _compiled(self, subject: Subject, purpose: str) -> _Compiled:
         snap: Snapshot = self.store.snapshot
+        if self.proposed:
+            if snap.proposed is None:
+                raise LookupError("no dry run is in progress")
+            snap = snap.proposed
         key = (snap.version, subject, purpose)
         hit = self._cache.get(key)
         if hit is not None:

@@ -1,15 +1,20 @@
 """The policy store: the policy lines in force, as a Casbin enforcer, reloaded when they change.
 
-Two sources, both through maintained Casbin adapters:
+Two sources:
 
-- a CSV file (Casbin's file adapter), the default; a change is seen by its modification time;
-- a SQL database (``casbin-async-sqlalchemy-adapter``: PostgreSQL, MySQL, SQLite) for
-  production; a change is seen by comparing the lines' digest.
+- a CSV file (Casbin's file adapter): read-only for the gateway; a change is seen by its
+  modification time. Simple deployments and tests;
+- the versioned policy repository (:mod:`policies.repository`, SQLite or PostgreSQL): what the
+  administration API and ``hutong policy`` change, with history and rollback. A change is seen
+  by one cheap read of the latest version number, at once through the watcher
+  (:mod:`policies.watcher`: PostgreSQL LISTEN/NOTIFY) and at the latest after
+  ``reload_interval``.
 
-``refresh()`` looks for a change at most once per ``reload_interval`` seconds, so policies
-reload without a restart. A new version is validated against the catalogue first; an
-invalid one is refused (logged) and the previous policy stays in force. Every reload bumps
-``version``, which invalidates cached decisions.
+A new version is validated against the catalogue first; an invalid one is refused (logged)
+and the previous policy stays in force. Every load bumps the snapshot's ``version``, which
+invalidates cached decisions. The store also knows when it last *confirmed* that its policy is
+the current one: a gateway that cannot confirm it for ``max_staleness`` seconds refuses data
+requests rather than serve grants that may have been withdrawn.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,8 +35,8 @@ from casbin.persist.adapters import FileAdapter
 from catalog.model import Catalog
 from policies.validate import PolicyError, validate_policy
 
-__all__ = ["MODEL_PATH", "FilePolicySource", "PolicySource", "PolicyStore", "SQLPolicySource", "Snapshot",
-           "open_policy_store"]
+__all__ = ["MODEL_PATH", "FilePolicySource", "Loaded", "PolicySource", "PolicyStore", "RepositorySource", "Snapshot",
+           "new_enforcer", "open_policy_store"]
 
 log = logging.getLogger("hutong.policies")
 
@@ -50,9 +56,22 @@ class Snapshot:
     (with their position, since the first matching allow gives the mask), swapped atomically."""
 
     enforcer: casbin.Enforcer
-    version: int
+    version: int  # load counter of this process: decisions are cached per version
     by_subject: dict[str, list[tuple[int, list[str]]]]
     digest: str = ""  # of the lines, independent of their order: what the audit log records
+    policy_version: int | None = None  # the repository's version number (None for a file)
+    proposed: Snapshot | None = None  # a dry-run proposal, evaluated but never enforced
+    proposal: dict[str, str] | None = None  # who started the dry run, when, why
+
+
+@dataclass(slots=True)
+class Loaded:
+    """What a source read: the policy, and for the repository its version and any dry-run proposal."""
+
+    enforcer: casbin.Enforcer
+    policy_version: int | None = None
+    proposed: casbin.Enforcer | None = None
+    proposal: dict[str, str] | None = None
 
 
 def index_by_subject(enforcer: casbin.Enforcer) -> dict[str, list[tuple[int, list[str]]]]:
@@ -65,7 +84,7 @@ def index_by_subject(enforcer: casbin.Enforcer) -> dict[str, list[tuple[int, lis
 class PolicySource(Protocol):
     name: str
 
-    async def load_if_changed(self, stamp: str) -> tuple[str, casbin.Enforcer | None]:
+    async def load_if_changed(self, stamp: str) -> tuple[str, Loaded | None]:
         """The current stamp (changes whenever the policy does) and, unless it equals ``stamp``, the policy."""
         ...
 
@@ -77,7 +96,7 @@ class FilePolicySource:
         self.path = path
         self.name = str(path)
 
-    async def load_if_changed(self, stamp: str) -> tuple[str, casbin.Enforcer | None]:
+    async def load_if_changed(self, stamp: str) -> tuple[str, Loaded | None]:
         try:
             st = self.path.stat()
         except FileNotFoundError:
@@ -86,7 +105,7 @@ class FilePolicySource:
         if current == stamp:
             return current, None
         enforcer = await asyncio.to_thread(self._read)
-        return current, enforcer
+        return current, Loaded(enforcer)
 
     def _read(self) -> casbin.Enforcer:
         enforcer = new_enforcer()
@@ -98,33 +117,44 @@ class FilePolicySource:
         return None
 
 
-class SQLPolicySource:
-    """Policy lines in a ``casbin_rule`` table (created if missing), read through the async adapter.
-    A change is seen by the digest of the lines (one read of a small table per interval)."""
+class RepositorySource:
+    """The versioned repository. The stamp is the latest version number and the dry run's start:
+    one indexed read per check. Time-limited lines lapse by themselves: past the next expiry the
+    policy is reloaded even though no version was recorded."""
 
-    def __init__(self, url: str) -> None:
-        from casbin_async_sqlalchemy_adapter import Adapter
-        from sqlalchemy.ext.asyncio import create_async_engine
+    def __init__(self, repo: Any) -> None:
+        self.repo = repo  # policies.repository.PolicyRepository
+        self.name = repo.name
+        self._expiry: datetime | None = None
+        self._ready = False
 
-        self.engine = create_async_engine(url, hide_parameters=True)
-        self.adapter = Adapter(self.engine)
-        self.name = f"SQL policy store {self.engine.url.render_as_string(hide_password=True)}"
-        self._created = False
+    async def load_if_changed(self, stamp: str) -> tuple[str, Loaded | None]:
+        from policies.lines import enforcer_of, parse_csv
 
-    async def load_if_changed(self, stamp: str) -> tuple[str, casbin.Enforcer | None]:
-        if not self._created:
-            await self.adapter.create_table()
-            self._created = True
-        enforcer = new_enforcer()
-        await self.adapter.load_policy(enforcer.get_model())
-        current = await asyncio.to_thread(_digest, enforcer)
-        if current == stamp:
+        if not self._ready:
+            await self.repo.init()
+            self._ready = True
+        now = datetime.now(UTC)
+        current = await self.repo.stamp()
+        if current == stamp and (self._expiry is None or now < self._expiry):
             return current, None
-        enforcer.build_role_links()
-        return current, enforcer
+        version, lines, self._expiry = await self.repo.current(now)
+        if self._expiry is not None:
+            current += f"|{self._expiry.isoformat()}"  # so a lapse makes the next stamp differ
+        enforcer = await asyncio.to_thread(enforcer_of, lines)
+        proposed = proposal = None
+        dry = await self.repo.dry_run()
+        if dry is not None:
+            text, by, at, reason = dry
+            try:
+                proposed = await asyncio.to_thread(enforcer_of, parse_csv(text))
+                proposal = {"by": by, "at": at.isoformat(), "reason": reason}
+            except ValueError as exc:
+                log.error("the dry-run proposal cannot be read, ignored: %s", exc)
+        return current, Loaded(enforcer, version, proposed, proposal)
 
     async def close(self) -> None:
-        await self.engine.dispose()
+        await self.repo.close()
 
 
 def _digest(enforcer: casbin.Enforcer) -> str:
@@ -139,15 +169,22 @@ ChangeHook = Callable[[str, dict[str, object]], Awaitable[None]]
 
 
 class PolicyStore:
-    def __init__(self, source: PolicySource, catalog: Catalog, *, reload_interval: float = 1.0) -> None:
+    def __init__(self, source: PolicySource, catalog: Catalog, *, reload_interval: float = 1.0,
+                 max_staleness: float = 10.0) -> None:
         self.on_change: ChangeHook | None = None
         self.source = source
         self.catalog = catalog
         self.reload_interval = reload_interval
+        self.max_staleness = max_staleness
         self._snapshot: Snapshot | None = None
         self._stamp = ""
         self._checked = 0.0
+        self.confirmed = 0.0  # monotonic time the policy in force was last confirmed current
         self._lock = asyncio.Lock()
+
+    def stale(self) -> bool:
+        """True when the policy in force could not be confirmed current for ``max_staleness`` seconds."""
+        return self._snapshot is not None and time.monotonic() - self.confirmed > self.max_staleness
 
     @property
     def snapshot(self) -> Snapshot:
@@ -168,10 +205,12 @@ class PolicyStore:
             self._checked = time.monotonic()
             try:
                 async with asyncio.timeout(LOAD_TIMEOUT):
-                    stamp, enforcer = await self.source.load_if_changed(self._stamp)
-                if enforcer is None:
+                    stamp, loaded = await self.source.load_if_changed(self._stamp)
+                self.confirmed = time.monotonic()
+                if loaded is None:
                     return
                 self._stamp = stamp  # a refused version is not retried until it changes again
+                enforcer = loaded.enforcer
                 # Validating and indexing a large policy takes a while: off the event loop.
                 index = await asyncio.to_thread(self._check, enforcer)
             except PolicyError as exc:
@@ -189,13 +228,30 @@ class PolicyStore:
                 return
             version = 1 if self._snapshot is None else self._snapshot.version + 1
             before = self._snapshot
-            digest = stamp if isinstance(self.source, SQLPolicySource) else await asyncio.to_thread(_digest, enforcer)
-            self._snapshot = Snapshot(enforcer, version, index, digest)
-            log.info("policy loaded from %s: version %d", self.source.name, version)
-            await self._tell("policy.loaded", {
-                "source": self.source.name, "before": {"version": before.version, "digest": before.digest}
-                if before else None, "after": {"version": version, "digest": digest,
-                                               "lines": len(enforcer.get_named_policy("p"))}})
+            digest = await asyncio.to_thread(_digest, enforcer)
+            proposed = await self._proposed(loaded, version)
+            self._snapshot = Snapshot(enforcer, version, index, digest, loaded.policy_version, proposed,
+                                      loaded.proposal if proposed else None)
+            log.info("policy loaded from %s: version %d%s", self.source.name, version,
+                     f" (policy version {loaded.policy_version})" if loaded.policy_version is not None else "")
+            if before is None or before.digest != digest or before.policy_version != loaded.policy_version:
+                await self._tell("policy.loaded", {
+                    "source": self.source.name,
+                    "before": {"version": before.version, "digest": before.digest,
+                               "policy_version": before.policy_version} if before else None,
+                    "after": {"version": version, "digest": digest, "policy_version": loaded.policy_version,
+                              "lines": len(enforcer.get_named_policy("p"))}})
+
+    async def _proposed(self, loaded: Loaded, version: int) -> Snapshot | None:
+        """The dry-run proposal, validated like any policy; an invalid one is ignored (logged)."""
+        if loaded.proposed is None:
+            return None
+        try:
+            index = await asyncio.to_thread(self._check, loaded.proposed)
+        except PolicyError as exc:
+            log.error("the dry-run proposal is not a valid policy, ignored: %s", exc)
+            return None
+        return Snapshot(loaded.proposed, version, index, await asyncio.to_thread(_digest, loaded.proposed))
 
     async def _tell(self, event: str, details: dict[str, object]) -> None:
         if self.on_change is not None:
@@ -215,8 +271,10 @@ class PolicyStore:
 def open_policy_store(settings: Any, catalog: Catalog) -> PolicyStore:
     """The policy store the configuration names (``[policies] file`` or ``url``), not yet loaded:
     ``await store.refresh(force=True)`` loads it. One place builds it: the gateway and every tool."""
+    from policies.repository import PolicyRepository
     from policies.settings import PolicySettings
 
     policy = PolicySettings.from_settings(settings)
-    source: PolicySource = FilePolicySource(policy.file) if policy.file else SQLPolicySource(str(policy.url))
-    return PolicyStore(source, catalog, reload_interval=policy.reload_interval)
+    source: PolicySource = (FilePolicySource(policy.file) if policy.file
+                            else RepositorySource(PolicyRepository(str(policy.url))))
+    return PolicyStore(source, catalog, reload_interval=policy.reload_interval, max_staleness=policy.max_staleness)

@@ -14,7 +14,7 @@ from catalog.model import Catalog
 from gateway.config import REPO_ROOT
 from policies.decide import Access, Decider, Subject
 from policies.masks import Masker
-from policies.store import FilePolicySource, PolicyStore, SQLPolicySource
+from policies.store import FilePolicySource, PolicyStore, RepositorySource
 from policies.validate import PolicyError
 from tests.conftest import throwaway_pg_database
 
@@ -95,26 +95,36 @@ def policy_pg_url() -> Iterator[str]:
     yield from throwaway_pg_database("hutong_policy")
 
 
-async def test_sql_policy_store_on_postgresql(policy_pg_url: str) -> None:
-    source = SQLPolicySource(policy_pg_url)
-    store = PolicyStore(source, CATALOG, reload_interval=0)
-    await store.refresh()  # creates the casbin_rule table; an empty policy allows nothing
+async def test_the_policy_repository_on_postgresql(policy_pg_url: str) -> None:
+    from policies.admin import PolicyAdmin
+    from policies.repository import PolicyRepository
+
+    repo = PolicyRepository(policy_pg_url)
+    store = PolicyStore(RepositorySource(repo), CATALOG, reload_interval=0)
+    await store.refresh()  # creates the tables; an empty policy allows nothing
     decider = Decider(store, CATALOG)
     purpose = "market-supervision"
     assert decider.decide(CLIENT, purpose, "mr.business.name").access is Access.DENIED
 
-    # An administrator's tool writes lines through the same maintained adapter.
-    await source.adapter.add_policy("p", "p", ["role:r", "mr.business.*", "read", purpose, "allow", "default"])
-    await source.adapter.add_policy("p", "p2", ["app", "mr.business", purpose, "status", "eq", "active"])
+    events: list[dict[str, object]] = []
+
+    async def record(body: dict[str, object]) -> None:
+        events.append(body)
+
+    admin = PolicyAdmin(PolicyRepository(policy_pg_url), CATALOG, record)
+    await admin.change(add=[("p", "role:r", "mr.business.*", "read", purpose, "allow", "default"),
+                            ("p2", "app", "mr.business", purpose, "status", "eq", "active")],
+                       author="admin-1", reason="market inspections")
     await store.refresh()
-    assert store.snapshot.version == 2
+    assert store.snapshot.version == 2 and store.snapshot.policy_version == 1
     assert decider.decide(CLIENT, purpose, "mr.business.name").access is Access.CLEAR
     assert [(r.column, r.op, r.value) for r in decider.row_rules(CLIENT, purpose, "mr.business")] == [
         ("status", "eq", "active")]
-
-    await source.adapter.add_policy("p", "p", ["app", "mr.business.nope", "read", purpose, "allow", "default"])
-    await store.refresh()
-    assert store.snapshot.version == 2  # the invalid line is refused, the policy in force stays
+    with pytest.raises(PolicyError):  # an invalid line is refused before it is stored
+        await admin.change(add=[("p", "app", "mr.business.nope", "read", purpose, "allow", "default")],
+                           author="admin-1", reason="typo")
+    assert await admin.repo.head() == 1 and [e["event"] for e in events] == ["policy.change"]
+    await admin.repo.close()
     await store.close()
 
 

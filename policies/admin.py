@@ -1,0 +1,174 @@
+"""Changing the policy: validated, versioned, audited, and refused when it would go wrong.
+
+Every change (add, remove, replace, import, rollback, an approved sharing request) becomes one
+numbered version of the repository with its author, time, reason and diff. Before it is
+stored, the whole policy it would produce is validated against the catalogue
+(:func:`policies.validate.validate_policy`: unknown department, dataset, field, purpose,
+action or mask; a ``none`` field granted without the purpose's legal basis ...), and the change
+is recorded in the audit log as a ``policy.change`` event in the same transaction: a change the
+audit log cannot take is not made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from catalog.model import Catalog
+from policies.lines import PolicyLine, enforcer_of, format_csv, format_line, parse_csv
+from policies.repository import PolicyConflict, PolicyRepository, PolicyVersion
+from policies.validate import PolicyError, validate_policy
+
+__all__ = ["PolicyAdmin", "PolicyAdminUnavailable", "PolicyConflict", "ensure_seeded", "matches",
+           "open_policy_admin"]
+
+Recorder = Callable[[dict[str, Any]], Awaitable[Any]]  # appends an admin event to the audit log
+
+
+class PolicyAdminUnavailable(ValueError):
+    """The configured policy cannot be administered (a file, read-only for the gateway)."""
+
+
+def matches(line: PolicyLine, *, department: str | None = None, dataset: str | None = None,
+            purpose: str | None = None, subject: str | None = None) -> bool:
+    """Does ``line`` concern this department (its ``dept:`` subject), dataset (its objects, wildcards
+    included), purpose (or ``*``) and subject name? ``g`` lines match on department and subject only."""
+    kind = line[0]
+    if subject is not None and subject not in line[1:3 if kind == "g" else 2]:
+        return False
+    if department is not None and f"dept:{department}" not in (line[1:3] if kind == "g" else line[1:2]):
+        return False
+    if kind == "g":
+        return dataset is None and purpose is None
+    if purpose is not None and (line[4] if kind == "p" else line[3]) not in (purpose, "*"):
+        return False
+    if dataset is not None:
+        target = line[2]
+        if kind == "p2":
+            return target == dataset
+        return target == "*" or target.startswith(f"{dataset}.") or (
+            target.endswith("*") and f"{dataset}.".startswith(target[:-1]))
+    return True
+
+
+class PolicyAdmin:
+    def __init__(self, repo: PolicyRepository, catalog: Catalog, record: Recorder) -> None:
+        self.repo = repo
+        self.catalog = catalog
+        self.record = record
+
+    async def change(self, *, add: Sequence[PolicyLine] = (), remove: Sequence[PolicyLine] = (), author: str,
+                     reason: str, source: str = "api", expires_at: datetime | None = None,
+                     base_version: int | None = None, now: datetime | None = None) -> PolicyVersion:
+        """One new version: ``remove`` leaves force, ``add`` enters it (until ``expires_at``, if given).
+        PolicyError when the resulting policy is invalid, PolicyConflict when the change does not
+        apply (line absent or present, the base version moved), nothing recorded in either case."""
+        now = now or datetime.now(UTC)
+        if not reason.strip():
+            raise PolicyConflict("give a reason for the change: it is kept in the history")
+        if not author.strip():
+            raise PolicyConflict("name the author of the change")
+        if expires_at is not None and expires_at <= now:
+            raise PolicyConflict(f"the time limit {expires_at.isoformat()} is already past")
+
+        async def check_and_record(version: PolicyVersion, after: list[PolicyLine]) -> None:
+            validate_policy(enforcer_of(after), self.catalog, f"version {version.number}")
+            await self.record({
+                "event": "policy.change", "target": f"policy version {version.number}", "actor": author,
+                "before": {"version": version.number - 1}, "after": {"version": version.number,
+                                                                     "digest": version.digest},
+                "reason": reason, "source": source, "added": [format_line(x) for x in add],
+                "removed": [format_line(x) for x in remove],
+                "expires_at": expires_at.isoformat() if expires_at else None, "outcome": "ok"})
+
+        return await self.repo.commit(add=[(x, expires_at) for x in add], remove=list(remove), author=author,
+                                      reason=reason, source=source, now=now, base=base_version,
+                                      then=check_and_record)
+
+    async def replace_all(self, lines: Sequence[PolicyLine], *, author: str, reason: str, source: str = "import",
+                          now: datetime | None = None) -> PolicyVersion:
+        """Make ``lines`` the whole policy (an import): the diff from the current one is the change."""
+        current = [x for x, _ in await self.repo.live()]
+        wanted = list(dict.fromkeys(lines))
+        have = set(current)
+        return await self.change(add=[x for x in wanted if x not in have],
+                                 remove=[x for x in current if x not in set(wanted)], author=author, reason=reason,
+                                 source=source, now=now)
+
+    async def import_csv(self, text: str, *, author: str, reason: str, now: datetime | None = None) -> PolicyVersion:
+        try:
+            lines = parse_csv(text)
+        except ValueError as exc:
+            raise PolicyError([str(exc)]) from None
+        return await self.replace_all(lines, author=author, reason=reason, now=now)
+
+    async def rollback(self, number: int, *, author: str, reason: str, now: datetime | None = None) -> PolicyVersion:
+        """A new version whose lines are those of version ``number`` (history is never rewritten)."""
+        old = await self.repo.lines_at(number)
+        return await self.replace_all(old, author=author, reason=f"rollback to version {number}: {reason}",
+                                      source="rollback", now=now)
+
+    async def lines(self, **filters: str | None) -> list[tuple[PolicyLine, datetime | None]]:
+        return [(x, e) for x, e in await self.repo.live() if matches(x, **filters)]
+
+    async def export_csv(self) -> str:
+        return format_csv(x for x, _ in await self.repo.live())
+
+    async def dry_run(self, lines: Sequence[PolicyLine] | None, *, by: str, reason: str,
+                      now: datetime | None = None) -> None:
+        """Start a dry run of ``lines`` as the whole proposed policy (validated first), or stop it (None)."""
+        now = now or datetime.now(UTC)
+        text = None
+        if lines is not None:
+            validate_policy(enforcer_of(lines), self.catalog, "the proposed policy")
+            text = format_csv(lines)
+
+        async def audit() -> None:
+            await self.record({"event": "policy.dry_run" if text else "policy.dry_run_stopped",
+                               "target": "dry run", "actor": by, "reason": reason,
+                               "after": {"lines": len(lines or [])}, "outcome": "ok"})
+
+        await self.repo.set_dry_run(text, by=by, reason=reason, now=now, then=audit)
+
+
+async def ensure_seeded(admin: PolicyAdmin, seed: Any) -> PolicyVersion | None:
+    """Import ``seed`` (a CSV file) as the first version of an empty repository; None if not needed."""
+    if seed is None or await admin.repo.head() > 0:
+        return None
+    try:
+        text = seed.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError([f"{seed}: the policy seed cannot be read ({exc.strerror})"]) from None
+    try:
+        return await admin.import_csv(text, author="seed", reason=f"seeded from {seed.name}")
+    except PolicyConflict:
+        return None  # another worker seeded it first
+
+
+@contextlib.asynccontextmanager
+async def open_policy_admin(settings: Any, catalog: Catalog, record: Recorder | None = None
+                            ) -> AsyncIterator[PolicyAdmin]:
+    """The configured repository's administration, for tools; ``record`` defaults to appending to
+    the configured audit log. PolicyAdminUnavailable for a policy file."""
+    from gateway.audit.admin import append_admin
+    from policies.settings import PolicySettings
+
+    policy = PolicySettings.from_settings(settings)
+    if policy.url is None:
+        raise PolicyAdminUnavailable(f"this gateway reads its policy from {policy.file}, which hutong does not "
+                                     "write: edit the file (it is reloaded), or move the policy to a store "
+                                     "([policies] url, seeded from the file) to administer it here")
+
+    async def audit(body: dict[str, Any]) -> None:
+        await append_admin(settings, body)
+
+    repo = PolicyRepository(policy.url)
+    try:
+        await repo.init()
+        admin = PolicyAdmin(repo, catalog, record or audit)
+        await ensure_seeded(admin, policy.seed)
+        yield admin
+    finally:
+        await repo.close()
