@@ -22,8 +22,10 @@ RESERVED_TYPES = {"Query", "Mutation", "Subscription", "PageInfo", "ShareType", 
                   "AuditRecord", "AuditPage", "AuditFilter", "AuditFieldUse", "TrackedAccess",
                   "TrackerPage",
                   "ConsentGrant", "ConsentEvent", "ConsentPage", "ConsentInput", "LegalBasisInput",
+                  "PolicyRule", "PolicyVersionInfo", "PolicyDiff", "PolicyDryRun",
                   *SCALAR_NAMES, *(f"{s}Filter" for s in SCALAR_NAMES)}
-RESERVED_ROOTS = {"catalog", "node", "nodes", "myAccess", "verify", "auditLog", "dataTracker", "consents", "consent"}
+RESERVED_ROOTS = {"catalog", "node", "nodes", "myAccess", "verify", "auditLog", "dataTracker", "consents", "consent",
+                  "policyRules", "policyVersions", "policyDiff", "policyExport", "policyDryRun"}
 
 
 @dataclass

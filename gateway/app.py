@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
     app.state.audit = trail
     gw.audit_store = getattr(trail, "store", None)
     gw.audit_writer = trail
+    gw.clients = getattr(identity, "store", None)
 
     async def policy_changed(event: str, details: dict[str, object]) -> None:
         await trail.append("admin", admin_event(event, str(details.get("source")), by="policy store",

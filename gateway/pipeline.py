@@ -92,6 +92,7 @@ class Gateway:
         self.subjects = SubjectHasher(self.policy.mask_key)
         self.audit_store: Any = None  # set by the app: the audit log the auditor queries read
         self.audit_writer: Any = None  # set by the app: consent changes are recorded through it
+        self.clients: Any = None  # set by the app: the client store (explain and simulate name clients)
         self.consent_settings = ConsentSettings.from_settings(settings)
         self.consents: ConsentStore | None = None  # opened by start(): it signs with the audit key
         self._normalised_cache: dict[str, tuple[str, str]] = {}
@@ -218,6 +219,16 @@ class Gateway:
                                   "timing": {"ms": round((time.perf_counter() - started) * 1000, 2)}}
         return Outcome(200, body, plan, audit=audit)
 
+    async def _policy_refresh(self) -> None:
+        await self.store.refresh(force=True)
+
+    def _plan_fields(self, query: str) -> list[str]:
+        """The dataset.field pairs a query would read (for explain), or ValueError saying why not."""
+        try:
+            return self.plan(query).fields()
+        except RequestError as exc:
+            raise ValueError(f"the query cannot be planned: {exc}") from None
+
     def _dry_run(self, ctx: RequestContext, auth: Authorisation) -> list[dict[str, Any]]:
         """The decisions the proposed policy would take differently for this request (logged, recorded,
         never enforced)."""
@@ -260,6 +271,8 @@ class Gateway:
         result = execute(self.built.graphql, prep.document, root_value=None,
                          context_value={"catalog": self.catalog, "decider": self.decider, "audit": self.audit_store,
                                         "subjects": self.subjects, "consent_admin": self.consent_admin,
+                                        "policy_admin": self.policy_admin, "policy_refresh": self._policy_refresh,
+                                        "clients": self.clients, "plan_fields": self._plan_fields,
                                         "subject": ctx.subject if isinstance(ctx, RequestContext) else None,
                                         "acting_user": ctx.acting_user if isinstance(ctx, RequestContext) else None},
                          variable_values=prep.raw_variables,
@@ -278,6 +291,10 @@ class Gateway:
 
 
 def _meta_error(err: Any) -> dict[str, Any]:
+    if isinstance(err.original_error, PolicyError):  # a policy change that would be invalid: every problem
+        problems = err.original_error.problems
+        return GraphQLErrorOut("the change is refused: " + "; ".join(problems[:20]), Code.BAD_USER_INPUT,
+                               path=list(err.path or []), extra={"problems": problems[:100]}).to_dict()
     if isinstance(err.original_error, AuditUnavailable):  # a consent change the audit log could not record
         return GraphQLErrorOut("the audit log cannot record this change, so it was not made: retry later",
                                Code.AUDIT_UNAVAILABLE, path=list(err.path or [])).to_dict()

@@ -45,7 +45,6 @@ from resolvers.query import Condition, Op, SourceQuery
 
 __all__ = ["Planner"]
 
-META_ROOTS = {"catalog", "myAccess", "auditLog", "dataTracker", "consents", "consent", "__schema", "__type"}
 _OPS = {"eq": Op.EQ, "ne": Op.NE, "in_": Op.IN, "lt": Op.LT, "lte": Op.LTE, "gt": Op.GT, "gte": Op.GTE,
         "prefix": Op.PREFIX, "is_null": Op.IS_NULL}
 
@@ -169,7 +168,9 @@ class _Build:
             name = nodes[0].name.value
             if name == "__typename":
                 self.plan.roots.append(Const(key, "Query"))
-            elif name in META_ROOTS:
+            elif name not in self.p.index.roots:
+                # Not a data root generated from the catalogue (catalog, myAccess, auditLog, consents,
+                # policy administration, introspection ...): graphql-core answers it.
                 self.plan.roots.append(Meta(key))
             else:
                 kind, code = self.p.index.roots[name]

@@ -142,9 +142,12 @@ async def ensure_seeded(admin: PolicyAdmin, seed: Any) -> PolicyVersion | None:
     except OSError as exc:
         raise PolicyError([f"{seed}: the policy seed cannot be read ({exc.strerror})"]) from None
     try:
-        return await admin.import_csv(text, author="seed", reason=f"seeded from {seed.name}")
+        return await admin.replace_all(parse_csv(text), author="seed", reason=f"seeded from {seed.name}",
+                                       source="seed")
     except PolicyConflict:
         return None  # another worker seeded it first
+    except ValueError as exc:  # a line of the file that is not a policy line
+        raise PolicyError([f"{seed}: {exc}"]) from None
 
 
 @contextlib.asynccontextmanager

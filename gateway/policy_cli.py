@@ -1,0 +1,238 @@
+"""``hutong policy ...``: administer the sharing rules in the policy store.
+
+Every change is validated against the catalogue, becomes a numbered version with its author
+(``--by``, default ``$HUTONG_ACTOR`` or the OS account) and reason, and is an audit event;
+running gateways take it within a second (PostgreSQL) or their poll interval (SQLite).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+from sqlalchemy.exc import SQLAlchemyError
+
+from catalog.loader import CatalogError, load_catalog
+from gateway.audit.admin import actor
+from gateway.audit.errors import AuditUnavailable
+from gateway.config import ConfigError, load_settings
+from policies.admin import PolicyAdmin, PolicyAdminUnavailable, open_policy_admin
+from policies.lines import format_line, parse_csv, parse_line
+from policies.repository import PolicyConflict, PolicyVersion
+from policies.validate import PolicyError
+
+__all__ = ["policy_app"]
+
+policy_app = typer.Typer(help="Administer the sharing rules: list, change, history, rollback, explain, simulate.",
+                         no_args_is_help=True)
+dry_run_app = typer.Typer(help="Evaluate a proposed policy on every gateway without enforcing it.",
+                          no_args_is_help=True)
+policy_app.add_typer(dry_run_app, name="dry-run")
+
+out = Console(soft_wrap=True, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+T = TypeVar("T")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Configuration file (default: $HUTONG_CONFIG, "
+                                                                      "else the demo's).")]
+By = Annotated[str | None, typer.Option("--by", help="Who makes the change (default: $HUTONG_ACTOR or the OS "
+                                                     "account).")]
+Reason = Annotated[str, typer.Option("--reason", "-r", help="Why (kept in the history and the audit log).")]
+Lines = Annotated[list[str] | None, typer.Argument(help='Policy lines, e.g. "p, dept:civil, hrss.pension.status, '
+                                                       'read, subsistence-allowance-review, allow, default".')]
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(Text("error: ", style="red") + Text(message))
+    raise typer.Exit(code)
+
+
+def run(config: Path | None, action: Callable[[PolicyAdmin, Any], Awaitable[T]]) -> T:
+    """Open the configured policy store's administration, run ``action(admin, settings)``, or exit
+    saying what is wrong (1: refused change, 2: configuration, 3: a store is unreachable)."""
+    try:
+        settings = load_settings(config)
+        catalog = load_catalog(*settings.catalog)
+    except (ConfigError, CatalogError) as exc:
+        fail(str(exc), 2)
+        raise
+
+    async def go() -> T:
+        async with open_policy_admin(settings, catalog) as admin:
+            return await action(admin, settings)
+
+    try:
+        return asyncio.run(go())
+    except PolicyError as exc:
+        for problem in exc.problems:
+            err.print(Text("refused: ", style="red") + Text(problem))
+        raise typer.Exit(1) from None
+    except (PolicyConflict, PolicyAdminUnavailable, ValueError) as exc:
+        fail(str(exc))
+        raise
+    except AuditUnavailable as exc:
+        fail(f"the audit log cannot record the change, so it was not made ({exc})", 3)
+        raise
+    except SQLAlchemyError as exc:
+        fail(f"the policy store cannot be used: {type(exc).__name__}", 3)
+        raise
+
+
+def _lines(texts: list[str] | None, what: str) -> list[tuple[str, ...]]:
+    out_lines = []
+    for t in texts or []:
+        try:
+            out_lines.append(parse_line(t))
+        except ValueError as exc:
+            fail(f"{what}: {exc}", 2)
+    return out_lines
+
+
+def _done(v: PolicyVersion) -> None:
+    out.print(f"version {v.number}: +{v.added} -{v.removed} by {v.author} ({v.reason})")
+
+
+@policy_app.command("list")
+def policy_list(department: Annotated[str | None, typer.Option("--department", "-d")] = None,
+                dataset: Annotated[str | None, typer.Option("--dataset")] = None,
+                purpose: Annotated[str | None, typer.Option("--purpose")] = None,
+                subject: Annotated[str | None, typer.Option("--subject", help="A client id, role:X or dept:X.")]
+                = None, config: ConfigOpt = None) -> None:
+    """The rules in force, filtered by department, dataset, purpose or subject."""
+    async def action(admin: PolicyAdmin, _: Any) -> tuple[int, list[Any]]:
+        return await admin.repo.head(), await admin.lines(department=department, dataset=dataset,
+                                                          purpose=purpose, subject=subject)
+
+    head, found = run(config, action)
+    for line, expires in found:
+        out.print(format_line(line) + (f"    # until {expires.isoformat()}" if expires else ""))
+    err.print(f"{len(found)} rule(s) of version {head}")
+
+
+@policy_app.command("add")
+def policy_add(lines: Lines, reason: Reason, by: By = None,
+               until: Annotated[str | None, typer.Option("--until", help="Time limit (ISO 8601).")] = None,
+               base: Annotated[int | None, typer.Option("--base", help="Refuse if the policy is no longer at this "
+                                                                      "version.")] = None,
+               config: ConfigOpt = None) -> None:
+    """Add rules (one new version)."""
+    from datetime import UTC, datetime
+
+    expires = None
+    if until is not None:
+        try:
+            expires = datetime.fromisoformat(until)
+        except ValueError:
+            fail("--until must be an ISO 8601 date or time", 2)
+            raise
+        expires = expires if expires.tzinfo else expires.replace(tzinfo=UTC)
+    add = _lines(lines, "add")
+    _done(run(config, lambda admin, _: admin.change(add=add, author=by or actor(), reason=reason,
+                                                    source="cli", expires_at=expires, base_version=base)))
+
+
+@policy_app.command("remove")
+def policy_remove(lines: Lines, reason: Reason, by: By = None,
+                  base: Annotated[int | None, typer.Option("--base")] = None, config: ConfigOpt = None) -> None:
+    """Remove rules (one new version)."""
+    remove = _lines(lines, "remove")
+    _done(run(config, lambda admin, _: admin.change(remove=remove, author=by or actor(), reason=reason,
+                                                    source="cli", base_version=base)))
+
+
+@policy_app.command("replace")
+def policy_replace(reason: Reason,
+                   remove: Annotated[list[str], typer.Option("--remove", help="A line to remove; repeat.")],
+                   add: Annotated[list[str], typer.Option("--add", help="A line to add; repeat.")],
+                   by: By = None, base: Annotated[int | None, typer.Option("--base")] = None,
+                   config: ConfigOpt = None) -> None:
+    """Remove some rules and add others in one version."""
+    old, new = _lines(remove, "remove"), _lines(add, "add")
+    _done(run(config, lambda admin, _: admin.change(add=new, remove=old, author=by or actor(), reason=reason,
+                                                    source="cli", base_version=base)))
+
+
+@policy_app.command("import")
+def policy_import(file: Annotated[Path, typer.Argument(help="A Casbin CSV policy file, or - for standard input.")],
+                  reason: Reason, by: By = None, config: ConfigOpt = None) -> None:
+    """Make a CSV file the whole policy (one version: the diff from the current one)."""
+    text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    _done(run(config, lambda admin, _: admin.import_csv(text, author=by or actor(), reason=reason)))
+
+
+@policy_app.command("export")
+def policy_export(config: ConfigOpt = None) -> None:
+    """The rules in force as a Casbin CSV file (standard output)."""
+    sys.stdout.write(run(config, lambda admin, _: admin.export_csv()))
+
+
+@policy_app.command("history")
+def policy_history(limit: Annotated[int, typer.Option("--limit", min=1, max=1000)] = 30,
+                   config: ConfigOpt = None) -> None:
+    """The numbered versions, newest first."""
+    versions = run(config, lambda admin, _: admin.repo.versions(limit))
+    table = Table("version", "time", "author", "source", "+", "-", "reason")
+    for v in versions:
+        table.add_row(str(v.number), v.at.isoformat(timespec="seconds"), v.author, v.source, str(v.added),
+                      str(v.removed), v.reason)
+    out.print(table)
+
+
+@policy_app.command("diff")
+def policy_diff(a: Annotated[int, typer.Argument(help="The older version.")],
+                b: Annotated[int, typer.Argument(help="The newer version.")], config: ConfigOpt = None) -> None:
+    """What changed from version A to version B (+ added, - removed)."""
+    added, removed = run(config, lambda admin, _: admin.repo.diff(a, b))
+    for x in removed:
+        out.print(Text("- " + format_line(x), style="red"))
+    for x in added:
+        out.print(Text("+ " + format_line(x), style="green"))
+    err.print(f"{len(added)} added, {len(removed)} removed")
+
+
+@policy_app.command("rollback")
+def policy_rollback(version: Annotated[int, typer.Argument(help="The version whose rules to restore.")],
+                    reason: Reason, by: By = None, config: ConfigOpt = None) -> None:
+    """Restore the rules of an earlier version, as a new version (history is never rewritten)."""
+    _done(run(config, lambda admin, _: admin.rollback(version, author=by or actor(), reason=reason)))
+
+
+@dry_run_app.command("start")
+def dry_run_start(reason: Reason,
+                  file: Annotated[Path | None, typer.Option("--file", help="A whole proposed policy (CSV).")] = None,
+                  add: Annotated[list[str] | None, typer.Option("--add", help="Or: a line to add; repeat.")] = None,
+                  remove: Annotated[list[str] | None, typer.Option("--remove", help="... a line to remove.")] = None,
+                  by: By = None, config: ConfigOpt = None) -> None:
+    """Every gateway evaluates the proposal beside the policy in force and logs what it would decide
+    differently (also in each request's audit record), without enforcing it."""
+    if (file is None) == (not add and not remove):
+        fail("give --file, or --add/--remove lines", 2)
+    plus, minus = _lines(add, "add"), _lines(remove, "remove")
+
+    async def action(admin: PolicyAdmin, _: Any) -> int:
+        if file is not None:
+            lines = parse_csv(file.read_text(encoding="utf-8"))
+        else:
+            current = [x for x, _ in await admin.repo.live()]
+            missing = [format_line(x) for x in minus if x not in set(current)]
+            if missing:
+                raise PolicyConflict("not in force, cannot be removed: " + "; ".join(missing))
+            lines = [x for x in current if x not in set(minus)] + plus
+        await admin.dry_run(lines, by=by or actor(), reason=reason)
+        return len(lines)
+
+    out.print(f"dry run started: {run(config, action)} rule(s) proposed")
+
+
+@dry_run_app.command("stop")
+def dry_run_stop(reason: Reason, by: By = None, config: ConfigOpt = None) -> None:
+    """Stop the dry run."""
+    run(config, lambda admin, _: admin.dry_run(None, by=by or actor(), reason=reason))
+    out.print("dry run stopped")
