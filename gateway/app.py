@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import orjson
@@ -38,11 +39,19 @@ async def healthz(_: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready: every source answers. 503 when any does not, with the state of each."""
+    """Ready: every source answers and the policy in force is confirmed current. 503 otherwise,
+    with the state of each."""
     gateway: Gateway = request.app.state.gateway
     sources = await gateway.sources.readiness()
-    ready = all(s["status"] == "ok" for s in sources.values())
-    return json_response({"status": "ok" if ready else "degraded", "sources": sources}, 200 if ready else 503)
+    store = gateway.store
+    snap = store.snapshot
+    policy = {"status": "stale" if store.stale() else "ok", "version": snap.policy_version,
+              "digest": snap.digest, "confirmed_seconds_ago": round(time.monotonic() - store.confirmed, 2),
+              "watcher": "listening" if gateway.watcher.listening else "polling",
+              "dry_run": snap.proposal is not None}
+    ready = all(s["status"] == "ok" for s in sources.values()) and policy["status"] == "ok"
+    return json_response({"status": "ok" if ready else "degraded", "sources": sources, "policy": policy},
+                         200 if ready else 503)
 
 
 def catalogue_digest(catalog: Catalog) -> str:
