@@ -22,10 +22,14 @@ RESERVED_TYPES = {"Query", "Mutation", "Subscription", "PageInfo", "ShareType", 
                   "AuditRecord", "AuditPage", "AuditFilter", "AuditFieldUse", "TrackedAccess",
                   "TrackerPage",
                   "ConsentGrant", "ConsentEvent", "ConsentPage", "ConsentInput", "LegalBasisInput",
-                  "PolicyRule", "PolicyVersionInfo", "PolicyDiff", "PolicyDryRun",
+                  "PolicyRule", "PolicyVersionInfo", "PolicyDiff", "PolicyDryRun", "PolicyExplanation",
+                  "PolicyRuleMatch", "PolicyLevel", "PolicyOverride", "PolicyTerm", "PolicyRowRuleMatch",
+                  "PolicyDecision", "PolicyDecisionChange", "PolicyRowRule", "PolicyRowRuleChange", "PolicySimulation",
+                  "ShareRequest", "ShareRequestEvent", "ShareRequestPage", "ShareRequestInput",
                   *SCALAR_NAMES, *(f"{s}Filter" for s in SCALAR_NAMES)}
 RESERVED_ROOTS = {"catalog", "node", "nodes", "myAccess", "verify", "auditLog", "dataTracker", "consents", "consent",
-                  "policyRules", "policyVersions", "policyDiff", "policyExport", "policyDryRun"}
+                  "policyRules", "policyVersions", "policyDiff", "policyExport", "policyDryRun", "shareRequests",
+                  "shareRequest", "explainAccess", "simulatePolicy"}
 
 
 @dataclass

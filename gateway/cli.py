@@ -27,6 +27,7 @@ from gateway.config import REPO_ROOT, ConfigError, Settings, load_settings
 from gateway.consent_cli import consent_app, legal_basis_app
 from gateway.logs import LOG_CONFIG
 from gateway.policy_cli import policy_app
+from gateway.share_cli import share_app
 
 app = typer.Typer(help="hutong: federated data catalogue and GraphQL gateway.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -38,6 +39,7 @@ app.add_typer(client_app, name="client")
 app.add_typer(audit_app, name="audit")
 app.add_typer(consent_app, name="consent")
 app.add_typer(policy_app, name="policy")
+app.add_typer(share_app, name="share")
 app.add_typer(legal_basis_app, name="legal-basis")
 
 out = Console(soft_wrap=True, highlight=False)

@@ -43,6 +43,7 @@ from policies.consent.store import ConsentStore
 from policies.decide import Decider
 from policies.masks import Masker
 from policies.settings import PolicySettings
+from policies.sharing import ShareService
 from policies.store import RepositorySource, open_policy_store
 from policies.validate import PolicyError
 from policies.watcher import PolicyWatcher
@@ -93,6 +94,7 @@ class Gateway:
         self.audit_store: Any = None  # set by the app: the audit log the auditor queries read
         self.audit_writer: Any = None  # set by the app: consent changes are recorded through it
         self.clients: Any = None  # set by the app: the client store (explain and simulate name clients)
+        self.sharing: ShareService | None = None  # sharing requests (有条件共享申请), opened by start()
         self.consent_settings = ConsentSettings.from_settings(settings)
         self.consents: ConsentStore | None = None  # opened by start(): it signs with the audit key
         self._normalised_cache: dict[str, tuple[str, str]] = {}
@@ -122,7 +124,28 @@ class Gateway:
         if self.consents is None:
             self.consents = open_store(self.settings)
         await self.consents.init()
+        if self.sharing is None:
+            self.sharing = ShareService.from_settings(self.settings, self.catalog, self._record_admin,
+                                                      apply_lines=self._apply_shared if admin is not None else None)
+        await self.sharing.start()
         await self.watcher.start()
+
+    async def _record_admin(self, body: dict[str, Any]) -> None:
+        """An administrative event: through the app's audit writer, or a short-lived one in-process."""
+        if self.audit_writer is not None:
+            await self.audit_writer.append("admin", body)
+        else:
+            await append_admin(self.settings, body)
+
+    async def _apply_shared(self, lines: list[tuple[str, ...]], author: str, reason: str,
+                            expires_at: datetime | None) -> int:
+        """An approved sharing request's lines become a policy version, in force here at once."""
+        admin = self.policy_admin
+        assert admin is not None
+        version = await admin.change(add=lines, author=author, reason=reason, source="share-request",
+                                     expires_at=expires_at)
+        await self.store.refresh(force=True)
+        return version.number
 
     @property
     def policy_admin(self) -> PolicyAdmin | None:
@@ -131,15 +154,7 @@ class Gateway:
         source = self.store.source
         if not isinstance(source, RepositorySource):
             return None
-        settings, writer = self.settings, self.audit_writer
-
-        async def record(body: dict[str, Any]) -> None:
-            if writer is not None:
-                await writer.append("admin", body)
-            else:
-                await append_admin(settings, body)
-
-        return PolicyAdmin(source.repo, self.catalog, record)
+        return PolicyAdmin(source.repo, self.catalog, self._record_admin)
 
     def prepare(self, query: Any, operation_name: Any = None, variables: Any = None, method: str = "POST") -> Prepared:
         return prepare(self.documents, query, operation_name, variables, method)
@@ -273,6 +288,7 @@ class Gateway:
                                         "subjects": self.subjects, "consent_admin": self.consent_admin,
                                         "policy_admin": self.policy_admin, "policy_refresh": self._policy_refresh,
                                         "clients": self.clients, "plan_fields": self._plan_fields,
+                                        "share_service": self.sharing,
                                         "subject": ctx.subject if isinstance(ctx, RequestContext) else None,
                                         "acting_user": ctx.acting_user if isinstance(ctx, RequestContext) else None},
                          variable_values=prep.raw_variables,
@@ -284,6 +300,8 @@ class Gateway:
 
     async def close(self) -> None:
         await self.watcher.close()
+        if self.sharing is not None:
+            await self.sharing.close()
         await self.sources.close()
         await self.store.close()
         if self.consents is not None:
@@ -299,9 +317,9 @@ def _meta_error(err: Any) -> dict[str, Any]:
         return GraphQLErrorOut("the audit log cannot record this change, so it was not made: retry later",
                                Code.AUDIT_UNAVAILABLE, path=list(err.path or [])).to_dict()
     if isinstance(err.original_error, SQLAlchemyError):
-        log.error("consent store failed: %s", type(err.original_error).__name__)
-        return GraphQLErrorOut("the consent store cannot be reached: retry later", Code.CONSENT_UNAVAILABLE,
-                               path=list(err.path or [])).to_dict()
+        log.error("a store failed: %s", type(err.original_error).__name__)
+        return GraphQLErrorOut("a store this request needs (consent, policy or sharing) cannot be reached: retry "
+                               "later", Code.SERVICE_UNAVAILABLE, path=list(err.path or [])).to_dict()
     if isinstance(err.original_error, PermissionError):  # a role-restricted query asked by another client
         return GraphQLErrorOut(str(err.original_error), Code.FORBIDDEN, path=list(err.path or [])).to_dict()
     if isinstance(err.original_error, ValueError):  # a resolver's own "bad argument" message

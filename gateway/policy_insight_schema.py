@@ -31,11 +31,11 @@ __all__ = ["POLICY_ADMIN_ROLE", "PolicyInsightQuery"]
 POLICY_ADMIN_ROLE = "policy-admin"
 
 
-def _context(info: Any) -> dict[str, Any]:
+def _context(info: Any) -> Any:
     subject = info.context.get("subject")
     if subject is None or POLICY_ADMIN_ROLE not in subject.roles:
         raise PermissionError(f"this needs a client with the role {POLICY_ADMIN_ROLE!r}")
-    return dict(info.context)
+    return info.context
 
 
 class PolicyRuleMatch(graphene.ObjectType):

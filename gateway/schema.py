@@ -23,7 +23,9 @@ from catalog.model import Catalog, Dataset, DataType, EntityLink, FieldSpec, Rel
 from gateway.audit.schema import AuditQuery
 from gateway.catalog_schema import CatalogQuery
 from gateway.consent_schema import ConsentMutation, ConsentQuery
+from gateway.policy_insight_schema import PolicyInsightQuery
 from gateway.policy_schema import PolicyAdminMutation, PolicyAdminQuery
+from gateway.sharing_schema import SharingMutation, SharingQuery
 
 __all__ = ["BuiltSchema", "Member", "SchemaIndex", "build_schema"]
 
@@ -225,7 +227,8 @@ def build_schema(catalog: Catalog) -> BuiltSchema:
         id_number=graphene.String(name="idNumber"), credit_code=graphene.String(name="creditCode"),
         claim=graphene.Argument(Claim, required=True))
     index.roots["verify"] = ("verify", "")
-    query = type("Query", (CatalogQuery, AuditQuery, ConsentQuery, PolicyAdminQuery, graphene.ObjectType), root)
-    mutation = type("Mutation", (ConsentMutation, PolicyAdminMutation, graphene.ObjectType), {})
+    query = type("Query", (CatalogQuery, AuditQuery, ConsentQuery, PolicyAdminQuery, PolicyInsightQuery,
+                           SharingQuery, graphene.ObjectType), root)
+    mutation = type("Mutation", (ConsentMutation, PolicyAdminMutation, SharingMutation, graphene.ObjectType), {})
     schema = graphene.Schema(query=query, mutation=mutation, types=list(types.values()), auto_camelcase=True)
     return BuiltSchema(schema=schema, index=index)

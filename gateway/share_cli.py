@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -112,7 +112,9 @@ def _days(service: ShareService, r: ShareRequest, now: datetime) -> str:
     left = service.days_left(r, now)
     if left is None:
         return ""
-    return f"{left} working day(s) left" if left > 0 else f"OVERDUE ({-left} working day(s) past)"
+    if r.overdue(now):
+        return f"OVERDUE since {service.calendar.local_day(r.deadline)}: escalate"
+    return "due today" if left == 0 else f"{left} working day(s) left"
 
 
 def _show(service: ShareService, r: ShareRequest) -> None:
@@ -228,7 +230,9 @@ def share_list(
         out.print("no overdue requests" if overdue else "no requests match")
         return
     now = datetime.now(UTC)
-    table = Table("id", "status", "requester", "provider", "dataset", "fields", "purpose", "deadline", "")
+    # The id and status are what an operator acts on: never cut short, whatever the terminal's width.
+    table = Table(Column("id", no_wrap=True), Column("status", no_wrap=True), "requester", "provider", "dataset",
+                  "fields", "purpose", "deadline", "answer")
     for r in found:
         table.add_row(r.id, r.status.value, r.requester, r.provider, r.dataset, ", ".join(r.fields), r.purpose,
                       service.calendar.local_day(r.deadline).isoformat(),

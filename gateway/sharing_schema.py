@@ -66,8 +66,9 @@ class ShareRequest(graphene.ObjectType):
     id = graphene.ID(required=True)
     status = graphene.String(required=True, description="PENDING, APPROVED, REFUSED or WITHDRAWN")
     overdue = graphene.Boolean(required=True, description="PENDING past its deadline: to escalate")
-    working_days_left = graphene.Int(description="Working days left to answer, today included if it is one; "
-                                                 "0 or less once overdue; null once answered")
+    working_days_left = graphene.Int(description="PENDING: working days left to answer after today (0: due "
+                                                 "today); once overdue, minus the working days since the "
+                                                 "deadline. Null once answered")
     requester = graphene.String(required=True, description="The department asking")
     provider = graphene.String(required=True, description="The department whose dataset it is, which answers")
     dataset = graphene.String(required=True)

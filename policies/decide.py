@@ -28,7 +28,8 @@ from catalog.model import Catalog, Purpose, ShareType
 from policies.masks import mask_rank
 from policies.store import PolicyStore, Snapshot
 
-__all__ = ["Access", "Decider", "Decision", "RowRule", "Subject", "compile_policy"]
+__all__ = ["ACTION", "LEVELS", "Access", "Decider", "Decision", "Effects", "RowRule", "Subject", "compile_policy",
+           "grant"]
 
 
 class Access(IntEnum):
@@ -40,7 +41,12 @@ class Access(IntEnum):
     CLEAR = 3
 
 
-_ACTION = {Access.CLEAR: "read", Access.MASKED: "read_masked", Access.VERIFY: "verify"}
+# The access levels, weakest first, and the action a policy line names for each.
+LEVELS = (Access.VERIFY, Access.MASKED, Access.CLEAR)
+ACTION = {Access.VERIFY: "verify", Access.MASKED: "read_masked", Access.CLEAR: "read"}
+
+# What Decider.effects tells of one level: (some allow matches, some deny matches, masks of the allows).
+Effects = tuple[bool, bool, list[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +104,21 @@ def compile_policy(enforcer: casbin.Enforcer, subject: Subject, purpose: str,
         if sub in names and pur in (purpose, "*"):
             rows.setdefault(dataset, []).append(RowRule(column, op, value))
     return _Compiled(rules, rows)
+
+
+def grant(effects: dict[Access, Effects], default_mask: str) -> tuple[Decision, Access | None]:
+    """The rule over the levels: the strongest level allowed below the first level a deny matches
+    (a deny on ``verify`` must not leave ``read`` allowed). Returns the decision and that first
+    denied level (None: no deny matched). Decisions and explanations both take it from here."""
+    granted = Decision(Access.DENIED)
+    for access in LEVELS:
+        allow, deny, masks = effects.get(access, (False, False, []))
+        if deny:
+            return granted, access
+        if allow:
+            granted = Decision(access, mask=Decider.strictest(masks, default_mask)) if access is Access.MASKED \
+                else Decision(access)
+    return granted, None
 
 
 class Decider:
@@ -171,21 +192,10 @@ class Decider:
         if spec.share is ShareType.NONE and obj not in pur.none_fields:
             return Decision(Access.DENIED, reason=f"{obj} is not shared (不予共享) and purpose {purpose!r} has "
                                                   "no legal basis for it")
-        effects = {a: self.effects(compiled.rules, obj, _ACTION[a]) for a in _ACTION}
-        # Access levels are ordered: a deny on a weaker action denies every stronger one too
-        # (denying verify must not leave read allowed).
-        denied_below = False
-        granted: Decision | None = None
-        for access in (Access.VERIFY, Access.MASKED, Access.CLEAR):
-            allow, deny, masks = effects[access]
-            denied_below = denied_below or deny
-            if denied_below:
-                break
-            if allow:
-                granted = Decision(access, mask=self.strictest(masks, spec.mask)) if access is Access.MASKED \
-                    else Decision(access)
-        return granted or Decision(Access.DENIED,
-                                   reason=f"no policy lets this client read {obj} for purpose {purpose!r}")
+        granted, _ = grant({a: self.effects(compiled.rules, obj, ACTION[a]) for a in LEVELS}, spec.mask)
+        if granted.access is Access.DENIED:
+            return Decision(Access.DENIED, reason=f"no policy lets this client read {obj} for purpose {purpose!r}")
+        return granted
 
     @staticmethod
     def strictest(masks: list[str], default: str) -> str:

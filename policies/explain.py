@@ -25,34 +25,11 @@ import casbin
 from casbin.util import key_match
 
 from catalog.model import Catalog, FieldSpec, Purpose, ShareType
-from policies.decide import Access, Decider, Decision, RowRule, Subject, compile_policy
+from policies.decide import ACTION, LEVELS, Access, Decider, Decision, RowRule, Subject, compile_policy, grant
 from policies.lines import PolicyLine, format_line
 
-__all__ = ["ACTION", "LEVELS", "Effects", "Explanation", "LevelTrace", "Override", "RowRuleMatch", "RuleMatch",
-           "Term", "catalogue_terms", "explain", "explain_query", "field_spec", "grant", "purpose_of", "role_paths"]
-
-# The access levels, weakest first, and the action a policy line names for each.
-LEVELS = (Access.VERIFY, Access.MASKED, Access.CLEAR)
-ACTION = {Access.VERIFY: "verify", Access.MASKED: "read_masked", Access.CLEAR: "read"}
-
-# What Decider.effects tells of one level: (some allow matches, some deny matches, masks of the allows).
-Effects = tuple[bool, bool, list[str]]
-
-
-def grant(effects: Mapping[Access, Effects], default_mask: str) -> tuple[Decision, Access | None]:
-    """Decider's rule over the levels: the strongest level allowed below the first level a deny
-    matches (a deny on ``verify`` must not leave ``read`` allowed). Returns the decision and that
-    first denied level (None: no deny matched)."""
-    granted = Decision(Access.DENIED)
-    for access in LEVELS:
-        allow, deny, masks = effects.get(access, (False, False, []))
-        if deny:
-            return granted, access
-        if allow:
-            granted = Decision(access, mask=Decider.strictest(masks, default_mask)) if access is Access.MASKED \
-                else Decision(access)
-    return granted, None
-
+__all__ = ["Explanation", "LevelTrace", "Override", "RowRuleMatch", "RuleMatch", "Term", "catalogue_terms", "explain",
+           "explain_query", "field_spec", "purpose_of", "role_paths"]
 
 @dataclass(frozen=True, slots=True)
 class Term:
@@ -116,7 +93,8 @@ class LevelTrace:
 
 @dataclass(frozen=True, slots=True)
 class Override:
-    """A deny and the allows it overrode: those of its level and of every stronger one."""
+    """A matching deny line, the weakest level it matches, and the allows it overrides: those of that level
+    and of every stronger one."""
 
     deny: RuleMatch
     action: str  # the weakest level the deny matches
@@ -154,10 +132,6 @@ class Explanation:
     mask_reason: str | None
     row_rules: tuple[RowRuleMatch, ...]
     summary: tuple[str, ...]
-
-    @property
-    def decision(self) -> Decision:
-        return Decision(self.access, self.mask)
 
     @property
     def blocked_by_terms(self) -> bool:
@@ -251,14 +225,14 @@ def _explain(subject: Subject, purpose: Purpose, obj: str, spec: FieldSpec, rule
 
     levels = tuple(LevelTrace(ACTION[a], tuple(allows), tuple(denies), _outcome(a, allows, denies, denied_at))
                    for a, (allows, denies) in matches.items())
-    denies = _denies(matches)
-    overrides = tuple(d for d in denies if d.overridden)
+    deny_lines = _denies(matches)
+    overrides = tuple(d for d in deny_lines if d.overridden)
     mask_reason = None
     if decision.access is Access.MASKED:
         mask_reason = _mask_reason(decision.mask, matches[Access.MASKED][0], spec)
     code = obj.rpartition(".")[0]
     row_rules = tuple(rows.get(code, ())) if code in purpose.datasets else ()
-    summary = _summary(subject, purpose.code, obj, decision, by_policy, terms, matches, denies, mask_reason,
+    summary = _summary(subject, purpose.code, obj, decision, by_policy, terms, matches, deny_lines, mask_reason,
                        row_rules, code)
     return Explanation(subject.client_id, purpose.code, obj, decision.access, decision.mask, tuple(terms), levels,
                        overrides, mask_reason, row_rules, tuple(summary))
@@ -303,7 +277,8 @@ def _via(match: RuleMatch | RowRuleMatch, subject: Subject) -> str:
     own = match.role_path[0]
     if own == subject.client_id:
         return "(its own line)" if len(match.role_path) == 1 else f"(via {path})"
-    return f"(via {path}; {own} is {'its department' if own.startswith('dept:') else 'a role in its token'})"
+    origin = f"{own} is {'its department' if own.startswith('dept:') else 'a role in its token'}"
+    return f"({origin})" if len(match.role_path) == 1 else f"(via {path}; {origin})"
 
 
 def _lines(found: Iterable[RuleMatch], subject: Subject) -> str:

@@ -54,7 +54,8 @@ from policies.masks import MASKS, mask_for
 from policies.validate import check_rule
 
 __all__ = ["ACCESSES", "ApplyLines", "Recorder", "ShareEvent", "ShareInputError", "ShareRequest", "ShareService",
-           "ShareStateError", "ShareStatus", "ShareStore", "SharingSettings", "WorkingCalendar", "metadata"]
+           "ShareStateError", "ShareStatus", "ShareStore", "SharingSettings", "WorkingCalendar", "check_request",
+           "metadata"]
 
 log = logging.getLogger("hutong.sharing")
 
@@ -141,12 +142,13 @@ class WorkingCalendar:
         return count + sum(1 for d in self.working_weekends if after < d <= through)
 
     def days_left(self, now: datetime, deadline: datetime) -> int:
-        """Working days left to answer, today included if it is a working day: 1 on the deadline
-        day itself, at least 1 until the deadline passes; then 0 or less, minus the working days
-        gone by since the deadline day (0 on the weekend right after a Friday deadline)."""
+        """Working days left to answer after today: n on the day of a request due in n working days,
+        0 on the deadline day itself ("answer today"). Past the deadline day: minus the working days
+        gone by since, today included (-1 on the Monday after a Friday deadline, 0 the weekend in
+        between: :meth:`ShareRequest.overdue` tells those apart)."""
         today, last = self.local_day(now), self.local_day(deadline)
         if today <= last:
-            return self.working_days(today - timedelta(days=1), last)
+            return self.working_days(today, last)
         return -self.working_days(last, today)
 
     def end_of(self, day: date) -> datetime:
@@ -636,7 +638,8 @@ class ShareService:
         await self.store.close()
 
     def days_left(self, req: ShareRequest, now: datetime | None = None) -> int | None:
-        """Working days left to answer a PENDING request (0 or less: overdue); None once answered."""
+        """Working days left to answer a PENDING request after today (0: due today, or overdue since
+        the last working day); None once answered."""
         if req.status is not ShareStatus.PENDING:
             return None
         return self.calendar.days_left(now or self.clock(), req.deadline)

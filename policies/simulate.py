@@ -10,8 +10,9 @@ the changes listed equal the diff of a Decider's decisions before and after). To
 on large policies, the lines of each (client, purpose) are selected through an index by
 subject; when they are the same before and after, no field's decision can differ and none
 is decided; otherwise each line is matched once against the fields its pattern covers
-(cached per pattern), rather than each field against every line. A 10,000-line policy, 20
-clients, 6 purposes, 65 fields: see the measurement in tests/test_explain.py.
+(cached per pattern), rather than each field against every line: 20 clients, 5 purposes and
+65 fields under a 10,000-line policy rewritten as a whole take 0.2 s, a single added line 0.04
+s (``test_simulate_is_quick_on_a_large_policy``; a Decider asked field by field: 2.1 s).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import casbin
 from casbin.util import key_match
 
 from catalog.model import Catalog
-from policies.decide import Access, Decision, RowRule, Subject, compile_policy
-from policies.explain import ACTION, LEVELS, Effects, catalogue_terms, grant, purpose_of
+from policies.decide import ACTION, LEVELS, Access, Decision, Effects, RowRule, Subject, compile_policy, grant
+from policies.explain import catalogue_terms, purpose_of
 from policies.lines import PolicyLine, format_line, lines_of
 from policies.store import index_by_subject
 

@@ -132,7 +132,8 @@ def write_config(folder: Path, sources: dict[str, str] | None = None, *, policy:
     if stores is not None:
         lines += ["[audit]", f'url = "sqlite+aiosqlite:///{stores}/audit.sqlite"',
                   f'signing_key = "{stores}/audit-signing-key.pem"',
-                  "[consent]", f'url = "sqlite+aiosqlite:///{stores}/consent.sqlite"']
+                  "[consent]", f'url = "sqlite+aiosqlite:///{stores}/consent.sqlite"',
+                  "[sharing]", f'url = "sqlite+aiosqlite:///{stores}/sharing.sqlite"']
     path = folder / f"hutong-{uuid.uuid4().hex[:8]}.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -44,6 +44,10 @@ DEMO_CLIENTS = (
     DemoClient("auditor", "auditor-demo-secret", "audit", ("auditor",), "the audit office"),
     DemoClient("policy-admin", "policy-admin-demo-secret", "admin", ("policy-admin",),
                "the data-sharing office that manages policies"),
+    DemoClient("civil-data-office", "civil-data-office-demo-secret", "civil", ("data-owner", "share-requester"),
+               "Civil Affairs' data office: asks other departments for data, answers requests for its own"),
+    DemoClient("hrss-data-office", "hrss-data-office-demo-secret", "hrss", ("data-owner", "share-requester"),
+               "HRSS's data office: owns employment, pension and unemployment data"),
 )
 DEMO_SECRETS = frozenset(c.secret for c in DEMO_CLIENTS)
 
