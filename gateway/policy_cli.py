@@ -236,3 +236,145 @@ def dry_run_stop(reason: Reason, by: By = None, config: ConfigOpt = None) -> Non
     """Stop the dry run."""
     run(config, lambda admin, _: admin.dry_run(None, by=by or actor(), reason=reason))
     out.print("dry run stopped")
+
+
+def _current_and_clients(settings: Any, catalog: Any) -> Any:
+    """The policy in force (store or file) and the registered clients, for explain and simulate."""
+    from gateway.auth.clients import ClientStore
+    from gateway.auth.settings import AuthSettings
+    from policies.store import open_policy_store
+
+    async def load() -> tuple[Any, list[Any]]:
+        from policies.settings import PolicySettings
+
+        if PolicySettings.from_settings(settings).url is not None:
+            async with open_policy_admin(settings, catalog):
+                pass  # an empty store is seeded first, as the gateway would
+        store = open_policy_store(settings, catalog)
+        clients = ClientStore(AuthSettings.from_settings(settings).client_store)
+        try:
+            await store.refresh(force=True)
+            await clients.init()
+            return store.snapshot.enforcer, [c for c in await clients.list() if not c.disabled]
+        finally:
+            await store.close()
+            await clients.close()
+
+    return asyncio.run(load())
+
+
+@policy_app.command("explain")
+def policy_explain(client: Annotated[str, typer.Option("--client", help="The client id asking.")],
+                   purpose: Annotated[str, typer.Option("--purpose")],
+                   field: Annotated[str | None, typer.Option("--field", help="dataset.field")] = None,
+                   query: Annotated[str | None, typer.Option("--query", help="A GraphQL query, or @file: every "
+                                                                             "field it reads.")] = None,
+                   as_json: Annotated[bool, typer.Option("--json")] = False, config: ConfigOpt = None) -> None:
+    """Why a client may (or may not) use a field for a purpose: the decision, the allow that granted it,
+    the deny that overrode it, the role path, the catalogue's terms and the row rules."""
+    import json
+
+    from gateway.pipeline import Gateway
+    from policies.decide import Subject
+    from policies.explain import explain_query
+
+    if (field is None) == (query is None):
+        fail("give --field or --query", 2)
+    try:
+        settings = load_settings(config)
+        catalog = load_catalog(*settings.catalog)
+    except (ConfigError, CatalogError) as exc:
+        fail(str(exc), 2)
+        raise
+    try:
+        enforcer, clients = _current_and_clients(settings, catalog)
+    except (PolicyError, SQLAlchemyError) as exc:
+        why = exc if isinstance(exc, PolicyError) else type(exc).__name__
+        fail(f"the policy or the client store cannot be read: {why}", 3)
+        raise
+    found = next((c for c in clients if c.client_id == client), None)
+    if found is None:
+        fail(f"no enabled client {client!r}; known: {', '.join(sorted(c.client_id for c in clients))}")
+        raise typer.Exit(1)
+    if query is not None:
+        text = Path(query[1:]).read_text(encoding="utf-8") if query.startswith("@") else query
+        try:
+            fields = Gateway(catalog, settings).plan(text).fields()
+        except Exception as exc:  # a bad query: its own message
+            fail(f"the query cannot be planned: {exc}", 2)
+            raise
+    else:
+        fields = [field or ""]
+    subject = Subject(found.client_id, found.department, frozenset(found.roles))
+    try:
+        explanations = explain_query(enforcer, catalog, subject, purpose, fields)
+    except ValueError as exc:
+        fail(str(exc), 2)
+        raise
+    if as_json:
+        sys.stdout.write(json.dumps([e.to_dict() for e in explanations], ensure_ascii=False, indent=2) + "\n")
+        return
+    for e in explanations:
+        out.print(Text(f"{e.field}: {e.access.name}" + (f" ({e.mask})" if e.mask else ""), style="bold"))
+        for sentence in e.summary:
+            out.print("  " + sentence)
+
+
+@policy_app.command("simulate")
+def policy_simulate(file: Annotated[Path | None, typer.Option("--file", help="A whole proposed policy (CSV).")] = None,
+                    add: Annotated[list[str] | None, typer.Option("--add", help="A line to add; repeat.")] = None,
+                    remove: Annotated[list[str] | None, typer.Option("--remove", help="A line to remove; repeat.")]
+                    = None, purpose: Annotated[str | None, typer.Option("--purpose")] = None,
+                    as_json: Annotated[bool, typer.Option("--json")] = False, config: ConfigOpt = None) -> None:
+    """Before applying anything: which (client, purpose, field) decisions and row rules a proposed change
+    (or a whole new policy file) would change. Exit 0 with the list; nothing is changed."""
+    import json
+
+    from policies.decide import Subject
+    from policies.lines import enforcer_of, lines_of
+    from policies.simulate import proposed, simulate
+    from policies.validate import validate_policy
+
+    if (file is None) == (not add and not remove):
+        fail("give --file, or --add/--remove lines", 2)
+    try:
+        settings = load_settings(config)
+        catalog = load_catalog(*settings.catalog)
+    except (ConfigError, CatalogError) as exc:
+        fail(str(exc), 2)
+        raise
+    try:
+        before, clients = _current_and_clients(settings, catalog)
+    except (PolicyError, SQLAlchemyError) as exc:
+        why = exc if isinstance(exc, PolicyError) else type(exc).__name__
+        fail(f"the policy or the client store cannot be read: {why}", 3)
+        raise
+    try:
+        new_lines = (parse_csv(file.read_text(encoding="utf-8")) if file is not None
+                     else proposed(lines_of(before), add=_lines(add, "add"), remove=_lines(remove, "remove")))
+        after = enforcer_of(new_lines)
+        validate_policy(after, catalog, "the proposed policy")
+    except PolicyError as exc:
+        for problem in exc.problems:
+            err.print(Text("invalid: ", style="red") + Text(problem))
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        fail(str(exc), 2)
+        raise
+    subjects = [Subject(c.client_id, c.department, frozenset(c.roles)) for c in clients]
+    result = simulate(catalog, before, after, subjects, [purpose] if purpose else None)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n")
+        return
+    table = Table("client", "purpose", "field", "now", "would be")
+    for c in result.changes:
+        table.add_row(c.client_id, c.purpose, c.field, c.before.access.name + (f" ({c.before.mask})" if c.before.mask
+                                                                               else ""),
+                      c.after.access.name + (f" ({c.after.mask})" if c.after.mask else ""))
+    out.print(table)
+    for r in result.row_rule_changes:
+        out.print(f"row rules of {r.client_id} on {r.dataset} for {r.purpose} would change")
+    counts = result.counts
+    err.print(f"{counts['changed']} of {counts['checked']} decisions would change ({counts['stronger']} stronger, "
+              f"{counts['weaker']} weaker, {counts['mask_changed']} masks); {counts['row_rules_changed']} row-rule "
+              "changes")

@@ -5,6 +5,7 @@ confirmed current; and a change through one gateway process governing the next r
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -350,3 +351,39 @@ def test_the_command_line_changes_lists_and_rolls_back(make_settings: Any, tmp_p
     assert sorted(parse_csv(r.output)) == sorted(DEMO_LINES)
     r = runner.invoke(cli, ["policy", "history", *cfg], env={"COLUMNS": "200"})
     assert "rollback" in r.output and "names not needed" in r.output
+
+
+def test_explain_and_simulate_on_the_command_line(make_settings: Any, tmp_path: Path) -> None:
+    from gateway.auth.clients import ClientStore
+    from gateway.auth.demo import ensure_demo_clients
+    from gateway.auth.settings import AuthSettings
+
+    settings = policy_settings(make_settings, tmp_path)
+
+    async def register() -> None:
+        store = ClientStore(AuthSettings.from_settings(settings).client_store)
+        await store.init()
+        await ensure_demo_clients(store)
+        await store.close()
+
+    asyncio.run(register())
+    cfg = ["--config", str(settings.path)]
+    runner = CliRunner()
+    r = runner.invoke(cli, ["policy", "explain", "--client", "street-office-app", "--purpose", REVIEW, "--field",
+                            "hrss.pension.monthly_amount", "--json", *cfg])
+    assert r.exit_code == 0, r.output
+    [e] = json.loads(r.output)
+    assert (e["access"], e["mask"]) == ("MASKED", "round_1000"), e["summary"]
+    r = runner.invoke(cli, ["policy", "explain", "--client", "street-office-app", "--purpose", REVIEW, "--query",
+                            "{ residents(limit: 1) { nodes { name address } } }", *cfg])
+    assert r.exit_code == 0 and "psb.resident.name: CLEAR" in r.output and "psb.resident.address" in r.output
+    before = runner.invoke(cli, ["policy", "export", *cfg]).output
+    r = runner.invoke(cli, ["policy", "simulate", "--remove", format_line(GRANT), "--json", *cfg])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output)
+    assert result["changed"] > 0 and all(c["client_id"] == "street-office-app" and c["after"]["access"] == "DENIED"
+                                         for c in result["changes"])
+    assert runner.invoke(cli, ["policy", "export", *cfg]).output == before  # nothing applied
+    r = runner.invoke(cli, ["policy", "simulate", "--add", "p, dept:tax, psb.resident.name, read, *, allow, default",
+                            *cfg])
+    assert r.exit_code == 1 and "unknown department 'tax'" in r.output
