@@ -387,3 +387,38 @@ def test_explain_and_simulate_on_the_command_line(make_settings: Any, tmp_path: 
     r = runner.invoke(cli, ["policy", "simulate", "--add", "p, dept:tax, psb.resident.name, read, *, allow, default",
                             *cfg])
     assert r.exit_code == 1 and "unknown department 'tax'" in r.output
+
+
+async def test_an_approved_sharing_request_governs_the_next_request(make_settings: Any, tmp_path: Path) -> None:
+    settings = policy_settings(make_settings, tmp_path)
+    async with served(settings, "citizen-self-service") as (client, _):
+        requester = await token_for(client, "civil-data-office", "civil-data-office-demo-secret")
+        owner = await token_for(client, "hrss-data-office", "hrss-data-office-demo-secret")
+        acting = {"x-acting-user": "data-officer-wang"}
+
+        async def post(q: str, h: dict[str, str], **variables: Any) -> Any:
+            async with httpx.AsyncClient(transport=client._transport, base_url="http://gw") as bare:
+                r = await bare.post("/graphql", json={"query": q, "variables": variables}, headers={**acting, **h})
+            return r.json()
+
+        statuses = "{ pensions(limit: 1) { nodes { status } } }"
+        before = (await client.post("/graphql", json={"query": statuses})).json()  # the tester client, dept civil
+        assert before["data"]["pensions"] is None and before["errors"][0]["extensions"]["code"] == "FORBIDDEN_FIELD"
+        asked = await post("""mutation($i: ShareRequestInput!) { requestSharing(input: $i) { id status deadline } }""",
+                           requester, i={"dataset": "hrss.pension", "fields": ["status"],
+                                         "purpose": "citizen-self-service",
+                                         "justification": "citizens ask the portal whether they draw a pension"})
+        request = asked["data"]["requestSharing"]
+        assert request["status"] == "PENDING", asked
+        until = (datetime.now(UTC) + timedelta(days=30)).date().isoformat()
+        approved = await post("""mutation($id: ID!, $until: Date) { approveShareRequest(id: $id, grantUntil: $until,
+                                 reason: "lawful, proportionate") { status policyVersion } }""", owner,
+                              id=request["id"], until=until)
+        assert approved["data"]["approveShareRequest"]["status"] == "APPROVED", approved
+        after = (await client.post("/graphql", json={"query": statuses})).json()
+        assert after["data"]["pensions"]["nodes"][0]["status"], after  # the very next request
+        rules = await post('{ policyRules(dataset: "hrss.pension", department: "civil") { line expiresAt } }',
+                           await token_for(client, "policy-admin", "policy-admin-demo-secret"))
+        [rule] = rules["data"]["policyRules"]
+        assert rule["line"] == "p, dept:civil, hrss.pension.status, read, citizen-self-service, allow, default"
+        assert rule["expiresAt"].startswith(until) or rule["expiresAt"] > until
