@@ -121,6 +121,9 @@ class Gateway:
             await self.store.refresh(force=True)
         except PolicyError as exc:
             raise ConfigError(str(exc)) from None
+        if not self.store.snapshot.enforcer.get_named_policy("p"):
+            log.warning("the policy in force (%s) is empty: nothing is shared. Import rules (hutong policy import "
+                        "FILE) or set [policies] seed", self.store.source.name)
         if self.consents is None:
             self.consents = open_store(self.settings)
         await self.consents.init()
@@ -142,7 +145,13 @@ class Gateway:
         """An approved sharing request's lines become a policy version, in force here at once."""
         admin = self.policy_admin
         assert admin is not None
-        version = await admin.change(add=lines, author=author, reason=reason, source="share-request",
+        # Idempotent: an approval whose lines went in before its own record failed can be approved again.
+        head, live = await admin.repo.live_at_head()
+        present = {x for x, _ in live}
+        missing = [tuple(x) for x in lines if tuple(x) not in present]
+        if not missing:
+            return head
+        version = await admin.change(add=missing, author=author, reason=reason, source="share-request",
                                      expires_at=expires_at)
         await self.store.refresh(force=True)
         return version.number
@@ -178,17 +187,13 @@ class Gateway:
             requested = plan.requested()  # before authorisation trims what it withholds
             audit["datasets"] = plan.datasets
             ctx = context(bool(plan.fetches)) if callable(context) else context
-            try:
-                await self.store.refresh()
-            except PolicyError:
-                # No policy in force means nothing may be shared: refuse, and say it is temporary.
-                raise RequestError(Code.POLICY_UNAVAILABLE, "the policy store cannot be read: retry later",
-                                   503, headers={"Retry-After": "5"}) from None
+            self.store.refresh_soon()
             if plan.fetches and self.store.stale():
                 # Grants withdrawn elsewhere may still be in force here: serve no data until confirmed.
                 log.error("policy not confirmed current for %.0f s: data requests refused", self.store.max_staleness)
                 raise RequestError(Code.POLICY_UNAVAILABLE, "the gateway cannot confirm that its policy is current "
-                                   "(the policy store is unreachable): retry later", 503, headers={"Retry-After": "5"})
+                                   "(the policy store is unreachable, or its latest version is invalid here): "
+                                   "retry later", 503, headers={"Retry-After": "5"})
             auth = Authorisation()
             if isinstance(ctx, RequestContext) and plan.fetches:  # a data request: its purpose is known
                 try:
@@ -247,16 +252,24 @@ class Gateway:
     def _dry_run(self, ctx: RequestContext, auth: Authorisation) -> list[dict[str, Any]]:
         """The decisions the proposed policy would take differently for this request (logged, recorded,
         never enforced)."""
-        changed = []
+        changed: list[dict[str, Any]] = []
+        purpose = ctx.purpose or ""
         for obj, now in sorted(auth.decisions.items()):
-            proposed = self.proposed_decider.decide(ctx.subject, ctx.purpose or "", obj)
+            proposed = self.proposed_decider.decide(ctx.subject, purpose, obj)
             if (proposed.access, proposed.mask) != (now.access, now.mask):
                 changed.append({"field": obj, "now": now.access.name, "now_mask": now.mask,
                                 "proposed": proposed.access.name, "proposed_mask": proposed.mask})
+        for dataset in sorted({obj.rpartition(".")[0] for obj in auth.decisions}):
+            now_rules = self.decider.row_rules(ctx.subject, purpose, dataset)
+            proposed_rules = self.proposed_decider.row_rules(ctx.subject, purpose, dataset)
+            if set(now_rules) != set(proposed_rules):  # rules hold together: their order does not matter
+                changed.append({"dataset": dataset, "row_rules_now": sorted(f"{r.column} {r.op}" for r in now_rules),
+                                "row_rules_proposed": sorted(f"{r.column} {r.op}" for r in proposed_rules)})
         if changed:
             log.warning("dry run: the proposed policy would decide %d field(s) differently for %s (%s): %s",
                         len(changed), ctx.subject.client_id, ctx.purpose,
-                        ", ".join(f"{c['field']} {c['now']}->{c['proposed']}" for c in changed[:10]))
+                        ", ".join(f"{c['field']} {c['now']}->{c['proposed']}" if "field" in c
+                                  else f"row rules of {c['dataset']}" for c in changed[:10]))
         return changed
 
     @property
@@ -313,17 +326,18 @@ def _meta_error(err: Any) -> dict[str, Any]:
         problems = err.original_error.problems
         return GraphQLErrorOut("the change is refused: " + "; ".join(problems[:20]), Code.BAD_USER_INPUT,
                                path=list(err.path or []), extra={"problems": problems[:100]}).to_dict()
-    if isinstance(err.original_error, AuditUnavailable):  # a consent change the audit log could not record
+    if isinstance(err.original_error, AuditUnavailable):  # a change (consent, policy, sharing) not recordable
         return GraphQLErrorOut("the audit log cannot record this change, so it was not made: retry later",
                                Code.AUDIT_UNAVAILABLE, path=list(err.path or [])).to_dict()
-    if isinstance(err.original_error, SQLAlchemyError):
+    if isinstance(err.original_error, PermissionError):  # a role-restricted query asked by another client
+        return GraphQLErrorOut(str(err.original_error), Code.FORBIDDEN, path=list(err.path or [])).to_dict()
+    # PermissionError is an OSError too: it was answered above.
+    if isinstance(err.original_error, SQLAlchemyError | OSError | TimeoutError):
         log.error("a store failed: %s", type(err.original_error).__name__)
         return GraphQLErrorOut("a store this request needs (consent, policy or sharing) cannot be reached: retry "
                                "later", Code.SERVICE_UNAVAILABLE, path=list(err.path or [])).to_dict()
-    if isinstance(err.original_error, PermissionError):  # a role-restricted query asked by another client
-        return GraphQLErrorOut(str(err.original_error), Code.FORBIDDEN, path=list(err.path or [])).to_dict()
     if isinstance(err.original_error, ValueError):  # a resolver's own "bad argument" message
         return GraphQLErrorOut(str(err.original_error), Code.BAD_USER_INPUT, path=list(err.path or [])).to_dict()
     log.error("metadata resolver failed: %s", type(err.original_error).__name__)
-    return GraphQLErrorOut("internal error while reading the catalogue", Code.INTERNAL_SERVER_ERROR,
+    return GraphQLErrorOut("internal error: quote the request id to the operators", Code.INTERNAL_SERVER_ERROR,
                            path=list(err.path or [])).to_dict()

@@ -80,8 +80,19 @@ def run(config: Path | None, action: Callable[[PolicyAdmin, Any], Awaitable[T]])
     except AuditUnavailable as exc:
         fail(f"the audit log cannot record the change, so it was not made ({exc})", 3)
         raise
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
         fail(f"the policy store cannot be used: {type(exc).__name__}", 3)
+        raise
+
+
+def _read(path: Path) -> str:
+    """A file's text (``-``: standard input), or exit 2 naming the file and the reason."""
+    if str(path) == "-":
+        return sys.stdin.read()
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or type(exc).__name__}", 2)
         raise
 
 
@@ -163,7 +174,7 @@ def policy_replace(reason: Reason,
 def policy_import(file: Annotated[Path, typer.Argument(help="A Casbin CSV policy file, or - for standard input.")],
                   reason: Reason, by: By = None, config: ConfigOpt = None) -> None:
     """Make a CSV file the whole policy (one version: the diff from the current one)."""
-    text = sys.stdin.read() if str(file) == "-" else file.read_text(encoding="utf-8")
+    text = _read(file)
     _done(run(config, lambda admin, _: admin.import_csv(text, author=by or actor(), reason=reason)))
 
 
@@ -218,7 +229,7 @@ def dry_run_start(reason: Reason,
 
     async def action(admin: PolicyAdmin, _: Any) -> int:
         if file is not None:
-            lines = parse_csv(file.read_text(encoding="utf-8"))
+            lines = parse_csv(_read(file))
         else:
             current = [x for x, _ in await admin.repo.live()]
             missing = [format_line(x) for x in minus if x not in set(current)]
@@ -288,7 +299,7 @@ def policy_explain(client: Annotated[str, typer.Option("--client", help="The cli
         raise
     try:
         enforcer, clients = _current_and_clients(settings, catalog)
-    except (PolicyError, SQLAlchemyError) as exc:
+    except (PolicyError, SQLAlchemyError, OSError, TimeoutError) as exc:
         why = exc if isinstance(exc, PolicyError) else type(exc).__name__
         fail(f"the policy or the client store cannot be read: {why}", 3)
         raise
@@ -297,7 +308,7 @@ def policy_explain(client: Annotated[str, typer.Option("--client", help="The cli
         fail(f"no enabled client {client!r}; known: {', '.join(sorted(c.client_id for c in clients))}")
         raise typer.Exit(1)
     if query is not None:
-        text = Path(query[1:]).read_text(encoding="utf-8") if query.startswith("@") else query
+        text = _read(Path(query[1:])) if query.startswith("@") else query
         try:
             fields = Gateway(catalog, settings).plan(text).fields()
         except Exception as exc:  # a bad query: its own message
@@ -345,12 +356,12 @@ def policy_simulate(file: Annotated[Path | None, typer.Option("--file", help="A 
         raise
     try:
         before, clients = _current_and_clients(settings, catalog)
-    except (PolicyError, SQLAlchemyError) as exc:
+    except (PolicyError, SQLAlchemyError, OSError, TimeoutError) as exc:
         why = exc if isinstance(exc, PolicyError) else type(exc).__name__
         fail(f"the policy or the client store cannot be read: {why}", 3)
         raise
     try:
-        new_lines = (parse_csv(file.read_text(encoding="utf-8")) if file is not None
+        new_lines = (parse_csv(_read(file)) if file is not None
                      else proposed(lines_of(before), add=_lines(add, "add"), remove=_lines(remove, "remove")))
         after = enforcer_of(new_lines)
         validate_policy(after, catalog, "the proposed policy")

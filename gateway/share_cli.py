@@ -2,9 +2,9 @@
 
 An operator's tool: ``--by`` names the official who asks or answers (default: $HUTONG_ACTOR or
 the OS account), and the client recorded is ``cli``. Each change is recorded in the audit log as
-an administrative event in the same transaction as the change; if the audit log cannot take it,
-nothing changes. ``approve`` writes the policy lines through the policy administration, so it
-needs a policy kept in a store (``[policies] url``).
+an administrative event before it commits; if the audit log cannot take it, nothing changes.
+``approve`` writes the policy lines through the policy administration, so it needs a policy
+kept in a store (``[policies] url``).
 """
 
 from __future__ import annotations

@@ -5,8 +5,13 @@ numbered version of the repository with its author, time, reason and diff. Befor
 stored, the whole policy it would produce is validated against the catalogue
 (:func:`policies.validate.validate_policy`: unknown department, dataset, field, purpose,
 action or mask; a ``none`` field granted without the purpose's legal basis ...), and the change
-is recorded in the audit log as a ``policy.change`` event in the same transaction: a change the
-audit log cannot take is not made.
+is recorded in the audit log as a ``policy.change`` event before it commits: a change the
+audit log cannot take is not made (and one that fails to commit after its event was written is
+followed by a ``policy.change_aborted`` event).
+
+The command line (``hutong policy``) is an operator's tool: whoever can run it with the
+configuration can write the store, as with the database's own credentials; it records the
+author it is given (``--by``, default the OS account) in the version and the audit log.
 """
 
 from __future__ import annotations
@@ -61,17 +66,26 @@ class PolicyAdmin:
 
     async def change(self, *, add: Sequence[PolicyLine] = (), remove: Sequence[PolicyLine] = (), author: str,
                      reason: str, source: str = "api", expires_at: datetime | None = None,
-                     base_version: int | None = None, now: datetime | None = None) -> PolicyVersion:
-        """One new version: ``remove`` leaves force, ``add`` enters it (until ``expires_at``, if given).
-        PolicyError when the resulting policy is invalid, PolicyConflict when the change does not
-        apply (line absent or present, the base version moved), nothing recorded in either case."""
+                     base_version: int | None = None, now: datetime | None = None,
+                     limits: dict[PolicyLine, datetime | None] | None = None) -> PolicyVersion:
+        """One new version: ``remove`` leaves force, ``add`` enters it (until ``expires_at``, or each
+        line's own time limit in ``limits``). PolicyError when the resulting policy is invalid,
+        PolicyConflict when the change does not apply (line absent or present, the base version
+        moved); nothing is recorded in either case.
+
+        The audit event is written before the change commits, and the change is rolled back if
+        it cannot be written. Should the commit itself fail after the event was written, a
+        ``policy.change_aborted`` event follows (best effort), so that the log tells."""
         now = now or datetime.now(UTC)
+        if expires_at is not None and expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)  # a time without a zone is UTC, as everywhere in hutong
         if not reason.strip():
             raise PolicyConflict("give a reason for the change: it is kept in the history")
         if not author.strip():
             raise PolicyConflict("name the author of the change")
         if expires_at is not None and expires_at <= now:
             raise PolicyConflict(f"the time limit {expires_at.isoformat()} is already past")
+        recorded: list[int] = []
 
         async def check_and_record(version: PolicyVersion, after: list[PolicyLine]) -> None:
             validate_policy(enforcer_of(after), self.catalog, f"version {version.number}")
@@ -82,20 +96,32 @@ class PolicyAdmin:
                 "reason": reason, "source": source, "added": [format_line(x) for x in add],
                 "removed": [format_line(x) for x in remove],
                 "expires_at": expires_at.isoformat() if expires_at else None, "outcome": "ok"})
+            recorded.append(version.number)
 
-        return await self.repo.commit(add=[(x, expires_at) for x in add], remove=list(remove), author=author,
-                                      reason=reason, source=source, now=now, base=base_version,
-                                      then=check_and_record)
+        adding = [(x, (limits or {}).get(x, expires_at)) for x in add]
+        try:
+            return await self.repo.commit(add=adding, remove=list(remove), author=author, reason=reason,
+                                          source=source, now=now, base=base_version, then=check_and_record)
+        except Exception:
+            if recorded:
+                with contextlib.suppress(Exception):
+                    await self.record({"event": "policy.change_aborted", "target": f"policy version {recorded[0]}",
+                                       "actor": author, "reason": "recorded, then not committed: not in force",
+                                       "outcome": "failed"})
+            raise
 
     async def replace_all(self, lines: Sequence[PolicyLine], *, author: str, reason: str, source: str = "import",
-                          now: datetime | None = None) -> PolicyVersion:
-        """Make ``lines`` the whole policy (an import): the diff from the current one is the change."""
-        current = [x for x, _ in await self.repo.live()]
+                          now: datetime | None = None,
+                          limits: dict[PolicyLine, datetime | None] | None = None) -> PolicyVersion:
+        """Make ``lines`` the whole policy (an import): the diff from the current one is the change,
+        committed against the version it was computed from (a change meanwhile makes it fail)."""
+        head, current = await self.repo.live_at_head(now)
+        have = {x for x, _ in current}
         wanted = list(dict.fromkeys(lines))
-        have = set(current)
+        keep = set(wanted)
         return await self.change(add=[x for x in wanted if x not in have],
-                                 remove=[x for x in current if x not in set(wanted)], author=author, reason=reason,
-                                 source=source, now=now)
+                                 remove=[x for x, _ in current if x not in keep], author=author, reason=reason,
+                                 source=source, now=now, base_version=head, limits=limits)
 
     async def import_csv(self, text: str, *, author: str, reason: str, now: datetime | None = None) -> PolicyVersion:
         try:
@@ -105,15 +131,20 @@ class PolicyAdmin:
         return await self.replace_all(lines, author=author, reason=reason, now=now)
 
     async def rollback(self, number: int, *, author: str, reason: str, now: datetime | None = None) -> PolicyVersion:
-        """A new version whose lines are those of version ``number`` (history is never rewritten)."""
-        old = await self.repo.lines_at(number)
-        return await self.replace_all(old, author=author, reason=f"rollback to version {number}: {reason}",
-                                      source="rollback", now=now)
+        """A new version whose lines are those of version ``number`` (history is never rewritten).
+        Time-limited lines keep their limit; those whose limit has passed are not brought back."""
+        moment = now or datetime.now(UTC)
+        old = [(x, e) for x, e in await self.repo.lines_at(number) if e is None or e > moment]
+        return await self.replace_all([x for x, _ in old], author=author,
+                                      reason=f"rollback to version {number}: {reason}", source="rollback", now=now,
+                                      limits=dict(old))
 
     async def lines(self, **filters: str | None) -> list[tuple[PolicyLine, datetime | None]]:
         return [(x, e) for x, e in await self.repo.live() if matches(x, **filters)]
 
     async def export_csv(self) -> str:
+        """The lines in force as CSV. Time limits are not part of the CSV format: they stay in the store
+        (an import keeps the limit of every line it leaves in place)."""
         return format_csv(x for x, _ in await self.repo.live())
 
     async def dry_run(self, lines: Sequence[PolicyLine] | None, *, by: str, reason: str,

@@ -208,19 +208,30 @@ class PolicyRepository:
             lines.append(_line(r))
         return head, lines, upcoming
 
-    async def live(self) -> list[tuple[PolicyLine, datetime | None]]:
-        """The lines of the latest version with their expiry (lapsed ones included)."""
+    async def live(self, now: datetime | None = None) -> list[tuple[PolicyLine, datetime | None]]:
+        """The lines in force with their time limit; lines that have lapsed by ``now`` are left out."""
+        stamp = _stamp(now or datetime.now(UTC))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(sa.select(line_table).where(_live()).order_by(line_table.c.id))).all()
-        return [(_line(r), _time(r.expires_at) if r.expires_at else None) for r in rows]
+        return [(_line(r), _time(r.expires_at) if r.expires_at else None) for r in rows
+                if r.expires_at is None or r.expires_at > stamp]
 
-    async def lines_at(self, version: int) -> list[PolicyLine]:
-        """The lines of version ``version`` as recorded (time limits not applied)."""
+    async def live_at_head(self, now: datetime | None = None) -> tuple[int, list[tuple[PolicyLine, datetime | None]]]:
+        """The latest version number and its lines in force, read consistently (for a change that
+        replaces the whole policy: it is committed against that version)."""
+        while True:
+            head = await self.head()
+            lines = await self.live(now)
+            if await self.head() == head:
+                return head, lines
+
+    async def lines_at(self, version: int) -> list[tuple[PolicyLine, datetime | None]]:
+        """The lines of version ``version`` as recorded, each with its time limit."""
         if not 0 <= version <= await self.head():
             raise PolicyConflict(f"there is no policy version {version}; the latest is {await self.head()}")
         async with self.engine.connect() as conn:
             rows = (await conn.execute(sa.select(line_table).where(_live(version)).order_by(line_table.c.id))).all()
-        return [_line(r) for r in rows]
+        return [(_line(r), _time(r.expires_at) if r.expires_at else None) for r in rows]
 
     async def versions(self, limit: int = 50, before: int | None = None) -> list[PolicyVersion]:
         """Versions newest first; ``before``: the last number of the previous page."""
@@ -238,8 +249,9 @@ class PolicyRepository:
         return found[0] if found and found[0].number == number else None
 
     async def diff(self, a: int, b: int) -> tuple[list[PolicyLine], list[PolicyLine]]:
-        """(lines in b and not in a, lines in a and not in b)."""
-        old, new = await self.lines_at(a), await self.lines_at(b)
+        """(lines in b and not in a, lines in a and not in b), as recorded (time limits aside)."""
+        old = [x for x, _ in await self.lines_at(a)]
+        new = [x for x, _ in await self.lines_at(b)]
         old_set, new_set = set(old), set(new)
         return [x for x in new if x not in old_set], [x for x in old if x not in new_set]
 
@@ -248,12 +260,18 @@ class PolicyRepository:
     async def commit(self, *, add: Sequence[tuple[PolicyLine, datetime | None]], remove: Sequence[PolicyLine],
                      author: str, reason: str, source: str, now: datetime, base: int | None = None,
                      then: Callable[[PolicyVersion, list[PolicyLine]], Awaitable[None]] | None = None) -> PolicyVersion:
-        """Record a new version: ``remove`` leaves force, ``add`` enters it. ``then(version, lines in
-        force after it)`` runs inside the transaction (validation, the audit event): if it raises,
-        nothing is recorded."""
+        """Record a new version: ``remove`` leaves force, ``add`` enters it. Lines whose time limit has
+        passed leave the record of what is in force with it (so they can be granted again).
+        ``then(version, lines in force after it)`` runs inside the transaction (validation, the
+        audit event): if it raises, nothing is recorded."""
         if not add and not remove:
             raise PolicyConflict("the change adds and removes nothing")
+        twice = sorted({format_line(x) for x in remove if list(remove).count(x) > 1}
+                       | {format_line(x) for x, _ in add if [y for y, _ in add].count(x) > 1})
+        if twice:
+            raise PolicyConflict("listed twice: " + "; ".join(twice))
         c = line_table.c
+        stamp = _stamp(now)
         async with self._write() as conn:
             head = int((await conn.execute(sa.select(sa.func.max(version_table.c.number)))).scalar() or 0)
             if base is not None and base != head:
@@ -261,18 +279,21 @@ class PolicyRepository:
                                      "look at the new version and make your change again")
             rows = (await conn.execute(sa.select(line_table).where(_live()))).all()
             live: dict[PolicyLine, list[int]] = {}
+            lapsed: list[int] = []
             for r in rows:
-                live.setdefault(_line(r), []).append(r.id)
+                if r.expires_at is not None and r.expires_at <= stamp:
+                    lapsed.append(r.id)
+                else:
+                    live.setdefault(_line(r), []).append(r.id)
             gone = [x for x in remove if x not in live]
             if gone:
                 raise PolicyConflict("not in force, cannot be removed: " + "; ".join(format_line(x) for x in gone))
             removing = set(remove)
             dupes = [x for x, _ in add if x in live and x not in removing]
-            if dupes or len({x for x, _ in add}) != len(add):
-                raise PolicyConflict("already in force (or listed twice): "
-                                     + "; ".join(format_line(x) for x in dupes or [x for x, _ in add]))
+            if dupes:
+                raise PolicyConflict("already in force: " + "; ".join(format_line(x) for x in dupes))
             number = head + 1
-            ids = [i for x in remove for i in live[x]]
+            ids = [i for x in remove for i in live[x]] + lapsed
             if ids:
                 await conn.execute(line_table.update().where(c.id.in_(ids)).values(version_to=number))
             if add:

@@ -138,9 +138,8 @@ class RepositorySource:
         current = await self.repo.stamp()
         if current == stamp and (self._expiry is None or now < self._expiry):
             return current, None
+        # A new version, a dry run started or stopped, or a time-limited line lapsing: reload.
         version, lines, self._expiry = await self.repo.current(now)
-        if self._expiry is not None:
-            current += f"|{self._expiry.isoformat()}"  # so a lapse makes the next stamp differ
         enforcer = await asyncio.to_thread(enforcer_of, lines)
         proposed = proposal = None
         dry = await self.repo.dry_run()
@@ -180,11 +179,28 @@ class PolicyStore:
         self._stamp = ""
         self._checked = 0.0
         self.confirmed = 0.0  # monotonic time the policy in force was last confirmed current
+        self.refused = False  # the latest version was refused: the one in force is not the current one
         self._lock = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None
 
     def stale(self) -> bool:
-        """True when the policy in force could not be confirmed current for ``max_staleness`` seconds."""
+        """True when the policy in force could not be confirmed current for ``max_staleness`` seconds (the
+        store is unreachable, or its latest version was refused here: a revocation in it is not in force)."""
         return self._snapshot is not None and time.monotonic() - self.confirmed > self.max_staleness
+
+    def refresh_soon(self) -> None:
+        """Look for a change without making the caller wait (requests never wait on the policy store:
+        staleness, not a hung request, is how an unreachable store shows)."""
+        if self._snapshot is None or time.monotonic() - self._checked < self.reload_interval:
+            return
+        if self._background is None or self._background.done():
+            self._background = asyncio.create_task(self._quiet_refresh())
+
+    async def _quiet_refresh(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as exc:  # logged; staleness grows until the store answers
+            log.warning("policy check failed: %s", type(exc).__name__)
 
     @property
     def snapshot(self) -> Snapshot:
@@ -206,8 +222,9 @@ class PolicyStore:
             try:
                 async with asyncio.timeout(LOAD_TIMEOUT):
                     stamp, loaded = await self.source.load_if_changed(self._stamp)
-                self.confirmed = time.monotonic()
                 if loaded is None:
+                    if not self.refused:  # unchanged, and what is in force is what the store holds
+                        self.confirmed = time.monotonic()
                     return
                 self._stamp = stamp  # a refused version is not retried until it changes again
                 enforcer = loaded.enforcer
@@ -216,6 +233,7 @@ class PolicyStore:
             except PolicyError as exc:
                 if self._snapshot is None:
                     raise
+                self.refused = True  # not confirmed current from now on: data requests stop at max_staleness
                 log.error("policy change refused, keeping version %d: %s", self._snapshot.version, exc)
                 await self._tell("policy.refused", {"source": self.source.name, "kept_version": self._snapshot.version,
                                                     "problems": exc.problems[:20]})
@@ -226,6 +244,8 @@ class PolicyStore:
                 log.error("policy store unreadable, keeping version %d: %s", self._snapshot.version,
                           type(exc).__name__)
                 return
+            self.refused = False
+            self.confirmed = time.monotonic()
             version = 1 if self._snapshot is None else self._snapshot.version + 1
             before = self._snapshot
             digest = await asyncio.to_thread(_digest, enforcer)

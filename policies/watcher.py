@@ -117,5 +117,9 @@ async def _listen(url: str, callback: Any) -> Any:
     u = sa.engine.make_url(url)
     conn = await asyncpg.connect(host=u.host or "127.0.0.1", port=u.port or 5432, user=u.username,
                                  password=u.password, database=u.database, timeout=5)
-    await conn.add_listener(CHANNEL, callback)
+    try:
+        await conn.add_listener(CHANNEL, callback)
+    except BaseException:
+        await conn.close()
+        raise
     return conn

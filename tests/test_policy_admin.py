@@ -108,7 +108,8 @@ async def test_history_diff_and_rollback_round_trip(admin: Any) -> None:
     assert await decide(a.repo, "psb.resident.name") is Access.MASKED
     assert await a.repo.diff(1, 3) == ([extra], [GRANT])
     v4 = await a.rollback(1, author="admin-3", reason="the review was wrong")
-    assert sorted(await a.repo.lines_at(4)) == sorted(await a.repo.lines_at(1)) == sorted(DEMO_LINES)
+    assert sorted(x for x, _ in await a.repo.lines_at(4)) == sorted(x for x, _ in await a.repo.lines_at(1)) == sorted(
+        DEMO_LINES)
     assert await decide(a.repo, "psb.resident.name") is Access.CLEAR
     assert [(v.number, v.author, v.source) for v in await a.repo.versions()] == [
         (4, "admin-3", "rollback"), (3, "admin-2", "api"), (2, "admin-1", "api"), (1, "seed", "seed")]
@@ -140,16 +141,49 @@ async def test_a_time_limited_grant_lapses_by_itself(admin: Any) -> None:
     a, _ = admin
     limited = ("p", "dept:health", "psb.resident.name", "read", "public-health-followup", "allow", "default")
     health = Subject("health-app", "health", frozenset({"clinician"}))
-    await a.change(add=[limited], author="data-owner", reason="share request", source="share-request",
-                   expires_at=datetime.now(UTC) + timedelta(seconds=1.2))
+    v2 = await a.change(add=[limited], author="data-owner", reason="share request", source="share-request",
+                        expires_at=datetime.now(UTC) + timedelta(seconds=1.2))
     store = PolicyStore(RepositorySource(PolicyRepository(a.repo.url)), CATALOG, reload_interval=0)
     await store.refresh()
     decider = Decider(store, CATALOG)
     assert decider.decide(health, "public-health-followup", "psb.resident.name").access is Access.CLEAR
+    loaded = store.snapshot.version
+    for _ in range(5):  # an unchanged policy with a live time limit is not reloaded on every check
+        await store.refresh(force=True)
+    assert store.snapshot.version == loaded
     await asyncio.sleep(1.3)
     await store.refresh()  # no new version was recorded: the lapse alone reloads the policy
+    assert store.snapshot.version == loaded + 1
     assert decider.decide(health, "public-health-followup", "psb.resident.name").access is Access.MASKED
-    assert [x for x, _ in await a.repo.live()].count(limited) == 1  # still recorded, no longer in force
+    assert limited not in [x for x, _ in await a.repo.live()]
+    # A rollback to the version that granted it does not bring the lapsed grant back ...
+    other = ("p", "dept:health", "psb.resident.gender", "read", "public-health-followup", "allow", "default")
+    await a.change(add=[other], author="admin-1", reason="something else")
+    await a.rollback(v2.number, author="admin-1", reason="undo")
+    assert limited not in [x for x, _ in await a.repo.live()] and other not in [x for x, _ in await a.repo.live()]
+    # ... and it can be granted again, time-limited as before.
+    again = await a.change(add=[limited], author="data-owner", reason="renewed", source="share-request",
+                           expires_at=datetime.now(UTC) + timedelta(days=30))
+    assert dict(await a.repo.live())[limited] is not None and again.added == 1
+    await store.close()
+
+
+async def test_a_version_refused_here_is_not_confirmed_current(admin: Any) -> None:
+    a, _ = admin
+    store = PolicyStore(RepositorySource(PolicyRepository(a.repo.url)), CATALOG, reload_interval=0,
+                        max_staleness=0.2)
+    await store.refresh()
+    assert not store.stale()
+    # Another replica, with a newer catalogue, records a line this gateway's catalogue does not know.
+    async with a.repo.engine.begin() as conn:
+        await conn.exec_driver_sql("INSERT INTO policy_line (ptype, v0, v1, v2, v3, v4, v5, version_from) VALUES "
+                                   "('p', 'role:r', 'tax.record.income', 'read', '*', 'allow', 'default', 2)")
+        await conn.exec_driver_sql("INSERT INTO policy_version (number, at, author, reason, source, added, removed, "
+                                   "digest) VALUES (2, '2026-11-30T00:00:00.000000Z', 'x', 'x', 'api', 1, 0, 'x')")
+    await store.refresh(force=True)  # refused: the version in force stays ...
+    await asyncio.sleep(0.3)
+    await store.refresh(force=True)
+    assert store.stale(), "... but it is not the current one: data requests must stop"
     await store.close()
 
 
