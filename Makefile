@@ -7,7 +7,7 @@ HUTONG_PORT ?= 8000
 HOUSING_PORT ?= 8001
 export HUTONG_HOUSING_PORT = $(HOUSING_PORT)
 
-.PHONY: demo test lint venv demo-data bench clean
+.PHONY: demo test lint venv demo-data bench clean e2e-deps
 
 # The virtual environment is rebuilt when pyproject.toml changes.
 $(BIN)/hutong: pyproject.toml
@@ -26,9 +26,18 @@ demo-data: demo/data/showcase.json
 demo: venv demo-data
 	HUTONG_PORT=$(HUTONG_PORT) $(BIN)/hutong demo serve
 
-test: venv
+test: venv e2e-deps
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# The console's end-to-end tests drive Debian's chromium through Playwright (no browser download).
+e2e-deps:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the console tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium not found and cannot be installed here: the console's browser tests will skip"; fi
 
 lint: venv
 	$(BIN)/ruff check .

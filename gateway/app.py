@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from catalog.export import to_json
 from catalog.loader import load_catalog
@@ -24,6 +24,9 @@ from gateway.audit.settings import AuditSettings
 from gateway.audit.writer import AuditWriter
 from gateway.auth.service import AuthService
 from gateway.config import Settings, load_settings
+from gateway.console.accounts import AccountStore
+from gateway.console.app import create_console
+from gateway.console.settings import ConsoleSettings
 from gateway.explorer import explorer_routes
 from gateway.http import graphql_endpoint, json_response
 from gateway.pipeline import Gateway
@@ -69,6 +72,15 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
     # Every answer waits for its audit record (fail closed): there is no setting that turns it off.
     trail = audit or AuditWriter.from_settings(AuditSettings.from_settings(settings))
 
+    console_settings = ConsoleSettings.from_settings(settings)
+    accounts = AccountStore(console_settings.accounts)
+
+    async def record(body: dict[str, object]) -> None:
+        await trail.append("admin", body)
+
+    console = create_console(console_settings, accounts, {"gateway": gw, "audit": trail, "record": record,
+                                                          "auth": identity})
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Each part is closed if a later one fails to start: an invalid policy, or demo secrets
@@ -80,6 +92,13 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
             await gw.start()
             stack.push_async_callback(identity.close)
             await identity.start()
+            stack.push_async_callback(accounts.close)
+            await accounts.init()
+            if settings.demo:
+                added = await accounts.ensure_demo()
+                if added:
+                    log.warning("demo console accounts added: %s (published demo passwords: demo mode only)",
+                                ", ".join(added))
             await trail.append("admin", admin_event(
                 "gateway.start", str(settings.path), by="gateway",
                 after={"catalogue_digest": catalogue_digest(gw.catalog), "policy": {
@@ -94,6 +113,7 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
             Route("/readyz", readyz, methods=["GET"]),
             *identity.routes(),
             *explorer_routes(),
+            Mount("/console", app=console, name="console"),
         ],
         lifespan=lifespan,
         middleware=[Middleware(AccessLog)],

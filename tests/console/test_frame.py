@@ -1,0 +1,43 @@
+"""The console's frame, in a real browser: sign-in, sessions, roles, CSRF, security headers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.console.conftest import shot, sign_in
+
+
+def test_sign_in_shows_each_role_its_pages(console: str, page: Any) -> None:
+    page.goto(f"{console}/console/")
+    assert page.url.endswith("/console/login?next=/console/")  # not signed in: sent to sign in
+    shot(page, "login")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", "wrong password here")
+    page.click("button[type=submit]")
+    assert "wrong name or password" in page.content()
+    sign_in(page, console, "admin")
+    nav = [a.inner_text() for a in page.query_selector_all("header nav a")]
+    assert nav == ["Home", "Catalogue", "Policy", "Sharing requests", "Scoreboard"]
+    shot(page, "home-policy-admin")
+    page.click("text=Sign out")
+    page.wait_for_url("**/console/login")
+    sign_in(page, console, "auditor")
+    assert [a.inner_text() for a in page.query_selector_all("header nav a")] == [
+        "Home", "Catalogue", "Audit log", "Scoreboard"]
+
+
+def test_cookies_headers_and_csrf(console: str) -> None:
+    with httpx.Client(base_url=console) as c:
+        r = c.post("/console/login", data={"username": "auditor", "password": "auditor-demo-password"})
+        assert r.status_code == 303
+        cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
+        home = c.get("/console/")
+        assert home.status_code == 200
+        assert "script-src 'self'" in home.headers["content-security-policy"]
+        assert home.headers["x-frame-options"] == "DENY" and home.headers["cache-control"] == "no-store"
+        forged = c.post("/console/logout", data={})  # no CSRF token: refused, still signed in
+        assert forged.status_code == 403 and "did not come from this console" in forged.text
+        assert c.get("/console/").status_code == 200
