@@ -25,6 +25,7 @@ from gateway.audit.cli import audit_app
 from gateway.auth.cli import client_app
 from gateway.config import REPO_ROOT, ConfigError, Settings, load_settings
 from gateway.consent_cli import consent_app, legal_basis_app
+from gateway.console.cli import console_app
 from gateway.logs import LOG_CONFIG
 from gateway.policy_cli import policy_app
 from gateway.share_cli import share_app
@@ -40,6 +41,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(consent_app, name="consent")
 app.add_typer(policy_app, name="policy")
 app.add_typer(share_app, name="share")
+app.add_typer(console_app, name="console")
 app.add_typer(legal_basis_app, name="legal-basis")
 
 out = Console(soft_wrap=True, highlight=False)
@@ -338,10 +340,16 @@ def _banner(host: str, port: int, housing_port: int, showcase: dict[str, str]) -
     out.print(f"GraphQL endpoint   {base}/graphql   (open it in a browser for the explorer)")
     out.print(f"Token endpoint     {base}/oauth/token   (OAuth 2.0 client credentials)")
     out.print(f"Health             {base}/healthz   readiness: {base}/readyz")
+    out.print(f"Web console        {base}/console   (people: policy administrators, auditors, data owners)")
     out.print(f"Housing REST       http://127.0.0.1:{housing_port}/properties (the Housing bureau's own service)")
     out.print("\nDemo client credentials (published demo secrets: accepted only in demo mode):")
     for c in DEMO_CLIENTS:
         out.print(f"  {c.client_id:<18} {c.secret:<28} {c.purpose}")
+    from gateway.console.accounts import DEMO_ACCOUNTS
+
+    out.print("\nDemo console accounts (published demo passwords: demo mode only):")
+    for username, display, password, _, _ in DEMO_ACCOUNTS:
+        out.print(f"  {username:<18} {password:<28} {display}")
     out.print(f"\nShowcase applicant {showcase['applicant_id_number']} (subsistence case {showcase['case_id']}). "
               "The street office's subsistence check, one request across five departments:\n")
     print(f"TOKEN=$(curl -s -u street-office-app:street-office-demo-secret -d grant_type=client_credentials "
