@@ -63,8 +63,8 @@ templates.env.globals["nav_links"] = nav_links
 def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
     """A page, with the signed-in user, the CSRF token and the navigation in its context."""
     user = user_of(request)
-    return templates.TemplateResponse(request, template, {"user": user, "csrf": csrf_token(request) if user else "",
-                                                          **context}, status_code=status)
+    return templates.TemplateResponse(request, template, {"user": user, "csrf": csrf_token(request), **context},
+                                      status_code=status)
 
 
 class _SecurityHeaders:
@@ -92,7 +92,9 @@ async def login_page(request: Request) -> Response:
 
 
 async def login(request: Request) -> Response:
-    form = dict(await request.form())  # no session yet, so no CSRF token: SameSite=Strict guards sign-in
+    # The sign-in form carries a token too: without it a foreign page could sign a person in to an
+    # account of the attacker's choosing (login CSRF).
+    form = await check_csrf(request)
     username, password = str(form.get("username", "")).strip(), str(form.get("password", ""))
     accounts: AccountStore = request.app.state.accounts
     account = await accounts.authenticate(username, password) if username and password else None

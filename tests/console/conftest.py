@@ -88,3 +88,17 @@ def shot(page: Any, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def http_sign_in(client: Any, username: str) -> str:
+    """Sign in with an httpx client (the sign-in form's CSRF token first); returns the session's token."""
+    form = client.get("/console/login").text
+    token = re.search(r'name="csrf-token" content="([^"]+)"', form)
+    assert token is not None, "the sign-in page carries a CSRF token"
+    r = client.post("/console/login", data={"username": username, "password": PASSWORDS[username],
+                                            "csrf_token": token.group(1)})
+    assert r.status_code in (200, 303), r.text[:300]
+    home = client.get("/console/").text
+    signed = re.search(r'name="csrf-token" content="([^"]+)"', home)
+    assert signed is not None
+    return signed.group(1)

@@ -30,7 +30,13 @@ def test_sign_in_shows_each_role_its_pages(console: str, page: Any) -> None:
 
 def test_cookies_headers_and_csrf(console: str) -> None:
     with httpx.Client(base_url=console) as c:
-        r = c.post("/console/login", data={"username": "auditor", "password": "auditor-demo-password"})
+        # Signing in needs the sign-in form's token too (no login CSRF).
+        forged = c.post("/console/login", data={"username": "auditor", "password": "auditor-demo-password"})
+        assert forged.status_code == 403
+        form = c.get("/console/login").text
+        token = form.split('name="csrf-token" content="')[1].split('"')[0]
+        r = c.post("/console/login", data={"username": "auditor", "password": "auditor-demo-password",
+                                           "csrf_token": token})
         assert r.status_code == 303
         cookie = r.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=strict" in cookie and "path=/console" in cookie
