@@ -30,13 +30,15 @@ test: venv e2e-deps
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-# The console's end-to-end tests drive Debian's chromium through Playwright (no browser download).
+# The console's end-to-end tests drive Debian's chromium through Playwright (no browser download),
+# with a CJK font so that the screenshots show the demo's Chinese names.
 e2e-deps:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	@{ command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; } && \
+	  { [ -n "$$(fc-list :lang=zh 2>/dev/null)" ] || ! command -v apt-get >/dev/null 2>&1; } || \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's chromium for the console tests"; \
+	    echo "installing Debian's chromium and a CJK font for the console tests"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null; \
 	  else echo "chromium not found and cannot be installed here: the console's browser tests will skip"; fi
 
 lint: venv

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,6 +34,7 @@ class FetchResult:
     error: SourceError | None = None
     by_key: dict[Any, list[Row]] = field(default_factory=dict)  # rows grouped by the fetch's key column
     has_next: bool = False  # root pages: the source had more rows than the page holds
+    ms: float | None = None  # wall time of the source query in ms (None: no query ran, its parent failed)
 
 
 async def execute(plan: Plan, sources: Sources) -> dict[int, FetchResult]:
@@ -47,21 +49,24 @@ async def execute(plan: Plan, sources: Sources) -> dict[int, FetchResult]:
                 return FetchResult(f, error=parent.error)
             assert f.parent_column is not None
             keys = tuple(dict.fromkeys(v for r in parent.rows if (v := r.get(f.parent_column)) is not None))
+        started = time.perf_counter()
         try:
             rows = await sources.get(f.source).fetch(replace(f.query, keys=keys))
         except SourceError as exc:
             log.warning("fetch %d (%s) failed: %s %s", f.id, f.dataset, exc.failure.value, exc.message)
-            return FetchResult(f, error=exc)
+            return FetchResult(f, error=exc, ms=(time.perf_counter() - started) * 1000)
         except Exception as exc:  # a bug or an unexpected driver error: logged here, reported as SOURCE_ERROR
             log.error("fetch %d (%s) raised %s at %s", f.id, f.dataset, type(exc).__name__, where(exc))
             return FetchResult(f, error=SourceError(f.source, SourceFailure.ERROR,
-                                                    f"source {f.source!r} failed unexpectedly"))
+                                                    f"source {f.source!r} failed unexpectedly"),
+                               ms=(time.perf_counter() - started) * 1000)
+        ms = (time.perf_counter() - started) * 1000
         if f.row_cap is not None and len(rows) > f.row_cap:
             return FetchResult(f, error=SourceError(
                 f.source, SourceFailure.ROW_LIMIT,
                 f"{f.dataset} matched more than {f.row_cap} records for this request (max_rows): "
-                "ask for fewer parents or filter the nested list"))
-        result = FetchResult(f, rows=rows)
+                "ask for fewer parents or filter the nested list"), ms=ms)
+        result = FetchResult(f, rows=rows, ms=ms)
         if f.page and f.query.limit is not None:
             # One row beyond the page was asked for only to learn whether a next page exists.
             result.has_next = len(rows) >= f.query.limit

@@ -112,10 +112,18 @@ def field_dispositions(requested: list[tuple[str, str, str]], auth: Authorisatio
 
 
 def returned(results: dict[int, FetchResult], catalog: Catalog, hasher: SubjectHasher) -> dict[str, Any]:
-    """What left the sources: rows per source, and the data subjects (as HMACs) of the records."""
+    """What left the sources: rows per source, and the data subjects (as HMACs) of the records;
+    and per source whose query ran, its time (ms, all its fetches), fetches and failure codes."""
     subjects: set[str] = set()
     rows: dict[str, int] = {}
+    sources: dict[str, dict[str, Any]] = {}
     for r in results.values():
+        if r.ms is not None:  # the query ran (a fetch whose parent failed never did)
+            s = sources.setdefault(r.fetch.source, {"ms": 0.0, "fetches": 0, "errors": []})
+            s["ms"] += r.ms
+            s["fetches"] += 1
+            if r.error is not None:
+                s["errors"].append(r.error.failure.value)  # the code only: messages may name values
         if r.error is not None:
             continue
         rows[r.fetch.source] = rows.get(r.fetch.source, 0) + len(r.rows)
@@ -127,7 +135,9 @@ def returned(results: dict[int, FetchResult], catalog: Catalog, hasher: SubjectH
                 value = row.get(link.field)
                 if isinstance(value, str):
                     subjects.add(hasher.of_stored(kind, value))
-    return {"subjects": sorted(subjects), "rows": rows}
+    for s in sources.values():
+        s["ms"] = round(s["ms"], 3)
+    return {"subjects": sorted(subjects), "rows": rows, "sources": sources}
 
 
 def outcome_of(status: int, body: dict[str, Any]) -> str:
@@ -166,6 +176,7 @@ def request_record(*, request_id: str, ip: str | None, client_id: str | None, de
         "row_rules": audit.get("row_rules", {}),  # the shapes of the rules applied, never their values
         "subjects": audit.get("subjects", []),
         "rows": audit.get("rows", {}),
+        "sources": audit.get("sources", {}),  # source -> {ms, fetches, errors}: time and failures, no messages
         "consents": audit.get("consents", []),  # ids of the consents that released a value
         "consent_subjects": audit.get("consent_subjects", {}),  # consent id -> its subject's pseudonym
         "legal_bases": ([legal_basis] if legal_basis and returned_data else [])

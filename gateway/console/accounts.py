@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.console.settings import ROLES
@@ -93,14 +94,14 @@ class AccountStore:
         if password is not None and len(password) < MIN_PASSWORD:
             raise AccountError(f"a password has at least {MIN_PASSWORD} characters")
         hashed = await asyncio.to_thread(self.hasher.hash, password) if password is not None else None
-        async with self.engine.begin() as conn:
-            if (await conn.execute(sa.select(account_table.c.username).where(
-                    account_table.c.username == username))).first():
-                raise AccountError(f"an account {username!r} exists already")
-            await conn.execute(account_table.insert().values(
-                username=username, display_name=display_name or username, password_hash=hashed,
-                roles=json.dumps(list(roles)), department=department, disabled=False, failed=0,
-                created_at=datetime.now(UTC).isoformat()))
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(account_table.insert().values(
+                    username=username, display_name=display_name or username, password_hash=hashed,
+                    roles=json.dumps(list(roles)), department=department, disabled=False, failed=0,
+                    created_at=datetime.now(UTC).isoformat()))
+        except IntegrityError:
+            raise AccountError(f"an account {username!r} exists already") from None
         return Account(username, display_name or username, roles, department)
 
     async def get(self, username: str) -> Account | None:
@@ -158,10 +159,14 @@ class AccountStore:
         self.hasher.hash(password or "x")
 
     async def ensure_demo(self) -> list[str]:
+        """Create the missing demo accounts; several workers starting together may race: the losers skip."""
         added = []
         for username, display, password, roles, department in DEMO_ACCOUNTS:
             if await self.get(username) is None:
-                await self.add(username, display, roles, password=password, department=department)
+                try:
+                    await self.add(username, display, roles, password=password, department=department)
+                except AccountError:
+                    continue  # another worker created it meanwhile
                 added.append(username)
         return added
 

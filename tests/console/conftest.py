@@ -51,8 +51,10 @@ def console(make_settings: Any, tmp_path: Path) -> Iterator[str]:
         yield server.url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One browser per test module: Playwright's sync API keeps an event loop running in this thread
+    while it is open, so it is closed before the next module's asyncio tests run."""
     if CHROMIUM is None:
         from tests.conftest import service_unavailable
 
