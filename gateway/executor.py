@@ -49,9 +49,12 @@ async def execute(plan: Plan, sources: Sources) -> dict[int, FetchResult]:
                 return FetchResult(f, error=parent.error)
             assert f.parent_column is not None
             keys = tuple(dict.fromkeys(v for r in parent.rows if (v := r.get(f.parent_column)) is not None))
+        query = replace(f.query, keys=keys)
+        if query.matches_nothing:  # answered without asking the source: no time, no availability sample
+            return FetchResult(f, rows=[])
         started = time.perf_counter()
         try:
-            rows = await sources.get(f.source).fetch(replace(f.query, keys=keys))
+            rows = await sources.get(f.source).fetch(query)
         except SourceError as exc:
             log.warning("fetch %d (%s) failed: %s %s", f.id, f.dataset, exc.failure.value, exc.message)
             return FetchResult(f, error=exc, ms=(time.perf_counter() - started) * 1000)

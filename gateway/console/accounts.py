@@ -48,6 +48,8 @@ account_table = sa.Table(
     sa.Column("disabled", sa.Boolean, nullable=False, default=False),
     sa.Column("failed", sa.Integer, nullable=False, default=0),
     sa.Column("locked_until", sa.String(32)),
+    # Bumped by sign-out, a new password or disabling: every session signed in before ends.
+    sa.Column("session_epoch", sa.Integer, nullable=False, default=0),
     sa.Column("created_at", sa.String(32), nullable=False),
 )
 
@@ -63,6 +65,7 @@ class Account:
     roles: tuple[str, ...]
     department: str | None
     disabled: bool = False
+    session_epoch: int = 0
 
 
 def _check(username: str, roles: tuple[str, ...], department: str | None) -> None:
@@ -99,7 +102,7 @@ class AccountStore:
                 await conn.execute(account_table.insert().values(
                     username=username, display_name=display_name or username, password_hash=hashed,
                     roles=json.dumps(list(roles)), department=department, disabled=False, failed=0,
-                    created_at=datetime.now(UTC).isoformat()))
+                    session_epoch=0, created_at=datetime.now(UTC).isoformat()))
         except IntegrityError:
             raise AccountError(f"an account {username!r} exists already") from None
         return Account(username, display_name or username, roles, department)
@@ -118,10 +121,15 @@ class AccountStore:
         if len(password) < MIN_PASSWORD:
             raise AccountError(f"a password has at least {MIN_PASSWORD} characters")
         hashed = await asyncio.to_thread(self.hasher.hash, password)
-        await self._update(username, password_hash=hashed, failed=0, locked_until=None)
+        await self._update(username, password_hash=hashed, failed=0, locked_until=None,
+                           session_epoch=account_table.c.session_epoch + 1)
 
     async def disable(self, username: str) -> None:
-        await self._update(username, disabled=True)
+        await self._update(username, disabled=True, session_epoch=account_table.c.session_epoch + 1)
+
+    async def end_sessions(self, username: str) -> None:
+        """Every session of this account ends (sign-out ends them all: a copied cookie is worthless)."""
+        await self._update(username, session_epoch=account_table.c.session_epoch + 1)
 
     async def _update(self, username: str, **values: Any) -> None:
         async with self.engine.begin() as conn:
@@ -132,27 +140,39 @@ class AccountStore:
 
     async def authenticate(self, username: str, password: str, now: datetime | None = None) -> Account | None:
         """The account when the password is right and the account usable; None otherwise (the caller says
-        the same thing either way). Wrong passwords count towards a temporary lock."""
+        the same thing either way, and every refusal spends the time of a real check, so that neither
+        the message nor the timing tells which names exist or are locked). Each attempt is counted
+        atomically before the password is checked, so attempts sent at once cannot outrun the lock."""
         now = now or datetime.now(UTC)
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(sa.select(account_table).where(account_table.c.username == username))).first()
-        if row is None or row.password_hash is None:
-            # Spend the same time as a real check, so that timing does not tell which names exist.
+        c = account_table.c
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(sa.select(account_table).where(c.username == username))).first()
+            usable = (row is not None and row.password_hash is not None and not row.disabled
+                      and not (row.locked_until and datetime.fromisoformat(row.locked_until) > now))
+            attempts = 0
+            if usable:
+                if row is not None and row.locked_until:  # a lock that has run out: counting starts afresh
+                    await conn.execute(account_table.update().where(c.username == username)
+                                       .values(failed=0, locked_until=None))
+                await conn.execute(account_table.update().where(c.username == username)
+                                   .values(failed=c.failed + 1))
+                attempts = int((await conn.execute(sa.select(c.failed).where(c.username == username))).scalar()
+                               or 0)
+        if not usable or attempts > LOCK_AFTER:
             await asyncio.to_thread(self._burn, password)
+            if usable:
+                await self._update(username, locked_until=(now + LOCK_FOR).isoformat())
             return None
-        if row.disabled or (row.locked_until and datetime.fromisoformat(row.locked_until) > now):
-            return None
+        assert row is not None
         try:
             ok = await asyncio.to_thread(self.hasher.verify, row.password_hash, password)
         except (VerificationError, InvalidHashError):
             ok = False
         if not ok:
-            failed = row.failed + 1
-            await self._update(username, failed=failed,
-                               locked_until=(now + LOCK_FOR).isoformat() if failed >= LOCK_AFTER else None)
+            if attempts >= LOCK_AFTER:
+                await self._update(username, locked_until=(now + LOCK_FOR).isoformat())
             return None
-        if row.failed:
-            await self._update(username, failed=0, locked_until=None)
+        await self._update(username, failed=0, locked_until=None)
         return _account(row)
 
     def _burn(self, password: str) -> None:
@@ -172,4 +192,5 @@ class AccountStore:
 
 
 def _account(row: Any) -> Account:
-    return Account(row.username, row.display_name, tuple(json.loads(row.roles)), row.department, bool(row.disabled))
+    return Account(row.username, row.display_name, tuple(json.loads(row.roles)), row.department, bool(row.disabled),
+                   int(row.session_epoch or 0))

@@ -7,6 +7,7 @@ origin, no inline script), ``X-Frame-Options: DENY`` and ``Cache-Control: no-sto
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,21 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.console.accounts import AccountStore
-from gateway.console.security import Forbidden, SignInRequired, check_csrf, csrf_token, sign_in, sign_out, user_of
+from gateway.console.security import (
+    Forbidden,
+    SessionCheck,
+    SignInRequired,
+    check_csrf,
+    csrf_token,
+    sign_in,
+    sign_out,
+    user_of,
+)
 from gateway.console.settings import ConsoleSettings
 
 __all__ = ["create_console", "render"]
+
+log = logging.getLogger("hutong.console")
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))  # .html autoescaped (select_autoescape)
@@ -99,10 +111,15 @@ async def login(request: Request) -> Response:
     accounts: AccountStore = request.app.state.accounts
     account = await accounts.authenticate(username, password) if username and password else None
     if account is None:
+        # Failed sign-ins are recorded too: guessing shows in the audit log (the password never does).
+        await request.app.state.record({"event": "console.sign_in_failed", "target": username[:100],
+                                        "actor": username[:100], "ip": request.client.host if request.client
+                                        else None, "outcome": "failed"})
         return render(request, "login.html", 401, error="wrong name or password (or the account is locked for a "
                                                         "while after repeated failures)",
                       oidc=request.app.state.console_settings.oidc is not None, username=username)
-    sign_in(request, account.username, account.display_name, account.roles, account.department)
+    sign_in(request, account.username, account.display_name, account.roles, account.department,
+            account.session_epoch)
     await request.app.state.record({"event": "console.sign_in", "target": account.username,
                                     "actor": account.username, "roles": list(account.roles), "outcome": "ok"})
     return RedirectResponse(request.url_for("console:home"), 303)
@@ -110,6 +127,9 @@ async def login(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     await check_csrf(request)
+    user = user_of(request)
+    if user is not None and not user.username.startswith("oidc:"):
+        await request.app.state.accounts.end_sessions(user.username)  # a copied cookie ends with it
     sign_out(request)
     return RedirectResponse(request.url_for("console:login"), 303)
 
@@ -133,6 +153,15 @@ async def _http_error(request: Request, exc: Exception) -> Response:
                   message=exc.detail)
 
 
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    """A bug: a page saying so, with the security headers, never the exception's text."""
+    log.error("console %s %s failed: %s", request.method, request.url.path, type(exc).__name__)
+    response = render(request, "error.html", 500, title="Something went wrong",
+                      message="the console could not show this page; the operators can find the error in the log")
+    response.headers.update(HEADERS)
+    return response
+
+
 def create_console(settings: ConsoleSettings, accounts: AccountStore, state: dict[str, Any]) -> Starlette:
     """The console app. ``state``: the gateway's objects the pages use (gateway, audit writer, record)."""
     from gateway.console.oidc import oidc_routes
@@ -147,12 +176,18 @@ def create_console(settings: ConsoleSettings, accounts: AccountStore, state: dic
         *page_routes(),
         Mount("/static", app=StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, middleware=[
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+                    middleware=[
         Middleware(_SecurityHeaders),
+        # Lax when sign-in goes through an identity provider on another site (its redirect back must carry
+        # the session holding the OIDC state); every form is protected by its CSRF token either way.
         Middleware(SessionMiddleware, secret_key=settings.session_secret, session_cookie="hutong_console",
-                   max_age=settings.session_minutes * 60, same_site="strict", https_only=settings.secure_cookies,
-                   path="/console"),
+                   max_age=settings.session_minutes * 60, same_site="lax" if settings.oidc else "strict",
+                   https_only=settings.secure_cookies, path="/console"),
+        Middleware(SessionCheck),
     ])
+    if settings.secure_cookies:
+        HEADERS.setdefault("Strict-Transport-Security", "max-age=31536000")
     app.state.console_settings = settings
     app.state.accounts = accounts
     for key, value in state.items():

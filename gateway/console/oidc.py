@@ -8,6 +8,7 @@ trusted for identity only: roles it does not map give nothing.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from authlib.integrations.starlette_client import OAuth, OAuthError
@@ -20,14 +21,20 @@ from gateway.console.settings import ROLES, ConsoleSettings, OidcSettings
 
 __all__ = ["console_roles", "oidc_routes"]
 
+log = logging.getLogger("hutong.console")
+
 
 def console_roles(claims: dict[str, Any], oidc: OidcSettings) -> tuple[str, ...]:
-    """The console roles a token's claims give: mapped IdP roles, or console role names as they are."""
+    """The console roles a token's claims give: with a ``role_map``, only the roles it maps (an IdP role
+    that happens to be called policy-admin gives nothing unless mapped); without one, the console's
+    role names as the provider spells them."""
     given = claims.get(oidc.roles_claim) or []
     if isinstance(given, str):
         given = given.split()
+    if not isinstance(given, list):
+        return ()
     mapping = dict(oidc.role_map)
-    roles = {mapping.get(str(r), str(r)) for r in given}
+    roles = {mapping.get(str(r)) for r in given} if mapping else {str(r) for r in given}
     return tuple(sorted(r for r in roles if r in ROLES))
 
 
@@ -51,16 +58,25 @@ def oidc_routes(settings: ConsoleSettings) -> list[BaseRoute]:
             token = await client.authorize_access_token(request)
         except OAuthError as exc:
             return render(request, "login.html", 401, error=f"the identity provider refused: {exc.error}", oidc=True)
+        except Exception as exc:  # a bad ID token (signature, nonce, issuer) or the provider unreachable
+            log.warning("console sign-in through %s failed: %s", oidc.issuer, type(exc).__name__)
+            return render(request, "login.html", 401, oidc=True,
+                          error="sign-in through the identity provider failed: try again, or ask its administrators")
         claims = dict(token.get("userinfo") or {})
         roles = console_roles(claims, oidc)
         department = claims.get(oidc.department_claim)
+        catalog = request.app.state.gateway.catalog
+        if department is not None and (not isinstance(department, str) or department not in catalog.departments):
+            department = None  # only a department of the catalogue can own data
         if not roles or ("data-owner" in roles and not department):
             return render(request, "login.html", 403, oidc=True,
                           error="the identity provider gives you no console role (policy-admin, auditor, data-owner "
                                 "with a department): ask its administrators")
-        name = str(claims.get("preferred_username") or claims.get("sub"))
-        sign_in(request, f"oidc:{name}", str(claims.get("name") or name), roles, department)
-        await request.app.state.record({"event": "console.sign_in", "target": f"oidc:{name}", "actor": f"oidc:{name}",
+        # The person is who the issuer says by its stable subject id; the username is only shown.
+        ident = f"oidc:{claims.get('sub')}"
+        name = str(claims.get("name") or claims.get("preferred_username") or claims.get("sub"))
+        sign_in(request, ident, name, roles, department)
+        await request.app.state.record({"event": "console.sign_in", "target": ident, "actor": ident, "name": name,
                                         "roles": list(roles), "via": oidc.issuer, "outcome": "ok"})
         return RedirectResponse(request.url_for("console:home"), 303)
 

@@ -18,8 +18,8 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-__all__ = ["Forbidden", "SignInRequired", "User", "check_csrf", "csrf_token", "require", "sign_in", "sign_out",
-           "user_of"]
+__all__ = ["Forbidden", "SessionCheck", "SignInRequired", "User", "check_csrf", "csrf_token", "require", "sign_in",
+           "sign_out", "user_of"]
 
 
 class SignInRequired(HTTPException):
@@ -44,10 +44,10 @@ class User:
 
 
 def sign_in(request: Request, username: str, display_name: str, roles: tuple[str, ...],
-            department: str | None) -> None:
+            department: str | None, epoch: int = 0) -> None:
     request.session.clear()  # a fresh session (and CSRF token) at every sign-in: no fixation
     request.session.update({"user": username, "name": display_name, "roles": list(roles),
-                            "department": department, "at": int(time.time()),
+                            "department": department, "at": int(time.time()), "epoch": epoch,
                             "csrf": secrets.token_urlsafe(32)})
 
 
@@ -89,6 +89,28 @@ async def check_csrf(request: Request) -> dict[str, Any]:
     form = dict(await request.form())
     sent = str(form.get("csrf_token") or request.headers.get("x-csrf-token") or "")
     expected = request.session.get("csrf")
-    if not expected or not hmac.compare_digest(sent, str(expected)):
+    if not expected or not hmac.compare_digest(sent.encode(), str(expected).encode()):
         raise Forbidden("the form has expired or did not come from this console: reload the page and try again")
     return form
+
+
+class SessionCheck:
+    """Every request of a local account's session is checked against the account: a disabled
+    account, a new password or a sign-out (``session_epoch``) ends its sessions at once, and a
+    change of roles or department applies at the next request. (Sessions from the identity
+    provider end with ``session_minutes``.)"""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        session = scope.get("session") if scope["type"] == "http" else None
+        user = session.get("user") if session else None
+        if session is not None and user and not str(user).startswith("oidc:"):
+            account = await scope["app"].state.accounts.get(user)
+            if account is None or account.disabled or account.session_epoch != session.get("epoch"):
+                session.clear()
+            else:
+                session.update({"roles": list(account.roles), "department": account.department,
+                                "name": account.display_name})
+        await self.app(scope, receive, send)

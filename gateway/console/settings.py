@@ -91,6 +91,9 @@ class ConsoleSettings:
         secure = raw.get("secure_cookies", not settings.demo)
         if not isinstance(secure, bool):
             raise ConfigError(f"{at}: secure_cookies must be true or false")
+        if not secure and not settings.demo:
+            raise ConfigError(f"{at}: secure_cookies = false is for the plain-HTTP demo only: serve the console over "
+                              "HTTPS (behind the city's TLS proxy)")
         try:
             accounts = _store_url(text(raw.get("accounts", "sqlite+aiosqlite:///run/console.sqlite"), "accounts"),
                                   settings.base_dir, f"{at} accounts")

@@ -72,8 +72,12 @@ def test_the_command_line_adds_and_lists_people(tmp_path: Path) -> None:
 def test_roles_from_an_identity_provider() -> None:
     oidc = OidcSettings("https://id.example", "c", "s", role_map=(("hutong-auditors", "auditor"),))
     assert console_roles({"roles": ["hutong-auditors", "other"]}, oidc) == ("auditor",)
-    assert console_roles({"roles": "policy-admin unknown"}, oidc) == ("policy-admin",)
-    assert console_roles({}, oidc) == ()
+    # With a role map, a provider role that merely has a console role's name gives nothing ...
+    assert console_roles({"roles": "policy-admin unknown"}, oidc) == ()
+    # ... without one, the console's role names are taken as the provider spells them.
+    plain = OidcSettings("https://id.example", "c", "s")
+    assert console_roles({"roles": "policy-admin unknown"}, plain) == ("policy-admin",)
+    assert console_roles({}, oidc) == () and console_roles({"roles": {"x": 1}}, plain) == ()
 
 
 def test_console_settings_refuse_weak_or_published_secrets(make_settings: Any) -> None:
@@ -84,3 +88,22 @@ def test_console_settings_refuse_weak_or_published_secrets(make_settings: Any) -
     settings.path.write_text(text + '[console]\nsession_secret = "short"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="at least 32 bytes"):
         ConsoleSettings.from_settings(load_settings(settings.path, environ={}))
+
+
+async def test_guesses_sent_at_once_cannot_outrun_the_lock(store: AccountStore) -> None:
+    import asyncio
+
+    await store.add("zhou", "Zhou", ("auditor",), password="the right password!")
+    results = await asyncio.gather(*(store.authenticate("zhou", f"guess {i}") for i in range(40)))
+    assert not any(results)
+    assert await store.authenticate("zhou", "the right password!") is None  # locked by the burst
+
+
+async def test_signing_out_or_disabling_ends_every_session(store: AccountStore) -> None:
+    await store.add("sun", "Sun", ("auditor",), password="a good long password")
+    epoch = (await store.get("sun")).session_epoch  # type: ignore[union-attr]
+    await store.end_sessions("sun")
+    assert (await store.get("sun")).session_epoch == epoch + 1  # type: ignore[union-attr]
+    await store.set_password("sun", "another long password")
+    await store.disable("sun")
+    assert (await store.get("sun")).session_epoch == epoch + 3  # type: ignore[union-attr]

@@ -118,6 +118,7 @@ def test_auditor_searches_opens_and_verifies_the_trail(console: str, page: Any, 
     assert len(rows) == 1 and "official-42" in rows[0], rows
     assert "1 record matches" in page.inner_text(".audit-count")
     shot(page, "audit-log-subject")
+    assert SHOWCASE_ID not in page.url and "subject_hmac=" in page.url  # the number never travels in an address
 
     # An invalid ID number: a message, no search.
     search(page, subject=BAD_ID)

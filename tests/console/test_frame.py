@@ -47,3 +47,32 @@ def test_cookies_headers_and_csrf(console: str) -> None:
         forged = c.post("/console/logout", data={})  # no CSRF token: refused, still signed in
         assert forged.status_code == 403 and "did not come from this console" in forged.text
         assert c.get("/console/").status_code == 200
+
+
+def test_a_copied_session_cookie_dies_with_sign_out_and_with_the_account(console: str, tmp_path: Any) -> None:
+    import asyncio
+    import threading
+
+    from gateway.console.accounts import AccountStore
+    from tests.console.conftest import http_sign_in
+
+    with httpx.Client(base_url=console) as c:
+        token = http_sign_in(c, "admin")
+        stolen = dict(c.cookies)
+        assert c.post("/console/logout", data={"csrf_token": token}).status_code == 303
+    with httpx.Client(base_url=console, cookies=stolen) as thief:
+        assert thief.get("/console/policy").status_code == 303  # back to sign-in: the session ended
+    with httpx.Client(base_url=console) as c:
+        http_sign_in(c, "auditor")
+        assert c.get("/console/audit").status_code == 200
+
+        async def disable() -> None:
+            accounts = AccountStore(f"sqlite+aiosqlite:///{tmp_path}/stores/console.sqlite")
+            await accounts.disable("auditor")
+            await accounts.close()
+
+        # In a thread of its own: this module's browser keeps an event loop running in this one.
+        worker = threading.Thread(target=asyncio.run, args=(disable(),))
+        worker.start()
+        worker.join()
+        assert c.get("/console/audit").status_code == 303  # the next request already

@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from catalog.keys import InvalidKey
@@ -28,7 +28,7 @@ from gateway.audit.errors import AuditUnavailable
 from gateway.audit.record import GENESIS_HASH, chain_hash, parse_time
 from gateway.audit.verify import verify_store
 from gateway.console.app import render
-from gateway.console.security import User, require
+from gateway.console.security import User, check_csrf, require
 
 __all__ = ["PAGE_SIZE", "routes"]
 
@@ -61,6 +61,7 @@ DAMAGE = {  # docs/audit.md, "Kinds of damage"
 def routes() -> list[BaseRoute]:
     return [
         Route("/audit", search_page, methods=["GET"], name="audit"),
+        Route("/audit", search_post, methods=["POST"], name="audit_search"),
         Route("/audit/verify", verify_page, methods=["GET"], name="audit_verify"),
         Route("/audit/{seq:int}", record_page, methods=["GET"], name="audit_record"),
     ]
@@ -105,28 +106,50 @@ def _when(time: str) -> str:
     return time[:19].replace("T", " ")
 
 
-async def search_page(request: Request) -> Response:
+FORM_KEYS = (*TIME_FILTERS, *CHOICE_FILTERS, "client_id", "acting_user", "purpose")
+
+
+async def search_post(request: Request) -> Response:
+    """The search form is POSTed (with its CSRF token) so that an ID number never travels in a URL:
+    it is turned into its pseudonym here, and the results page is addressed by that."""
+    form = await check_csrf(request)
+    require(request, ROLE)
+    kept = {k: str(form.get(k, "")).strip()[:MAX_INPUT] for k in FORM_KEYS}
+    kept = {k: v for k, v in kept.items() if v}
+    subject = str(form.get("subject", "")).strip()
+    if subject:
+        try:
+            kept["subject_hmac"] = request.app.state.gateway.subjects.of_input("id_number", subject)
+        except InvalidKey as exc:  # the message names the fault, never the number
+            return await search_page(request, subject_error=f"Subject ID number: {exc}. Check the number and try "
+                                                            "again.", form_override=kept)
+    base = str(request.url_for("console:audit"))
+    return RedirectResponse(f"{base}?{urlencode(kept)}" if kept else base, 303)
+
+
+async def search_page(request: Request, subject_error: str | None = None,
+                      form_override: dict[str, str] | None = None) -> Response:
     user = require(request, ROLE)
-    q = request.query_params
-    form = {k: q.get(k, "").strip()[:MAX_INPUT] for k in (*TIME_FILTERS, *CHOICE_FILTERS, "client_id",
-                                                           "acting_user", "purpose")}
-    subject = q.get("subject", "").strip()
+    q = form_override if form_override is not None else request.query_params
+    form = {k: str(q.get(k, "")).strip()[:MAX_INPUT] for k in FORM_KEYS}
+    subject_hmac = str(q.get("subject_hmac", "")).strip().lower()
+    subject = ""
     errors: dict[str, str] = {}
+    if subject_error:
+        errors["subject"] = subject_error
+    if subject_hmac and not (len(subject_hmac) == 64 and all(c in "0123456789abcdef" for c in subject_hmac)):
+        errors["subject"] = "The subject filter is not valid: search again by ID number."
+        subject_hmac = ""
     filters = {k: v for k, v in form.items() if v}
     times = {"time_from": "", "time_to": ""}  # as a datetime-local input shows them
     for key, label in (("time_from", "Time from"), ("time_to", "Time to")):
         if key in filters:
             try:
                 times[key] = parse_time(filters[key])[:19]
-            except ValueError:
+            except (ValueError, OverflowError):
                 errors[key] = f"{label}: not a date or time (use a date such as 2025-03-01, or a date and time)"
-    if subject:
-        try:
-            filters["subject_hmac"] = request.app.state.gateway.subjects.of_input("id_number", subject)
-        except InvalidKey as exc:  # the message names the fault, never the number
-            errors["subject"] = f"Subject ID number: {exc}. Check the number and try again."
-        except KeyError:
-            errors["subject"] = "Subject ID number: this gateway's catalogue has no ID number key"
+    if subject_hmac:
+        filters["subject_hmac"] = subject_hmac
     after: int | None = None
     if q.get("after", "").strip():
         try:
@@ -145,8 +168,8 @@ async def search_page(request: Request) -> Response:
         found, total = await store.search(filters, limit=PAGE_SIZE + 1, after_seq=after)
         rows = [_summary(r) for r in found[:PAGE_SIZE]]
         kept = {k: v for k, v in form.items() if v}
-        if subject:
-            kept["subject"] = subject
+        if subject_hmac:
+            kept["subject_hmac"] = subject_hmac  # the pseudonym, never the number
         base = str(request.url_for("console:audit"))
         if len(found) > PAGE_SIZE:
             older_url = f"{base}?{urlencode({**kept, 'after': rows[-1]['seq']})}"
@@ -154,9 +177,10 @@ async def search_page(request: Request) -> Response:
             newest_url = f"{base}?{urlencode(kept)}" if kept else base
         used = {k: v for k, v in filters.items() if k != "subject_hmac"}
         await _record(request, user, {"event": "console.audit_search", "target": "audit log", "filters": used,
-                                      "subject_filter": bool(subject), "after_seq": after, "matched": total,
+                                      "subject_filter": bool(subject_hmac), "after_seq": after, "matched": total,
                                       "shown": len(rows)})
     return render(request, "audit.html", status=400 if errors else 200, form=form, times=times, subject=subject,
+                  subject_hmac=subject_hmac,
                   errors=errors, rows=rows, total=total, after=after, older_url=older_url, newest_url=newest_url,
                   choices=_choices(request), text_filters=TEXT_FILTERS, page_size=PAGE_SIZE,
                   searched=not errors)

@@ -93,8 +93,10 @@ async def sharing_page(request: Request) -> Response:
     if user.has(OWNER) and user.department:
         mine = await service.search(department=user.department, limit=LIMIT, now=now)
         inbox = [r for r in mine if r.provider == user.department]
-        # PENDING first, the most urgent on top; answered ones after, newest first (as listed).
-        pending = sorted((r for r in inbox if r.status is ShareStatus.PENDING), key=lambda r: r.deadline)
+        # Every PENDING request to the department, however old (the oldest are the most overdue), is read on
+        # its own, not cut off with the newest answered ones; the most urgent on top.
+        waiting = await service.search(department=user.department, status=ShareStatus.PENDING, limit=500, now=now)
+        pending = sorted((r for r in waiting if r.provider == user.department), key=lambda r: r.deadline)
         context.update(
             inbox_pending=[view(r, service, now) for r in pending],
             inbox_answered=[view(r, service, now) for r in inbox if r.status is not ShareStatus.PENDING],
@@ -122,8 +124,8 @@ async def _detail(request: Request, request_id: str, user: User, *, status: int 
     service = _service(request)
     req = await service.get(request_id)
     if req is None or not _may_see(user, req):
-        if flash is not None and status == 403:  # refused, and not even to be acknowledged
-            raise Forbidden(flash)
+        # Neither party (and not a policy administrator): the request is not even acknowledged, whether
+        # looked at or answered.
         raise HTTPException(404, f"no sharing request {request_id} for you to see")
     now = service.clock()
     return render(request, "sharing_detail.html", status, r=view(req, service, now),
