@@ -88,10 +88,12 @@ def _version_text(v: Any) -> dict[str, Any]:
 
 
 def _int(value: Any) -> int | None:
+    """A version number as typed, or None (a number no store could hold is not one)."""
     try:
-        return int(str(value).strip())
+        n = int(str(value).strip())
     except (TypeError, ValueError):
         return None
+    return n if 0 <= n < 2**31 else None
 
 
 def _parse_lines(texts: Sequence[str], what: str) -> tuple[list[PolicyLine], list[str]]:

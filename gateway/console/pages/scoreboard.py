@@ -263,7 +263,12 @@ def _period(request: Request, tz: tzinfo, today: date) -> tuple[Period, str | No
         last = date.fromisoformat(raw_to) if raw_to else today
     except ValueError:
         return default, "from and to must be dates (YYYY-MM-DD): showing the last 30 days"
-    first = first or last - timedelta(days=DEFAULT_DAYS - 1)
+    try:
+        first = first or last - timedelta(days=DEFAULT_DAYS - 1)
+    except OverflowError:
+        return default, "the period is outside the calendar: showing the last 30 days"
+    if first.year < 2000 or last.year > 2999:
+        return default, "choose dates between the years 2000 and 2999: showing the last 30 days"
     if first > last:
         return default, f"the period starts ({first}) after it ends ({last}): showing the last 30 days"
     if (last - first).days + 1 > MAX_DAYS:
