@@ -146,6 +146,7 @@ class RootPage:
     nodes: list[tuple[str, ObjShape]]  # nodes may be aliased several times
     page_info: list[PageInfoShape]
     typename: list[tuple[str, str]]
+    order: list[str] = field(default_factory=list)  # the response keys in selection order
 
 
 @dataclass(slots=True)

@@ -203,6 +203,7 @@ class _Build:
                         typename=[])
         for sub_key, sub_nodes in self.subfields(f"{ds.graphql.type}Page", nodes).items():
             name = sub_nodes[0].name.value
+            page.order.append(sub_key)
             if name == "nodes":
                 page.nodes.append((sub_key, self.dataset_object(ds, fetch, sub_nodes, [key, sub_key])))
             elif name == "pageInfo":

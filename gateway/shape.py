@@ -133,7 +133,8 @@ class Shaper:
                     else "PageInfo")
                 for k, what in info.entries
             }
-        return out
+        # GraphQL answers in the order the fields were asked for (pageInfo before nodes, if so).
+        return {k: out[k] for k in entry.order} if entry.order else out
 
     def cursor(self, result: FetchResult, order_by: str) -> str | None:
         return self.cursors.encode(result.fetch.dataset, result.rows[-1][order_by]) if result.rows else None

@@ -74,7 +74,9 @@ class SQLConnector:
         cols = {c: sa.column(c, sa_type(query.types[c])) for c in query.types}
         schema, _, name = query.location.rpartition(".")
         table = sa.table(name, *cols.values(), schema=schema or None)
-        where = [_condition(cols[c.column], c) for c in query.conditions]
+        dialect = self.engine.dialect.name
+        where = [_condition(_exact(cols[c.column], query.types[c.column], dialect), c, dialect)
+                 for c in query.conditions]
         if keys is not None and query.key_column:
             where.append(cols[query.key_column].in_(list(keys)))
         if query.after is not None and query.order_by:
@@ -131,7 +133,18 @@ class SQLConnector:
         await self.engine.dispose()
 
 
-def _condition(col: sa.ColumnClause[Any], cond: Condition) -> sa.ColumnElement[bool]:
+# Text comparisons mean the same on every source: exact, case and trailing spaces included.
+# MySQL/MariaDB tables usually carry a case-insensitive, space-padding collation (utf8mb4_general_ci):
+# their text columns are compared under a binary one that does not pad.
+_EXACT_COLLATION = {"mysql": "utf8mb4_nopad_bin", "mariadb": "utf8mb4_nopad_bin"}
+
+
+def _exact(col: sa.ColumnClause[Any], data_type: DataType, dialect: str) -> sa.ColumnElement[Any]:
+    collation = _EXACT_COLLATION.get(dialect)
+    return sa.collate(col, collation) if collation and data_type is DataType.STRING else col
+
+
+def _condition(col: sa.ColumnElement[Any], cond: Condition, dialect: str = "") -> sa.ColumnElement[bool]:
     match cond.op:
         case Op.EQ:
             return col == cond.value
@@ -148,6 +161,9 @@ def _condition(col: sa.ColumnClause[Any], cond: Condition) -> sa.ColumnElement[b
         case Op.GTE:
             return col >= cond.value
         case Op.PREFIX:
+            if dialect == "sqlite":
+                # SQLite's LIKE ignores ASCII case: compare the leading characters instead (bound, exact).
+                return sa.func.substr(col, 1, len(cond.value)) == cond.value
             # startswith(autoescape) binds the value and escapes % and _ inside it.
             return col.startswith(cond.value, autoescape=True)
         case Op.IS_NULL:
