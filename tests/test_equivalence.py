@@ -393,8 +393,9 @@ async def test_string_comparisons_match_case_on_every_kind_of_source(any_gateway
 # 3. (found by the generated queries, fixed): a page's keys did not follow the selection order. GraphQL
 # orders a response map as its fields were requested, and the reference does; the gateway answered
 # `{ residents(limit: 1) { pageInfo { hasNextPage } nodes { idNumber } } }` with keys ["nodes", "pageInfo"]
-# instead of ["pageInfo", "nodes"]. gateway/plan.py RootPage kept nodes, page_info and typename in three lists (filled by gateway/planner.py root_page), and gateway/shape.py Shaper.root
-# wrote __typename, then nodes, then pageInfo. Fixed: RootPage.order keeps the keys in selection order.
+# instead of ["pageInfo", "nodes"]. gateway/plan.py RootPage kept nodes, page_info and typename in three
+# lists (filled by gateway/planner.py root_page), and gateway/shape.py Shaper.root wrote __typename, then
+# nodes, then pageInfo. Fixed: RootPage.order keeps the keys in selection order.
 @pytest.mark.parametrize("query", [
     "{ residents(limit: 1) { pageInfo { hasNextPage } nodes { idNumber } } }",
     "{ properties(limit: 1) { nodes { propertyId } __typename } }",
