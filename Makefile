@@ -45,9 +45,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 bench: venv
-	$(BIN)/python -m bench.federation
-	$(BIN)/python -m bench.decisions
-	$(BIN)/python -m bench.audit_requests
+	$(BIN)/python -m bench.suite $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo/data demo/run artifacts

@@ -47,7 +47,7 @@ from rich.console import Console
 from rich.table import Table
 
 from catalog.loader import load_catalog
-from catalog.model import Catalog, ShareType
+from catalog.model import Catalog, DataType, ShareType
 from gateway.config import REPO_ROOT
 from policies.decide import Access, Decider, Subject, compile_policy
 from policies.store import MODEL_PATH, FilePolicySource, PolicyStore
@@ -167,7 +167,8 @@ def write_policy(path: Path, catalog: Catalog, lines: int, seed: int) -> PolicyF
     for _ in range(lines // 100):
         code = rng.choice(list(catalog.datasets))
         ds = catalog.datasets[code]
-        column = rng.choice([f.name for f in ds.fields])
+        # ${department} binds text: the validator refuses it on a date or number column.
+        column = rng.choice([f.name for f in ds.fields if f.type is DataType.STRING])
         sub = rng.choice(clients + roles)
         p2_lines.append(f"p2, {sub}, {code}, {rng.choice(purposes)}, {column}, eq, ${{department}}")
     for line in g_lines + p2_lines:

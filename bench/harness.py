@@ -1,16 +1,16 @@
-"""Plumbing the benchmark's contestants share: the Housing service in a thread, and the
-baselines' own connections to the department sources, which count what they send.
+"""The baselines' own connections to the department sources, counting what they send.
 
-The baselines get connections of their own rather than borrowing the gateway's, so that
-nothing the gateway configures (pre-ping, pool sizes, type processing) leaks into the
-numbers they stand for. They open the very same SQLite files, read-only, as the gateway does.
+The baselines get connections of their own rather than borrowing the gateway's, so that nothing
+the gateway configures (pre-ping, pool sizes, type processing) leaks into the numbers they stand
+for. They use the same drivers through the same layer as the gateway (SQLAlchemy's async
+engine over aiosqlite or asyncpg, httpx for Housing) on the very same data: the city's SQLite
+files opened read-only the way the gateway opens them, or the same PostgreSQL database.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,12 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from demo.server_thread import ServerThread
+__all__ = ["POOL_SIZE", "Baseline", "keyed"]
 
-__all__ = ["SQL_DEPARTMENTS", "Baseline", "ServerThread", "keyed"]
-
-# The departments kept in SQLite files by demo.build, named <code>.sqlite.
-SQL_DEPARTMENTS = ("psb", "hrss", "mr", "health", "civil")
 # Connections per source: SQLAlchemy's default pool size, and the gateway's for REST sources.
 POOL_SIZE = 5
 
@@ -40,29 +36,29 @@ def keyed(text: str) -> sa.TextClause:
 class Baseline:
     """Connections for the hand-written contestants, counting source queries as the gateway does.
 
-    One async engine per department file (read-only URI, the gateway's own form) and one
-    HTTP client for the Housing service. ``statements`` counts SQL statements sent to a
-    cursor and HTTP requests made, the same units as ``Gateway.sources.statements()``.
+    ``sql_urls`` maps a department (psb, hrss, mr, civil) to its SQLAlchemy async URL. Departments
+    that share a URL (PostgreSQL: one database) share one engine, as they would share a server.
+    ``statements`` counts SQL statements sent to a cursor and HTTP requests made, the same units
+    as ``Gateway.sources.statements()``.
     """
 
-    def __init__(self, data_dir: Path, housing_url: str) -> None:
+    def __init__(self, sql_urls: dict[str, str], housing_url: str) -> None:
         self.statements = 0
         self.engines: dict[str, AsyncEngine] = {}
-        for dept in SQL_DEPARTMENTS:
-            path = (data_dir / f"{dept}.sqlite").resolve()
-            # Engine defaults otherwise: no pre-ping, because a ping is a round trip that the
-            # fewest-round-trips baseline would not make.
-            engine = create_async_engine(f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true")
-            event.listen(engine.sync_engine, "before_cursor_execute", self._count_statement)
+        by_url: dict[str, AsyncEngine] = {}
+        for dept, url in sql_urls.items():
+            engine = by_url.get(url)
+            if engine is None:
+                # Engine defaults otherwise: no pre-ping, because a ping is a round trip that the
+                # fewest-round-trips baseline would not make.
+                engine = by_url[url] = create_async_engine(url)
+                event.listen(engine.sync_engine, "before_cursor_execute", self._count_statement)
             self.engines[dept] = engine
-        # At most as many statements in flight per source as the pool holds connections, and
-        # as many requests as the HTTP client keeps connections. Without these, graphql-core
-        # starts every resolver of a 1,000-item list at once, and the thousands of waiters
-        # make SQLAlchemy's pool and httpx's connection pool spend seconds on queueing alone
-        # (with pool timeouts after 30 s): a failure no real N+1 server would be left with.
-        self.limits = {dept: asyncio.Semaphore(POOL_SIZE) for dept in (*SQL_DEPARTMENTS, "housing")}
+        # At most as many statements in flight per source as the pool holds connections (the naive
+        # contestant would otherwise queue thousands of waiters in SQLAlchemy's pool).
+        self.limits = {dept: asyncio.Semaphore(POOL_SIZE) for dept in (*sql_urls, "housing")}
         self.http = httpx.AsyncClient(
-            base_url=housing_url, timeout=10.0,
+            base_url=housing_url, timeout=30.0,
             limits=httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE),
             event_hooks={"request": [self._count_request]},
         )
@@ -79,23 +75,22 @@ class Baseline:
             return (await conn.execute(stmt, params)).all()
 
     async def dicts(self, dept: str, stmt: sa.TextClause, params: dict[str, Any]) -> list[dict[str, Any]]:
-        """One statement, rows as plain dicts: what graphene's default resolvers can read."""
+        """One statement, rows as plain dicts: what graphene's resolvers read."""
         async with self.limits[dept], self.engines[dept].connect() as conn:
-            return [dict(r) for r in (await conn.execute(stmt, params)).mappings()]
+            result = await conn.execute(stmt, params)
+            keys = tuple(result.keys())
+            return [dict(zip(keys, r, strict=True)) for r in result.all()]
 
-    async def properties(self, params: list[tuple[str, str]], *, batched: bool) -> list[dict[str, Any]]:
-        """Housing records: ``POST /properties/_query`` for key batches (keys do not fit in a
-        URL), ``GET /properties`` otherwise; the gateway's REST connector does the same."""
+    async def properties(self, params: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        """Housing records for a batch of owners: ``POST /properties/_query``, as the gateway's REST
+        connector sends key batches."""
         async with self.limits["housing"]:
-            if batched:
-                resp = await self.http.post("/properties/_query", json={"params": [list(p) for p in params]})
-            else:
-                resp = await self.http.get("/properties", params=params)
+            resp = await self.http.post("/properties/_query", json={"params": [list(p) for p in params]})
         resp.raise_for_status()
         items: list[dict[str, Any]] = resp.json()["items"]
         return items
 
     async def close(self) -> None:
         await self.http.aclose()
-        for engine in self.engines.values():
+        for engine in {id(e): e for e in self.engines.values()}.values():
             await engine.dispose()
