@@ -49,7 +49,9 @@ class SQLConnector:
         self.timeout = timeout
         self.max_batch = max_batch
         self.statements = 0
-        options: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": True}
+        # AUTOCOMMIT: the gateway only reads, one statement at a time, so a BEGIN and a ROLLBACK around
+        # every SELECT are round trips for nothing (measured: a fifth of a source query's cost).
+        options: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": True, "isolation_level": "AUTOCOMMIT"}
         if not url.startswith("sqlite"):
             options.update(pool_size=pool_size, max_overflow=pool_size)
         # hide_parameters: SQLAlchemy puts bound values into exception text; ours may be personal data.
