@@ -136,11 +136,31 @@ class Masker:
         if len(key) < 16:
             raise ValueError("the masking key must be at least 16 bytes")
         self._key = key
+        # Each mask resolved once, its key bound: shaping masks every value of a column, and looking
+        # the mask up (a regex for show_N) and keying a new HMAC per value cost more than masking.
+        self._fns: dict[str, Callable[[Any], Any]] = {}
 
     def apply(self, name: str, value: Any) -> Any:
         if value is None:
             return None
+        fn = self._fns.get(name)
+        if fn is None:
+            fn = self._fns[name] = self._resolve(name)
+        return fn(value)
+
+    def _resolve(self, name: str) -> Callable[[Any], Any]:
         mask = mask_for(name)
         if mask is None:
             raise KeyError(name)
-        return mask.apply(value, self._key)
+        key = self._key
+        if mask.apply is _hmac:
+            keyed = hmac.new(key, digestmod=hashlib.sha256)  # the key's inner and outer pads, computed once
+
+            def hashed(v: Any) -> str:
+                h = keyed.copy()
+                h.update(str(v).encode())
+                return h.hexdigest()[:24]
+
+            return hashed
+        apply = mask.apply
+        return lambda v: apply(v, key)
