@@ -21,7 +21,6 @@ model; changing them is :mod:`policies.admin`'s business, noticing changes the w
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -30,10 +29,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gateway.sqlite_files import create_tables, prepare_sqlite_file, sqlite_store, write_transaction
 from policies.lines import ARITY, PolicyLine, format_line
 
 __all__ = ["CHANNEL", "PolicyConflict", "PolicyRepository", "PolicyVersion", "metadata"]
@@ -125,55 +123,29 @@ class PolicyRepository:
         self.url = url
         self.backend = sa.engine.make_url(url).get_backend_name()
         if engine is None:
-            from gateway.sqlite_files import prepare_sqlite_file  # owner-only file, as every store
-
             prepare_sqlite_file(url)
             engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=self.backend == "postgresql")
         self.engine = engine
         if self.backend == "sqlite":
-            self._sqlite_events()
+            sqlite_store(self.engine)
 
     @property
     def name(self) -> str:
         return f"policy store {sa.engine.make_url(self.url).render_as_string(hide_password=True)}"
 
-    def _sqlite_events(self) -> None:
-        @event.listens_for(self.engine.sync_engine, "connect")
-        def _connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # transactions are begun below, not by the driver
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA busy_timeout = 30000")
-            cur.execute("PRAGMA journal_mode = WAL")
-            cur.execute("PRAGMA synchronous = FULL")
-            cur.close()
-
-        @event.listens_for(self.engine.sync_engine, "begin")
-        def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("policy_write") else "BEGIN")
 
     async def init(self) -> None:
-        for attempt in (1, 2, 3):
-            try:
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(metadata.create_all, checkfirst=True)
-                return
-            except (IntegrityError, DBAPIError):
-                if attempt == 3:
-                    raise
-                await asyncio.sleep(0.2 * attempt)
+        await create_tables(self.engine, metadata)
 
     async def close(self) -> None:
         await self.engine.dispose()
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
-            if self.backend == "sqlite":
-                await conn.execution_options(policy_write=True)
-            async with conn.begin():
-                if self.backend == "postgresql":
-                    await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_LOCK})
-                yield conn
+        async with write_transaction(self.engine) as conn:
+            if self.backend == "postgresql":
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITE_LOCK})
+            yield conn
 
     # --- reading ------------------------------------------------------------------------------------
 

@@ -26,13 +26,11 @@ request cannot both write policy lines.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import difflib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from enum import StrEnum
@@ -41,14 +39,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from catalog.loader import expand_env
 from catalog.model import Catalog
 from gateway.audit.admin import admin_event
 from gateway.config import ConfigError, Settings
+from gateway.sqlite_files import create_tables, prepare_sqlite_file, sqlite_store, write_transaction
 from policies.lines import PolicyLine, format_line
 from policies.masks import MASKS, mask_for
 from policies.validate import check_rule
@@ -424,52 +421,19 @@ class ShareStore:
         self.url = url
         self.backend = sa.engine.make_url(url).get_backend_name()
         if engine is None:
-            from gateway.sqlite_files import prepare_sqlite_file  # owner-only file, as every store
-
             prepare_sqlite_file(url)
             engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=self.backend == "postgresql")
         self.engine = engine
         if self.backend == "sqlite":
-            self._sqlite_events()
+            sqlite_store(self.engine)
 
-    def _sqlite_events(self) -> None:
-        @event.listens_for(self.engine.sync_engine, "connect")
-        def _connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # transactions are begun below, not by the driver
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA busy_timeout = 30000")
-            cur.execute("PRAGMA journal_mode = WAL")
-            cur.execute("PRAGMA synchronous = FULL")
-            cur.close()
-
-        @event.listens_for(self.engine.sync_engine, "begin")
-        def _begin(conn: Any) -> None:
-            # A writer takes the database lock before it reads the state it will change: a second
-            # approval waits, then finds the request answered, instead of writing the lines twice.
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("share_write") else "BEGIN")
 
     async def init(self) -> None:
-        """Create the tables if missing (several workers may race: the loser retries)."""
-        for attempt in (1, 2, 3):
-            try:
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(metadata.create_all, checkfirst=True)
-                return
-            except (IntegrityError, DBAPIError):
-                if attempt == 3:
-                    raise
-                await asyncio.sleep(0.2 * attempt)
+        await create_tables(self.engine, metadata)
 
     async def close(self) -> None:
         await self.engine.dispose()
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
-            if self.backend == "sqlite":
-                await conn.execution_options(share_write=True)
-            async with conn.begin():
-                yield conn
 
     async def add(self, req: ShareRequest, *, then: Callable[[ShareRequest], Awaitable[None]]) -> ShareRequest:
         """Store a new PENDING request with its first history entry; ``then`` (the audit event) runs
@@ -477,7 +441,7 @@ class ShareStore:
         department for the same dataset, purpose and any of the same fields is refused: one
         question gets one answer."""
         r = request_table.c
-        async with self._write() as conn:
+        async with write_transaction(self.engine) as conn:
             rows = (await conn.execute(sa.select(r.id, r.fields, r.created_at).where(
                 r.requester == req.requester, r.dataset == req.dataset, r.purpose == req.purpose,
                 r.status == ShareStatus.PENDING.value))).all()
@@ -499,7 +463,7 @@ class ShareStore:
         ``then(before, after)`` (the audit event) runs, all in one transaction: if any step fails,
         the request is left as it was."""
         r = request_table.c
-        async with self._write() as conn:
+        async with write_transaction(self.engine) as conn:
             before = await self._get(conn, request_id, lock=True)
             if before is None:
                 raise ShareStateError(f"no sharing request with id {request_id!r}")

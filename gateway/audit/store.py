@@ -12,7 +12,6 @@ processes sharing the store keep one chain.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -21,12 +20,10 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway.audit.record import GENESIS_HASH, derive, parse_time
-from gateway.sqlite_files import prepare_sqlite_file
+from gateway.sqlite_files import create_tables, prepare_sqlite_file, sqlite_store, write_transaction
 
 __all__ = ["SEARCH_FILTERS", "AuditStore", "Head", "insert_only_grants", "metadata"]
 
@@ -103,35 +100,11 @@ class AuditStore:
             engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=self.backend == "postgresql")
         self.engine = engine
         if self.backend == "sqlite":
-            self._sqlite_events()
+            sqlite_store(self.engine, synchronous="FULL" if durable else "OFF")
 
-    def _sqlite_events(self) -> None:
-        sync = "FULL" if self.durable else "OFF"
-
-        @event.listens_for(self.engine.sync_engine, "connect")
-        def _connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # transactions are begun below, not by the driver
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA busy_timeout = 30000")
-            cur.execute("PRAGMA journal_mode = WAL")
-            cur.execute(f"PRAGMA synchronous = {sync}")
-            cur.close()
-
-        @event.listens_for(self.engine.sync_engine, "begin")
-        def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("audit_write") else "BEGIN")
 
     async def init(self) -> None:
-        """Create the tables if missing (several workers may race: the loser retries)."""
-        for attempt in (1, 2, 3):
-            try:
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(metadata.create_all, checkfirst=True)
-                return
-            except (IntegrityError, DBAPIError):
-                if attempt == 3:
-                    raise
-                await asyncio.sleep(0.2 * attempt)
+        await create_tables(self.engine, metadata)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -141,15 +114,12 @@ class AuditStore:
     @contextlib.asynccontextmanager
     async def write_transaction(self) -> AsyncIterator[AsyncConnection]:
         """A transaction holding the chain lock: commit on exit, roll back on error."""
-        async with self.engine.connect() as conn:
-            if self.backend == "sqlite":
-                await conn.execution_options(audit_write=True)
-            async with conn.begin():
-                if self.backend == "postgresql":
-                    await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK})
-                    if not self.durable:
-                        await conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
-                yield conn
+        async with write_transaction(self.engine) as conn:
+            if self.backend == "postgresql":
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK})
+                if not self.durable:
+                    await conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
+            yield conn
 
     async def head(self, conn: AsyncConnection) -> Head:
         """The last record (or, after pruning everything, the last checkpoint); genesis if none."""

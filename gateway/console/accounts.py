@@ -17,11 +17,11 @@ from typing import Any
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.console.settings import ROLES
-from gateway.sqlite_files import prepare_sqlite_file
+from gateway.sqlite_files import create_tables, prepare_sqlite_file
 
 __all__ = ["DEMO_ACCOUNTS", "Account", "AccountError", "AccountStore"]
 
@@ -85,16 +85,7 @@ class AccountStore:
         self.hasher = PasswordHasher()  # argon2id, the library's current recommended parameters
 
     async def init(self) -> None:
-        """Create the table if missing (several workers may race: the loser retries)."""
-        for attempt in (1, 2, 3):
-            try:
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(metadata.create_all, checkfirst=True)
-                return
-            except DBAPIError:
-                if attempt == 3:
-                    raise
-                await asyncio.sleep(0.2 * attempt)
+        await create_tables(self.engine, metadata)
 
     async def close(self) -> None:
         await self.engine.dispose()

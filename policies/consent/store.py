@@ -16,21 +16,19 @@ frequency-limited grants under a lock, so that concurrent requests cannot overru
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gateway.sqlite_files import create_tables, prepare_sqlite_file, sqlite_store, write_transaction
 from policies.consent.model import Grant, Kind, Status, StatusEvent, Terms
 from policies.consent.signing import ConsentSigner
 
@@ -134,52 +132,20 @@ class ConsentStore:
         self.signer = signer
         self.backend = sa.engine.make_url(url).get_backend_name()
         if engine is None:
-            from gateway.sqlite_files import prepare_sqlite_file  # owner-only file, as every store
-
             prepare_sqlite_file(url)
             engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=self.backend == "postgresql")
         self.engine = engine
         if self.backend == "sqlite":
-            self._sqlite_events()
+            sqlite_store(self.engine)
         self._lookup = self._lookup_statement()
 
-    def _sqlite_events(self) -> None:
-        @event.listens_for(self.engine.sync_engine, "connect")
-        def _connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # transactions are begun below, not by the driver
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA busy_timeout = 30000")
-            cur.execute("PRAGMA journal_mode = WAL")
-            cur.execute("PRAGMA synchronous = FULL")
-            cur.close()
-
-        @event.listens_for(self.engine.sync_engine, "begin")
-        def _begin(conn: Any) -> None:
-            # Writers take the database lock at once, so a re-count under it is exact.
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("consent_write") else "BEGIN")
 
     async def init(self) -> None:
-        """Create the tables if missing (several workers may race: the loser retries)."""
-        for attempt in (1, 2, 3):
-            try:
-                async with self.engine.begin() as conn:
-                    await conn.run_sync(metadata.create_all, checkfirst=True)
-                return
-            except (IntegrityError, DBAPIError):
-                if attempt == 3:
-                    raise
-                await asyncio.sleep(0.2 * attempt)
+        await create_tables(self.engine, metadata)
 
     async def close(self) -> None:
         await self.engine.dispose()
 
-    @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
-            if self.backend == "sqlite":
-                await conn.execution_options(consent_write=True)
-            async with conn.begin():
-                yield conn
 
     # --- recording and changing -------------------------------------------------------------------
 
@@ -192,7 +158,7 @@ class ConsentStore:
         grant = Grant(terms=terms, key_id=self.signer.key_id, signature=self.signer.sign_terms(terms),
                       status=first.status, status_seq=first.seq, status_at=first.at, status_by=by,
                       status_reason=reason, prev_signature="", state_signature=first.signature, history=[first])
-        async with self._write() as conn:
+        async with write_transaction(self.engine) as conn:
             await conn.execute(grant_table.insert().values(**self._row(grant)))
             await conn.execute(event_table.insert().values(**self._event_row(terms.id, first)))
             if then is not None:
@@ -206,7 +172,7 @@ class ConsentStore:
         allowed, to = TRANSITIONS[action]
         if not reason.strip():
             raise ConsentStateError(f"give a reason to {action} {grant_id}")
-        async with self._write() as conn:
+        async with write_transaction(self.engine) as conn:
             before = await self._get(conn, grant_id, history=True)
             if before is None:
                 raise ConsentStateError(f"no consent or legal basis with id {grant_id!r}")
@@ -334,7 +300,7 @@ class ConsentStore:
         limited = sorted((g for g in grants if g.terms.max_uses is not None), key=lambda g: g.id)
         refused: set[str] = set()
         now_us = _us(now)
-        async with self._write() as conn:
+        async with write_transaction(self.engine) as conn:
             if limited:
                 if self.backend == "postgresql":
                     for g in limited:  # in id order: two requests never wait on each other in a cycle
