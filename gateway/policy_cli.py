@@ -249,8 +249,15 @@ def dry_run_stop(reason: Reason, by: By = None, config: ConfigOpt = None) -> Non
     out.print("dry run stopped")
 
 
-def _current_and_clients(settings: Any, catalog: Any) -> Any:
-    """The policy in force (store or file) and the registered clients, for explain and simulate."""
+def _current_and_clients(config: Path | None) -> tuple[Any, Any, Any, list[Any]]:
+    """(settings, catalogue, the policy in force (store or file), the enabled clients), for explain and
+    simulate; or exit saying what is wrong (2: configuration, 3: a store cannot be read)."""
+    try:
+        settings = load_settings(config)
+        catalog = load_catalog(*settings.catalog)
+    except (ConfigError, CatalogError) as exc:
+        fail(str(exc), 2)
+        raise
     from gateway.auth.clients import ClientStore
     from gateway.auth.settings import AuthSettings
     from policies.store import open_policy_store
@@ -271,7 +278,13 @@ def _current_and_clients(settings: Any, catalog: Any) -> Any:
             await store.close()
             await clients.close()
 
-    return asyncio.run(load())
+    try:
+        enforcer, clients = asyncio.run(load())
+    except (PolicyError, SQLAlchemyError, OSError, TimeoutError) as exc:
+        why = exc if isinstance(exc, PolicyError) else type(exc).__name__
+        fail(f"the policy or the client store cannot be read: {why}", 3)
+        raise
+    return settings, catalog, enforcer, clients
 
 
 @policy_app.command("explain")
@@ -291,18 +304,7 @@ def policy_explain(client: Annotated[str, typer.Option("--client", help="The cli
 
     if (field is None) == (query is None):
         fail("give --field or --query", 2)
-    try:
-        settings = load_settings(config)
-        catalog = load_catalog(*settings.catalog)
-    except (ConfigError, CatalogError) as exc:
-        fail(str(exc), 2)
-        raise
-    try:
-        enforcer, clients = _current_and_clients(settings, catalog)
-    except (PolicyError, SQLAlchemyError, OSError, TimeoutError) as exc:
-        why = exc if isinstance(exc, PolicyError) else type(exc).__name__
-        fail(f"the policy or the client store cannot be read: {why}", 3)
-        raise
+    settings, catalog, enforcer, clients = _current_and_clients(config)
     found = next((c for c in clients if c.client_id == client), None)
     if found is None:
         fail(f"no enabled client {client!r}; known: {', '.join(sorted(c.client_id for c in clients))}")
@@ -348,18 +350,7 @@ def policy_simulate(file: Annotated[Path | None, typer.Option("--file", help="A 
 
     if (file is None) == (not add and not remove):
         fail("give --file, or --add/--remove lines", 2)
-    try:
-        settings = load_settings(config)
-        catalog = load_catalog(*settings.catalog)
-    except (ConfigError, CatalogError) as exc:
-        fail(str(exc), 2)
-        raise
-    try:
-        before, clients = _current_and_clients(settings, catalog)
-    except (PolicyError, SQLAlchemyError, OSError, TimeoutError) as exc:
-        why = exc if isinstance(exc, PolicyError) else type(exc).__name__
-        fail(f"the policy or the client store cannot be read: {why}", 3)
-        raise
+    _, catalog, before, clients = _current_and_clients(config)
     try:
         new_lines = (parse_csv(_read(file)) if file is not None
                      else proposed(lines_of(before), add=_lines(add, "add"), remove=_lines(remove, "remove")))
