@@ -16,9 +16,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-__all__ = ["create_tables", "prepare_sqlite_file", "sqlite_store", "write_transaction"]
+__all__ = ["create_tables", "prepare_sqlite_file", "sqlite_store", "store_engine", "write_transaction"]
 
 _WRITE = "hutong_write_lock"  # the execution option that makes a SQLite transaction BEGIN IMMEDIATE
 
@@ -34,6 +34,18 @@ def prepare_sqlite_file(url: str) -> None:
     if not path.exists():
         with contextlib.suppress(FileExistsError):  # another worker created it meanwhile
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
+def store_engine(url: str, engine: AsyncEngine | None = None, *, synchronous: str = "FULL") -> AsyncEngine:
+    """The engine of a store at ``url`` (or ``engine``, given by a test): a SQLite file is created
+    owner-only first and set up by :func:`sqlite_store`; bound values never appear in error texts
+    (they may be personal data); PostgreSQL connections are checked before use."""
+    if engine is None:
+        prepare_sqlite_file(url)
+        engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=url.startswith("postgresql"))
+    if engine.dialect.name == "sqlite":
+        sqlite_store(engine, synchronous=synchronous)
+    return engine
 
 
 def sqlite_store(engine: AsyncEngine, *, synchronous: str = "FULL") -> None:

@@ -29,9 +29,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.sqlite_files import create_tables, prepare_sqlite_file, sqlite_store, write_transaction
+from gateway.sqlite_files import create_tables, store_engine, write_transaction
 from policies.lines import ARITY, PolicyLine, format_line
 
 __all__ = ["CHANNEL", "PolicyConflict", "PolicyRepository", "PolicyVersion", "metadata"]
@@ -122,17 +122,11 @@ class PolicyRepository:
     def __init__(self, url: str, *, engine: AsyncEngine | None = None) -> None:
         self.url = url
         self.backend = sa.engine.make_url(url).get_backend_name()
-        if engine is None:
-            prepare_sqlite_file(url)
-            engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=self.backend == "postgresql")
-        self.engine = engine
-        if self.backend == "sqlite":
-            sqlite_store(self.engine)
+        self.engine = store_engine(url, engine)
 
     @property
     def name(self) -> str:
         return f"policy store {sa.engine.make_url(self.url).render_as_string(hide_password=True)}"
-
 
     async def init(self) -> None:
         await create_tables(self.engine, metadata)

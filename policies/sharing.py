@@ -39,13 +39,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from catalog.loader import expand_env
 from catalog.model import Catalog
 from gateway.audit.admin import admin_event
 from gateway.config import ConfigError, Settings
-from gateway.sqlite_files import create_tables, prepare_sqlite_file, sqlite_store, write_transaction
+from gateway.sqlite_files import create_tables, store_engine, write_transaction
 from policies.lines import PolicyLine, format_line
 from policies.masks import MASKS, mask_for
 from policies.validate import check_rule
@@ -420,20 +420,13 @@ class ShareStore:
     def __init__(self, url: str, *, engine: AsyncEngine | None = None) -> None:
         self.url = url
         self.backend = sa.engine.make_url(url).get_backend_name()
-        if engine is None:
-            prepare_sqlite_file(url)
-            engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=self.backend == "postgresql")
-        self.engine = engine
-        if self.backend == "sqlite":
-            sqlite_store(self.engine)
-
+        self.engine = store_engine(url, engine)
 
     async def init(self) -> None:
         await create_tables(self.engine, metadata)
 
     async def close(self) -> None:
         await self.engine.dispose()
-
 
     async def add(self, req: ShareRequest, *, then: Callable[[ShareRequest], Awaitable[None]]) -> ShareRequest:
         """Store a new PENDING request with its first history entry; ``then`` (the audit event) runs

@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from gateway.audit.record import GENESIS_HASH, derive, parse_time
-from gateway.sqlite_files import create_tables, prepare_sqlite_file, sqlite_store, write_transaction
+from gateway.sqlite_files import create_tables, store_engine, write_transaction
 
 __all__ = ["SEARCH_FILTERS", "AuditStore", "Head", "insert_only_grants", "metadata"]
 
@@ -95,13 +95,7 @@ class AuditStore:
         self.url = url
         self.durable = durable
         self.backend = sa.engine.make_url(url).get_backend_name()
-        if engine is None:
-            prepare_sqlite_file(url)
-            engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=self.backend == "postgresql")
-        self.engine = engine
-        if self.backend == "sqlite":
-            sqlite_store(self.engine, synchronous="FULL" if durable else "OFF")
-
+        self.engine = store_engine(url, engine, synchronous="FULL" if durable else "OFF")
 
     async def init(self) -> None:
         await create_tables(self.engine, metadata)

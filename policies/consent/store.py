@@ -26,9 +26,9 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from gateway.sqlite_files import create_tables, prepare_sqlite_file, sqlite_store, write_transaction
+from gateway.sqlite_files import create_tables, store_engine, write_transaction
 from policies.consent.model import Grant, Kind, Status, StatusEvent, Terms
 from policies.consent.signing import ConsentSigner
 
@@ -131,14 +131,8 @@ class ConsentStore:
         self.url = url
         self.signer = signer
         self.backend = sa.engine.make_url(url).get_backend_name()
-        if engine is None:
-            prepare_sqlite_file(url)
-            engine = create_async_engine(url, hide_parameters=True, pool_pre_ping=self.backend == "postgresql")
-        self.engine = engine
-        if self.backend == "sqlite":
-            sqlite_store(self.engine)
+        self.engine = store_engine(url, engine)
         self._lookup = self._lookup_statement()
-
 
     async def init(self) -> None:
         await create_tables(self.engine, metadata)
