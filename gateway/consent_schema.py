@@ -22,6 +22,7 @@ from typing import Any
 
 import graphene
 
+from gateway.context import require_role
 from policies.consent.model import Grant, Kind
 from policies.consent.terms import ConsentInputError, GrantRequest
 
@@ -32,9 +33,7 @@ LEGAL_BASIS_ROLE = "legal-basis-recorder"
 
 
 def _admin(info: Any, *roles: str) -> Any:
-    subject = info.context.get("subject")
-    if subject is None or not set(roles) & set(subject.roles):
-        raise PermissionError(f"this needs a client with the role {' or '.join(repr(r) for r in roles)}")
+    require_role(info.context, *roles)
     admin = info.context.get("consent_admin")
     if admin is None:
         raise ValueError("consents cannot be managed in this process (the gateway has no audit log open)")

@@ -8,13 +8,15 @@ read this context, never the raw headers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from catalog.model import Catalog
 from gateway.errors import Code, RequestError
 from policies.decide import Subject
 
-__all__ = ["UNRESTRICTED", "RequestContext", "Unrestricted", "context_from_headers"]
+__all__ = ["UNRESTRICTED", "RequestContext", "Unrestricted", "context_from_headers", "require_role"]
 
 MAX_HEADER = 128
 
@@ -73,3 +75,13 @@ def context_from_headers(headers: dict[str, str] | object, subject: Subject, cat
     reject = get("x-reject-unauthorized")
     return RequestContext(subject, purpose, acting, case,
                           reject_default if reject is None else str(reject).lower() == "true", request_id)
+
+
+def require_role(context: Mapping[str, Any], *roles: str) -> Subject:
+    """The calling client (GraphQL context ``subject``) when it holds one of ``roles``; PermissionError
+    otherwise, which the pipeline answers as FORBIDDEN. Every role-restricted query and mutation
+    (audit log, consents, policy administration, sharing requests) checks its caller here."""
+    subject = context.get("subject")
+    if subject is None or not set(roles) & set(subject.roles):
+        raise PermissionError(f"this needs a client with the role {' or '.join(repr(r) for r in roles)}")
+    return subject  # type: ignore[no-any-return]

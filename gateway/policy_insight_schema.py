@@ -20,6 +20,7 @@ import casbin
 import graphene
 
 from catalog.model import Catalog
+from gateway.context import require_role
 from policies.decide import Subject
 from policies.explain import explain_query
 from policies.lines import PolicyLine, enforcer_of, lines_of, parse_csv, parse_line
@@ -32,9 +33,7 @@ POLICY_ADMIN_ROLE = "policy-admin"
 
 
 def _context(info: Any) -> Any:
-    subject = info.context.get("subject")
-    if subject is None or POLICY_ADMIN_ROLE not in subject.roles:
-        raise PermissionError(f"this needs a client with the role {POLICY_ADMIN_ROLE!r}")
+    require_role(info.context, POLICY_ADMIN_ROLE)
     return info.context
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import graphene
 
+from gateway.context import require_role
 from policies.admin import PolicyAdmin, PolicyAdminUnavailable
 from policies.lines import PolicyLine, format_line, parse_csv, parse_line
 from policies.repository import PolicyVersion
@@ -23,9 +24,7 @@ ADMIN_ROLE = "policy-admin"
 
 
 def _admin(info: Any) -> PolicyAdmin:
-    subject = info.context.get("subject")
-    if subject is None or ADMIN_ROLE not in subject.roles:
-        raise PermissionError(f"this needs a client with the role {ADMIN_ROLE!r}")
+    require_role(info.context, ADMIN_ROLE)
     admin = info.context.get("policy_admin")
     if admin is None:
         raise PolicyAdminUnavailable("this gateway reads its policy from a file, which it does not write: edit the "

@@ -21,6 +21,7 @@ from typing import Any
 
 import graphene
 
+from gateway.context import require_role
 from policies.lines import format_line
 from policies.sharing import ShareRequest as Request
 from policies.sharing import ShareService, ShareStatus
@@ -34,9 +35,7 @@ ADMIN_ROLE = "policy-admin"
 
 
 def _service(info: Any, *roles: str) -> ShareService:
-    subject = info.context.get("subject")
-    if subject is None or not set(roles) & set(subject.roles):
-        raise PermissionError(f"this needs a client with the role {' or '.join(repr(r) for r in roles)}")
+    require_role(info.context, *roles)
     service = info.context.get("share_service")
     if service is None:
         raise ValueError("sharing requests are not available in this process")

@@ -15,6 +15,7 @@ from typing import Any
 import graphene
 
 from catalog.keys import InvalidKey
+from gateway.context import require_role
 
 __all__ = ["AuditQuery"]
 
@@ -24,10 +25,8 @@ MAX_PAGE = 500
 
 
 def _require(info: Any, role: str) -> Any:
-    subject = info.context.get("subject")
+    require_role(info.context, role)
     store = info.context.get("audit")
-    if subject is None or role not in subject.roles:
-        raise PermissionError(f"this query needs a client with the role {role!r}")
     if store is None:
         raise ValueError("the audit log is not available in this process")
     return store
