@@ -187,7 +187,8 @@ class Gateway:
             requested = plan.requested()  # before authorisation trims what it withholds
             audit["datasets"] = plan.datasets
             ctx = context(bool(plan.fetches)) if callable(context) else context
-            self.store.refresh_soon()
+            # The watcher (started with the gateway) keeps the policy current; requests never wait on the
+            # store, and staleness says when it cannot be confirmed.
             if plan.fetches and self.store.stale():
                 # Grants withdrawn elsewhere may still be in force here: serve no data until confirmed.
                 log.error("policy not confirmed current for %.0f s: data requests refused", self.store.max_staleness)

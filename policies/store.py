@@ -181,26 +181,11 @@ class PolicyStore:
         self.confirmed = 0.0  # monotonic time the policy in force was last confirmed current
         self.refused = False  # the latest version was refused: the one in force is not the current one
         self._lock = asyncio.Lock()
-        self._background: asyncio.Task[None] | None = None
 
     def stale(self) -> bool:
         """True when the policy in force could not be confirmed current for ``max_staleness`` seconds (the
         store is unreachable, or its latest version was refused here: a revocation in it is not in force)."""
         return self._snapshot is not None and time.monotonic() - self.confirmed > self.max_staleness
-
-    def refresh_soon(self) -> None:
-        """Look for a change without making the caller wait (requests never wait on the policy store:
-        staleness, not a hung request, is how an unreachable store shows)."""
-        if self._snapshot is None or time.monotonic() - self._checked < self.reload_interval:
-            return
-        if self._background is None or self._background.done():
-            self._background = asyncio.create_task(self._quiet_refresh())
-
-    async def _quiet_refresh(self) -> None:
-        try:
-            await self.refresh()
-        except Exception as exc:  # logged; staleness grows until the store answers
-            log.warning("policy check failed: %s", type(exc).__name__)
 
     @property
     def snapshot(self) -> Snapshot:
