@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import orjson
 
 from catalog.model import DataType
 from resolvers.base import Row
@@ -26,6 +27,7 @@ from resolvers.query import Condition, Op, SourceQuery
 
 __all__ = ["RESTConnector", "request_params"]
 
+_JSON_BODY = {"Content-Type": "application/json"}
 MAX_QUERY_STRING = 2000  # characters; well inside the URL limits of common servers and proxies
 
 _SUFFIX = {Op.EQ: "", Op.NE: "__ne", Op.IN: "__in", Op.LT: "__lt", Op.LTE: "__lte", Op.GT: "__gt",
@@ -104,7 +106,8 @@ class RESTConnector:
             if keys is None and len(urlencode(params)) <= MAX_QUERY_STRING:
                 resp = await self.client.get(query.location, params=params)
             else:
-                resp = await self.client.post(query.location.rstrip("/") + "/_query", json={"params": params})
+                resp = await self.client.post(query.location.rstrip("/") + "/_query",
+                                              content=orjson.dumps({"params": params}), headers=_JSON_BODY)
         except httpx.TimeoutException:
             raise SourceError(self.code, SourceFailure.TIMEOUT,
                               f"source {self.code!r} did not answer within {self.timeout:g} s") from None
@@ -116,7 +119,7 @@ class RESTConnector:
             raise SourceError(self.code, SourceFailure.ERROR,
                               f"source {self.code!r} refused the request (HTTP {resp.status_code})")
         try:
-            body = resp.json()
+            body = orjson.loads(resp.content)  # orjson: a tenth of json's time on a large answer
             items = body["items"]
             if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
                 raise TypeError
