@@ -18,10 +18,10 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from gateway.accept import best_of
-from gateway.audit.entry import request_record
+from gateway.audit.entry import part_record, request_record
 from gateway.audit.errors import AuditUnavailable
 from gateway.auth.bearer import auth_error_response
 from gateway.auth.errors import AuthError
@@ -30,6 +30,7 @@ from gateway.errors import Code, GraphQLErrorOut, RequestError
 from gateway.explorer import explorer_page, wants_explorer
 from gateway.logs import where
 from gateway.pipeline import Gateway, Outcome
+from gateway.stream import StreamedAnswer
 from policies.decide import Subject
 
 __all__ = ["graphql_endpoint", "json_response"]
@@ -145,7 +146,8 @@ async def graphql_endpoint(request: Request) -> Response:
 
     try:
         query, operation_name, variables = await _params(request)
-        outcome = await gateway.run(query, operation_name, variables, context=context, method=request.method)
+        outcome = await gateway.run(query, operation_name, variables, context=context, method=request.method,
+                                    stream=True)
     except RequestError as exc:
         outcome = Outcome(exc.status, {"errors": [e.to_dict() for e in exc.errors]}, None, exc.headers)
     except Exception as exc:
@@ -155,6 +157,8 @@ async def graphql_endpoint(request: Request) -> Response:
                               Code.INTERNAL_SERVER_ERROR)
         outcome = Outcome(500, {"errors": [err.to_dict()]}, audit=getattr(exc, "audit", {}))
 
+    if outcome.stream is not None:
+        return await record.streamed(outcome.stream, media=media, headers=headers)
     status = outcome.status
     if media == JSON and status == 400 and _code(outcome.body) != Code.BAD_REQUEST.value:
         status = 200  # application/json clients expect 200 for any well-formed GraphQL request
@@ -175,15 +179,7 @@ class _Recorder:
 
     async def then(self, response: Response, *, status: int, body: dict[str, Any], audit: dict[str, Any],
                    media: str, headers: dict[str, str]) -> Response:
-        gateway: Gateway = self.request.app.state.gateway
-        ctx, subject = self.context, self.subject
-        purpose = ctx.purpose if ctx else None
-        entry = request_record(
-            request_id=self.request_id, ip=self.request.client.host if self.request.client else None,
-            client_id=subject.client_id if subject else None, department=subject.department if subject else None,
-            acting_user=ctx.acting_user if ctx else None, case_id=ctx.case_id if ctx else None, purpose=purpose,
-            legal_basis=gateway.catalog.purposes[purpose].legal_basis if purpose in gateway.catalog.purposes else None,
-            status=status, body=body, audit=audit, latency_ms=(time.perf_counter() - self.started) * 1000)
+        entry = self._entry(status, body, audit)
         try:
             await self.request.app.state.audit.append("request", entry)
         except AuditUnavailable:
@@ -193,6 +189,45 @@ class _Recorder:
                                   Code.AUDIT_UNAVAILABLE)
             return json_response({"errors": [err.to_dict()]}, 503, media, {**headers, "Retry-After": "5"})
         return response
+
+
+    async def streamed(self, answer: StreamedAnswer, *, media: str, headers: dict[str, str]) -> Response:
+        """A page sent part by part: the request's record (with the first part's subjects) before the
+        first byte, a record per later part before that part, a final one before the document closes."""
+        entry = self._entry(200, {}, answer.audit)
+        audit = self.request.app.state.audit
+        try:
+            await audit.append("request", entry)
+        except AuditUnavailable:
+            await answer.close()
+            log.error("request %s: audit record not written; answer withheld", self.request_id)
+            err = GraphQLErrorOut("the audit log cannot record this request, so it is not answered: retry later",
+                                  Code.AUDIT_UNAVAILABLE)
+            return json_response({"errors": [err.to_dict()]}, 503, media, {**headers, "Retry-After": "5"})
+
+        async def record_part(part: int, subjects: set[str], rows: dict[str, int]) -> None:
+            await audit.append("request-part", part_record(entry, part=part, subjects=subjects, rows=rows, final=False))
+
+        async def record_end(part: int, codes: list[str]) -> None:
+            if codes:
+                log.error("request %s: streamed answer cut at part %d: %s", self.request_id, part, ", ".join(codes))
+            await audit.append("request-part", part_record(
+                entry, part=part, subjects=set(), rows={}, final=True, status=200 if not codes else 502, codes=codes,
+                latency_ms=(time.perf_counter() - self.started) * 1000))
+
+        return StreamingResponse(answer.body(record_part, record_end), media_type=f"{media}; charset=utf-8",
+                                 headers=headers)
+
+    def _entry(self, status: int, body: dict[str, Any], audit: dict[str, Any]) -> dict[str, Any]:
+        gateway: Gateway = self.request.app.state.gateway
+        ctx, subject = self.context, self.subject
+        purpose = ctx.purpose if ctx else None
+        return request_record(
+            request_id=self.request_id, ip=self.request.client.host if self.request.client else None,
+            client_id=subject.client_id if subject else None, department=subject.department if subject else None,
+            acting_user=ctx.acting_user if ctx else None, case_id=ctx.case_id if ctx else None, purpose=purpose,
+            legal_basis=gateway.catalog.purposes[purpose].legal_basis if purpose in gateway.catalog.purposes else None,
+            status=status, body=body, audit=audit, latency_ms=(time.perf_counter() - self.started) * 1000)
 
 
 def _code(body: dict[str, Any]) -> str | None:

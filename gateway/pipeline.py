@@ -32,11 +32,14 @@ from gateway.context import RequestContext, Unrestricted
 from gateway.cursor import CursorCodec
 from gateway.document import DocumentCache, Prepared, prepare
 from gateway.errors import Code, GraphQLErrorOut, RequestError
+from gateway.executor import FetchResult
 from gateway.executor import execute as execute_plan
 from gateway.plan import Const, Meta, Plan, RootEntity, RootPage, RootVerify, Withheld
 from gateway.planner import Planner
 from gateway.schema import BuiltSchema, build_schema
 from gateway.shape import Shaper
+from gateway.shape_compiled import CompiledShapes
+from gateway.stream import StreamedAnswer, streamable
 from policies.admin import PolicyAdmin, ensure_seeded
 from policies.consent.settings import ConsentSettings
 from policies.consent.store import ConsentStore
@@ -47,6 +50,7 @@ from policies.sharing import ShareService
 from policies.store import RepositorySource, open_policy_store
 from policies.validate import PolicyError
 from policies.watcher import PolicyWatcher
+from resolvers.errors import SourceError
 from resolvers.registry import Sources
 
 # The caller's context, a factory given "does the plan fetch data?", or UNRESTRICTED.
@@ -66,6 +70,7 @@ class Outcome:
     plan: Plan | None = None
     headers: dict[str, str] = field(default_factory=dict)
     audit: dict[str, Any] = field(default_factory=dict)  # query shape, fields and dispositions, subjects, rows
+    stream: StreamedAnswer | None = None  # a page sent part by part (its first part read); body is then empty
 
 
 class Gateway:
@@ -89,6 +94,7 @@ class Gateway:
         self.proposed_decider = Decider(self.store, catalog, proposed=True)  # the dry run's, if one is started
         self.watcher = PolicyWatcher(self.store, self.policy.poll_interval)
         self.masker = Masker(self.policy.mask_key)
+        self.compiled_shapes = CompiledShapes(self.masker)
         self.cursors = CursorCodec(self.policy.mask_key)
         self.subjects = SubjectHasher(self.policy.mask_key)
         self.audit_store: Any = None  # set by the app: the audit log the auditor queries read
@@ -172,9 +178,13 @@ class Gateway:
         return self.planner.plan(self.prepare(query, operation_name, variables))
 
     async def run(self, query: Any, operation_name: Any = None, variables: Any = None, *,
-                  context: ContextSource, method: str = "POST", debug: bool | None = None) -> Outcome:
+                  context: ContextSource, method: str = "POST", debug: bool | None = None,
+                  stream: bool = False) -> Outcome:
         """Answer one request. ``context`` is the caller's RequestContext, a function making it once
-        the plan shows whether data is asked for, or UNRESTRICTED for trusted in-process callers."""
+        the plan shows whether data is asked for, or UNRESTRICTED for trusted in-process callers.
+        With ``stream``, a large flat page may come back as ``Outcome.stream`` (gateway/stream.py)
+        for the caller to send part by part; otherwise every answer is whole."""
+        debug = debug if debug is not None else self.settings.debug
         started = time.perf_counter()
         plan: Plan | None = None
         audit: dict[str, Any] = {}
@@ -204,14 +214,25 @@ class Gateway:
                 finally:
                     audit["fields"] = field_dispositions(requested, auth)
                     audit["row_rules"] = auth.row_rules
-            results = await execute_plan(plan, self.sources)
+            page = streamable(plan, self.settings, self.sources, debug) if stream and plan.fetches else None
+            if page is not None:
+                answer = StreamedAnswer(plan, page, plan.fetches[0], self._shaper(plan, {}), self.sources,
+                                        self.catalog, self.subjects, self.cursors, self.settings.stream_chunk, audit)
+                try:
+                    await answer.open()
+                    return Outcome(200, {}, plan, audit=audit, stream=answer)
+                except SourceError as exc:  # nothing sent yet: the usual answer, null and an error at its path
+                    await answer.close()
+                    results = {page.fetch: FetchResult(plan.fetches[0], error=exc, ms=0.0)}
+            else:
+                results = await execute_plan(plan, self.sources)
             consent = ConsentOutcome()
             if isinstance(ctx, RequestContext) and any(f.gated for f in plan.fetches):
                 consent = await self._consent(plan, results, ctx)
                 audit.update(consent.record())
                 audit["fields"] = field_dispositions(requested, auth, consent)
             audit.update(returned(results, self.catalog, self.subjects))
-            shaper = Shaper(plan, results, self.settings.max_nodes, self.masker, self.cursors)
+            shaper = self._shaper(plan, results)
             data: dict[str, Any] = {}
             meta = [r.key for r in plan.roots if isinstance(r, Meta)]
             meta_result = await self._meta(prep, ctx) if meta else None
@@ -235,10 +256,13 @@ class Gateway:
             # A bug after data left the sources: the audit record must still say whose records were read.
             exc.audit = audit  # type: ignore[attr-defined]
             raise
-        if debug if debug is not None else self.settings.debug:
+        if debug:
             body["extensions"] = {"plan": plan.describe(),
                                   "timing": {"ms": round((time.perf_counter() - started) * 1000, 2)}}
         return Outcome(200, body, plan, audit=audit)
+
+    def _shaper(self, plan: Plan, results: dict[int, FetchResult]) -> Shaper:
+        return Shaper(plan, results, self.settings.max_nodes, self.masker, self.cursors, self.compiled_shapes)
 
     async def _policy_refresh(self) -> None:
         await self.store.refresh(force=True)

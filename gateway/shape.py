@@ -31,6 +31,7 @@ from gateway.plan import (
     Scalar,
     Withheld,
 )
+from gateway.shape_compiled import COMPILE_FROM, CompiledShapes
 from policies.masks import Masker
 from resolvers.base import Row
 
@@ -81,9 +82,13 @@ SERIALISERS: dict[DataType, Any] = {
 
 
 class Shaper:
+    """Builds one response. Lists of many objects go through compiled functions
+    (gateway/shape_compiled.py), which call back here for everything but plain scalars."""
+
     def __init__(self, plan: Plan, results: dict[int, FetchResult], max_nodes: int, masker: Masker,
-                 cursors: CursorCodec) -> None:
+                 cursors: CursorCodec, compiled: CompiledShapes | None = None) -> None:
         self.masker = masker
+        self.compiled = compiled
         self.cursors = cursors
         self.plan = plan
         self.results = results
@@ -113,7 +118,7 @@ class Shaper:
         if isinstance(entry, RootEntity):
             root: PathLink = (None, entry.key)
             if entry.many:
-                return [self.obj(entry.shape, {ENTITY_KEY: k}, (root, i)) for i, k in enumerate(entry.keys)]
+                return self.objs(entry.shape, [{ENTITY_KEY: k} for k in entry.keys], root)
             return self.obj(entry.shape, {ENTITY_KEY: entry.keys[0]}, root)
         result = self.results[entry.fetch]
         if result.error is not None:
@@ -124,8 +129,7 @@ class Shaper:
         for key, typename in entry.typename:
             out[key] = typename
         for key, shape in entry.nodes:
-            nodes: PathLink = ((None, entry.key), key)
-            out[key] = [self.obj(shape, r, (nodes, i)) for i, r in enumerate(rows)]
+            out[key] = self.objs(shape, rows, ((None, entry.key), key))
         for info in entry.page_info:
             out[info.key] = {
                 k: (result.has_next if what == "hasNextPage"
@@ -139,7 +143,15 @@ class Shaper:
     def cursor(self, result: FetchResult, order_by: str) -> str | None:
         return self.cursors.encode(result.fetch.dataset, result.rows[-1][order_by]) if result.rows else None
 
-    def obj(self, shape: ObjShape, row: Row, path: PathLink) -> dict[str, Any] | None:
+    def objs(self, shape: ObjShape, rows: list[Row], path: PathLink) -> list[dict[str, Any] | None]:
+        if self.compiled is not None and len(rows) >= COMPILE_FROM:
+            build = self.compiled.get(shape)
+            if build is not None:
+                entries = shape.entries
+                return [build(r, (path, i), self, entries) for i, r in enumerate(rows)]
+        return [self.obj(shape, r, (path, i)) for i, r in enumerate(rows)]
+
+    def count_object(self) -> None:
         self.budget -= 1
         if self.budget < 0:
             # Fan-out (the same child rows under many parents) can make an answer far larger
@@ -148,6 +160,9 @@ class Shaper:
                        "ask for fewer records or fewer nested levels")
             raise RequestError(Code.QUERY_TOO_COSTLY, message, 400,
                                errors=[GraphQLErrorOut(message, Code.QUERY_TOO_COSTLY)])
+
+    def obj(self, shape: ObjShape, row: Row, path: PathLink) -> dict[str, Any] | None:
+        self.count_object()
         out: dict[str, Any] = {}
         for e in shape.entries:
             if isinstance(e, Scalar):
@@ -156,24 +171,15 @@ class Shaper:
                     v = self.masker.apply(e.mask, v)
                 out[e.key] = None if v is None else SERIALISERS[e.type](v)
             elif isinstance(e, Conditional):
-                v = row.get(e.column)
-                if v.__class__ is Refused:
-                    out[e.key] = None
-                    self.errors.append(GraphQLErrorOut(v.message, Code(v.code), path=materialise((path, e.key))))
-                else:
-                    if e.mask is not None and v is not None:
-                        v = self.masker.apply(e.mask, v)
-                    out[e.key] = None if v is None else SERIALISERS[e.type](v)
+                out[e.key] = self.conditional(e, row, path)
             elif isinstance(e, Nested):
                 out[e.key] = self.nested(e, row, (path, e.key))
             elif isinstance(e, EntityRef):
-                k = row.get(e.column)
-                out[e.key] = None if k is None else self.obj(e.shape, {ENTITY_KEY: k}, (path, e.key))
+                out[e.key] = self.entity_ref(e, row, path)
             elif isinstance(e, KeyValue):
-                out[e.key] = row[ENTITY_KEY] if e.mask is None else self.masker.apply(e.mask, row[ENTITY_KEY])
+                out[e.key] = self.key_value(e, row)
             elif isinstance(e, Withheld):
-                out[e.key] = None
-                self.withhold(e, (path, e.key))
+                out[e.key] = self.withheld_value(e, path)
                 if e.non_null:
                     # GraphQL: a null in a non-null field nulls the nearest nullable parent, this object
                     # (entity objects are always in nullable positions).
@@ -181,6 +187,26 @@ class Shaper:
             elif isinstance(e, Const):
                 out[e.key] = e.value
         return out
+
+    def conditional(self, e: Conditional, row: Row, path: PathLink) -> Any:
+        v = row.get(e.column)
+        if v.__class__ is Refused:
+            self.errors.append(GraphQLErrorOut(v.message, Code(v.code), path=materialise((path, e.key))))
+            return None
+        if e.mask is not None and v is not None:
+            v = self.masker.apply(e.mask, v)
+        return None if v is None else SERIALISERS[e.type](v)
+
+    def entity_ref(self, e: EntityRef, row: Row, path: PathLink) -> dict[str, Any] | None:
+        k = row.get(e.column)
+        return None if k is None else self.obj(e.shape, {ENTITY_KEY: k}, (path, e.key))
+
+    def key_value(self, e: KeyValue, row: Row) -> Any:
+        return row[ENTITY_KEY] if e.mask is None else self.masker.apply(e.mask, row[ENTITY_KEY])
+
+    def withheld_value(self, e: Withheld, path: PathLink) -> None:
+        self.withhold(e, (path, e.key))
+        return None
 
     def nested(self, e: Nested, row: Row, path: PathLink) -> Any:
         result = self.results[e.fetch]
@@ -190,5 +216,5 @@ class Shaper:
         k = row.get(e.parent_column)
         rows = result.by_key.get(k, []) if k is not None else []
         if e.many:
-            return [self.obj(e.shape, r, (path, i)) for i, r in enumerate(rows)]
+            return self.objs(e.shape, rows, path)
         return self.obj(e.shape, rows[0], path) if rows else None

@@ -143,10 +143,14 @@ class Masker:
     def apply(self, name: str, value: Any) -> Any:
         if value is None:
             return None
+        return self.function(name)(value)
+
+    def function(self, name: str) -> Callable[[Any], Any]:
+        """The mask ``name`` with the key bound: value (never None) -> masked value."""
         fn = self._fns.get(name)
         if fn is None:
             fn = self._fns[name] = self._resolve(name)
-        return fn(value)
+        return fn
 
     def _resolve(self, name: str) -> Callable[[Any], Any]:
         mask = mask_for(name)

@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 
+import gateway.shape as shape_module
 from catalog.keys import credit_code_check_char, id_number_check_char
 from catalog.loader import load_catalog
 from catalog.model import Catalog, Dataset, DataType, Entity, FieldSpec
@@ -38,6 +39,7 @@ from gateway.context import UNRESTRICTED
 from gateway.cursor import CursorCodec
 from gateway.pipeline import Gateway
 from gateway.schema import OPERATORS
+from gateway.shape_compiled import COMPILE_FROM
 from policies.settings import PolicySettings
 from tests.conftest import SQL_SOURCES, write_config
 from tests.reference import CURSOR_MARK, Reference
@@ -324,8 +326,11 @@ PAGES_QUERY = """query($after: String) { residents(limit: 400, after: $after) {
         nodes { idNumber } pageInfo { hasNextPage endCursor } } }"""
 
 
-async def test_the_suites_queries_match_the_reference(any_gateway: Gateway, reference: Reference,
-                                                      city: City) -> None:
+@pytest.mark.parametrize("compile_from", [COMPILE_FROM, 1], ids=["lists-compiled-from-64", "all-compiled"])
+async def test_the_suites_queries_match_the_reference(any_gateway: Gateway, reference: Reference, city: City,
+                                                      compile_from: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both shaping paths (gateway/shape_compiled.py): long lists compiled, or every list compiled.
+    monkeypatch.setattr(shape_module, "COMPILE_FROM", compile_from)
     failures: list[str] = []
     for name, query, variables_of in [*SUITE, *bench_queries()]:
         variables = variables_of(city)
@@ -758,6 +763,8 @@ def test_generated_queries_match_the_reference(loop_gateway: tuple[Gateway, Loop
     @given(st.data())
     def check(data: st.DataObject) -> None:
         query, variables, operation = QueryGen(data.draw, values).operation()
+        # Either shaping path: every list compiled, or only lists of COMPILE_FROM objects and more.
+        shape_module.COMPILE_FROM = data.draw(st.sampled_from([COMPILE_FROM, 1]))
         note(f"query: {query}")
         note(f"variables: {json.dumps(variables, ensure_ascii=False)}, operationName: {operation}")
         out = loop.run(gw.run(query, operation, variables, context=UNRESTRICTED))
@@ -770,7 +777,10 @@ def test_generated_queries_match_the_reference(loop_gateway: tuple[Gateway, Loop
         assert diff is None, f"{diff}\nquery: {query}\nvariables: {variables}"
         outcomes["compared"] += 1
 
-    check()
+    try:
+        check()
+    finally:
+        shape_module.COMPILE_FROM = COMPILE_FROM
     print(dict(outcomes))
     # The generator must mostly produce queries both paths answer, or the comparison proves little.
     assert outcomes["compared"] >= 0.9 * sum(outcomes.values()), outcomes

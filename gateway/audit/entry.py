@@ -20,12 +20,13 @@ from catalog.model import Catalog
 from gateway.authorize import Authorisation
 from gateway.executor import FetchResult
 from policies.decide import Access
+from resolvers.base import Row
 
 if TYPE_CHECKING:  # the consent stage itself uses this module's pseudonyms
     from gateway.consent import ConsentOutcome
 
 __all__ = ["CLEAR", "CONSENT", "DENIED", "MASKED", "VERIFY", "SubjectHasher", "field_dispositions",
-           "normalise_query", "outcome_of", "request_record", "returned"]
+           "normalise_query", "outcome_of", "part_record", "request_record", "returned", "subjects_of"]
 
 # How each decision shows in the record (the "disposition" of a field).
 CLEAR, MASKED, VERIFY, DENIED, CONSENT = "clear", "masked", "verify", "denied", "consent_required"
@@ -111,6 +112,33 @@ def field_dispositions(requested: list[tuple[str, str, str]], auth: Authorisatio
     return out
 
 
+def subjects_of(rows: list[Row], dataset: str, columns: tuple[str, ...], catalog: Catalog,
+                hasher: SubjectHasher) -> set[str]:
+    """The data subjects (pseudonyms) of records of ``dataset``: every entity key among ``columns``."""
+    subjects: set[str] = set()
+    for link in catalog.links_of_dataset(dataset):
+        if link.field not in columns:
+            continue
+        kind = catalog.entities[link.entity].key
+        column = link.field
+        # Each person once (a person's rows recur across a page and across links).
+        values = {v for row in rows if (v := row.get(column)).__class__ is str}
+        subjects.update(hasher.of_stored(kind, v) for v in values)
+    return subjects
+
+
+def part_record(first: dict[str, Any], *, part: int, subjects: set[str], rows: dict[str, int], final: bool,
+                status: int = 200, codes: list[str] | None = None, latency_ms: float = 0.0) -> dict[str, Any]:
+    """A later part of a streamed answer (kind ``request-part``): who, why and what as in the request's
+    own record ``first``, with the data subjects and rows of this part, written before the part is
+    sent. The final part (no rows of its own) closes the request: its outcome and latency."""
+    keep = ("request_id", "ip", "client_id", "department", "acting_user", "case_id", "purpose", "query_hash",
+            "datasets", "fields", "row_rules", "legal_bases")
+    return {**{k: first.get(k) for k in keep}, "part": part, "final": final, "subjects": sorted(subjects),
+            "rows": rows, "status": status, "outcome": "ok" if status == 200 and not codes else "failed",
+            "codes": codes or [], "latency_ms": round(latency_ms, 2)}
+
+
 def returned(results: dict[int, FetchResult], catalog: Catalog, hasher: SubjectHasher) -> dict[str, Any]:
     """What left the sources: rows per source, and the data subjects (as HMACs) of the records;
     and per source whose query ran, its time (ms, all its fetches), fetches and failure codes."""
@@ -127,14 +155,7 @@ def returned(results: dict[int, FetchResult], catalog: Catalog, hasher: SubjectH
         if r.error is not None:
             continue
         rows[r.fetch.source] = rows.get(r.fetch.source, 0) + len(r.rows)
-        for link in catalog.links_of_dataset(r.fetch.dataset):
-            if link.field not in r.fetch.query.columns:
-                continue
-            kind = catalog.entities[link.entity].key
-            for row in r.rows:
-                value = row.get(link.field)
-                if isinstance(value, str):
-                    subjects.add(hasher.of_stored(kind, value))
+        subjects |= subjects_of(r.rows, r.fetch.dataset, r.fetch.query.columns, catalog, hasher)
     for s in sources.values():
         s["ms"] = round(s["ms"], 3)
     return {"subjects": sorted(subjects), "rows": rows, "sources": sources}
@@ -188,4 +209,6 @@ def request_record(*, request_id: str, ip: str | None, client_id: str | None, de
         "outcome": outcome_of(status, body),
         "codes": codes,
         "latency_ms": round(latency_ms, 2),
+        # A streamed answer (gateway/stream.py): this record is its part 1; request-part records follow.
+        **({"part": 1, "final": False} if audit.get("stream") else {}),
     }

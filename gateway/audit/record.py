@@ -23,7 +23,8 @@ __all__ = ["DERIVED_MAX", "GENESIS_HASH", "KINDS", "Derived", "Receipt", "canoni
            "check_body", "checkpoint_message", "derive", "format_time", "parse_time"]
 
 GENESIS_HASH = "0" * 64
-KINDS = ("request", "admin")
+# request-part: a later part of a streamed answer (gateway/stream.py), recorded before it is sent.
+KINDS = ("request", "admin", "request-part")
 CHECKPOINT_TAG = b"hutong-audit-checkpoint/1\x00"
 DERIVED_MAX = 200  # characters kept in a search column: the body keeps the whole value
 

@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from catalog.keys import InvalidKey
 from gateway.audit.errors import AuditUnavailable
-from gateway.audit.record import GENESIS_HASH, chain_hash, parse_time
+from gateway.audit.record import GENESIS_HASH, KINDS, chain_hash, parse_time
 from gateway.audit.verify import verify_store
 from gateway.console.app import render
 from gateway.console.security import User, check_csrf, require
@@ -42,7 +42,6 @@ TEXT_FILTERS = (("client_id", "Client"), ("acting_user", "Official"), ("purpose"
 CHOICE_FILTERS = ("department", "dataset", "outcome", "kind")
 TIME_FILTERS = ("time_from", "time_to")
 OUTCOMES = ("ok", "partial", "rejected", "denied", "unauthenticated", "failed")
-KINDS = ("request", "admin")
 DISPOSITIONS = ("clear", "masked", "verify", "denied", "consent_required")
 DAMAGE = {  # docs/audit.md, "Kinds of damage"
     "changed": "a record was edited: its hash no longer matches its content, or its search index disagrees "

@@ -1,0 +1,220 @@
+"""Stage 5, streamed: a large root page sent while it is read, each part audited before it leaves.
+
+A bulk page held whole costs memory in proportion to its rows three times over (fetched rows,
+shaped objects, JSON). A *streamable* request is instead read from a server-side cursor in parts
+of ``stream_chunk`` rows; each part is shaped, encoded and sent, and dropped: memory is bounded by
+a part, whatever the page size.
+
+Fail closed holds part by part. The request's own audit record (written by the HTTP layer before
+the first byte, with the first part's data subjects) and then one ``request-part`` record per
+later part (its subjects and rows) are durable before that part is sent; a final part record
+closes the request with its outcome. If a record cannot be written, or the source fails midway,
+the answer stops and the connection is cut before the JSON document is complete, so no client
+can take a partial page for a whole one, and no record left unaccounted.
+
+What can stream: one data root, a page (``residents(limit: N) { nodes {...} }``) with N at least
+``stream_from``, from one SQL source, with plain fields only (no nested lists, no conditional
+fields, no withheld ones, one ``nodes`` selection, ``pageInfo`` after ``nodes``). Masks apply as
+usual. Anything else is answered whole by the usual stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from catalog.model import Catalog
+from gateway.audit.entry import SubjectHasher, subjects_of
+from gateway.config import Settings
+from gateway.cursor import CursorCodec
+from gateway.errors import RequestError
+from gateway.plan import Const, Fetch, Plan, RootPage, Scalar
+from gateway.shape import Shaper
+from resolvers.base import Row
+from resolvers.errors import SourceError
+from resolvers.registry import Sources
+from resolvers.sql import SQLConnector
+
+__all__ = ["PartRecorder", "StreamedAnswer", "streamable"]
+
+# (part number, data subjects, rows per source) -> durable, or AuditUnavailable
+PartRecorder = Callable[[int, set[str], dict[str, int]], Awaitable[None]]
+
+
+def streamable(plan: Plan, settings: Settings, sources: Sources, debug: bool) -> RootPage | None:
+    """The page to stream, or None when the request is to be answered whole."""
+    if debug or len(plan.fetches) != 1:
+        return None
+    data_roots = [r for r in plan.roots if not isinstance(r, Const)]
+    if len(data_roots) != 1 or not isinstance(root := data_roots[0], RootPage):
+        return None
+    fetch = plan.fetches[0]
+    if root.limit < settings.stream_from or fetch.gated or not fetch.page or len(root.nodes) != 1:
+        return None
+    _, shape = root.nodes[0]
+    if not all(isinstance(e, Scalar | Const) for e in shape.entries):
+        return None
+    if root.order and root.page_info and root.order.index(root.page_info[0].key) < root.order.index(root.nodes[0][0]):
+        return None  # pageInfo before nodes: hasNextPage is known only after the last row
+    if not isinstance(sources.get(fetch.source), SQLConnector):
+        return None
+    return root
+
+
+@dataclass
+class StreamedAnswer:
+    """The answer of a streamable request, produced part by part. ``open`` reads the first part (a
+    source failure there is still an ordinary error response); ``audit`` then describes it for the
+    request's own record; ``body`` yields the JSON, recording each later part before sending it."""
+
+    plan: Plan
+    root: RootPage
+    fetch: Fetch
+    shaper: Shaper
+    sources: Sources
+    catalog: Catalog
+    hasher: SubjectHasher
+    cursors: CursorCodec
+    chunk_rows: int
+    audit: dict[str, Any]
+    started: float = field(default_factory=time.perf_counter)
+    _parts: AsyncIterator[list[Row]] | None = None
+    _first: list[Row] = field(default_factory=list)
+    _sent_rows: int = 0
+    _has_next: bool = False
+    _done: bool = False
+    _last: Row | None = None
+
+    async def open(self) -> None:
+        connector = self.sources.get(self.fetch.source)
+        assert isinstance(connector, SQLConnector)
+        self._parts = connector.stream(self.fetch.query, self.chunk_rows)
+        started = time.perf_counter()
+        self._first = await self._next()
+        self.audit.update(self._describe(self._first), sources={self.fetch.source: {
+            "ms": round((time.perf_counter() - started) * 1000, 3), "fetches": 1, "errors": []}}, stream=True)
+
+    async def _next(self) -> list[Row]:
+        """The next part, cut at the page's size (the row after it only says a next page exists)."""
+        assert self._parts is not None
+        if self._done:
+            return []
+        part = await anext(self._parts, None)
+        if part is None:
+            self._done = True
+            return []
+        room = self.root.limit - self._sent_rows
+        if len(part) > room:
+            self._has_next, self._done = True, True
+            part = part[:room]
+        self._sent_rows += len(part)
+        if part:
+            self._last = part[-1]
+        return part
+
+    def _describe(self, rows: list[Row]) -> dict[str, Any]:
+        return {"subjects": sorted(subjects_of(rows, self.fetch.dataset, self.fetch.query.columns, self.catalog,
+                                               self.hasher)),
+                "rows": {self.fetch.source: len(rows)}}
+
+    async def close(self) -> None:
+        if self._parts is not None:
+            await self._parts.aclose()  # type: ignore[attr-defined]
+
+    async def body(self, record_part: PartRecorder, record_end: Callable[[int, list[str]], Awaitable[None]]
+                   ) -> AsyncIterator[bytes]:
+        """The JSON document, part by part. Raises (cutting the connection) when a part cannot be
+        recorded or read."""
+        key, shape = self.root.nodes[0]
+        path = ((None, self.root.key), key)
+        part = 1
+        try:
+            yield self._prefix()
+            rows, first = self._first, True
+            self._first = []
+            while rows:
+                encoded = orjson.dumps(self.shaper.objs(shape, rows, path), option=orjson.OPT_NON_STR_KEYS)
+                yield (encoded[1:-1] if first else b"," + encoded[1:-1]) if len(encoded) > 2 else b""
+                first = False
+                rows = await self._next()
+                if rows:
+                    part += 1
+                    described = self._describe(rows)
+                    await record_part(part, set(described["subjects"]), described["rows"])
+            await record_end(part + 1, [])
+            yield self._suffix()
+        except Exception as exc:
+            code = (exc.failure.value if isinstance(exc, SourceError)
+                    else exc.code.value if isinstance(exc, RequestError) else type(exc).__name__)
+            with contextlib.suppress(Exception):  # the audit store may be the very thing that failed
+                await record_end(part + 1, [code])
+            raise
+        finally:
+            await self.close()
+
+    # -- the JSON around the nodes: the roots and keys in the order the request asked for them ------
+
+    def _prefix(self) -> bytes:
+        out = [b'{"data":{']
+        for i, r in enumerate(self.plan.roots):
+            if r is self.root:
+                out.append((b"," if i else b"") + _key(r.key) + b"{")
+                break
+            assert isinstance(r, Const)
+            out.append((b"," if i else b"") + _key(r.key) + orjson.dumps(r.value))
+        nodes_key = self.root.nodes[0][0]
+        typenames = dict(self.root.typename)
+        before = []
+        for k in self._order():
+            if k == nodes_key:
+                break
+            before.append(_key(k) + orjson.dumps(typenames[k]))
+        out.append(b",".join([*before, _key(nodes_key) + b"["]))
+        return b"".join(out)
+
+    def _suffix(self) -> bytes:
+        nodes_key = self.root.nodes[0][0]
+        typenames = dict(self.root.typename)
+        infos = {i.key: i for i in self.root.page_info}
+        after = []
+        order = self._order()
+        for k in order[order.index(nodes_key) + 1:]:
+            if k in infos:
+                value = {name: (self._has_next if what == "hasNextPage"
+                                else self._cursor() if what == "endCursor" else "PageInfo")
+                         for name, what in infos[k].entries}
+                after.append(_key(k) + orjson.dumps(value))
+            else:
+                after.append(_key(k) + orjson.dumps(typenames[k]))
+        out = [b"]", *(b"," + a for a in after), b"}"]
+        seen = False
+        for r in self.plan.roots:
+            if r is self.root:
+                seen = True
+            elif seen:
+                assert isinstance(r, Const)
+                out.append(b"," + _key(r.key) + orjson.dumps(r.value))
+        out.append(b"}")
+        if self.shaper.errors:
+            out.append(b',"errors":' + orjson.dumps([e.to_dict() for e in self.shaper.errors]))
+        out.append(b"}")
+        return b"".join(out)
+
+    def _order(self) -> list[str]:
+        """The page's keys as the generic shaper writes them (gateway/shape.py: Shaper.root)."""
+        r = self.root
+        return r.order or [*(k for k, _ in r.typename), *(k for k, _ in r.nodes), *(i.key for i in r.page_info)]
+
+    def _cursor(self) -> str | None:
+        if self._last is None:
+            return None
+        return self.cursors.encode(self.fetch.dataset, self._last[self.root.order_by])
+
+
+def _key(name: str) -> bytes:
+    return orjson.dumps(name) + b":"
