@@ -138,14 +138,14 @@ def serve(config: ConfigOpt = None,
           host: Annotated[str | None, typer.Option(help="Address to bind (default from config).")] = None,
           port: Annotated[int | None, typer.Option(help="Port (default from config or $HUTONG_PORT).")] = None,
           workers: Annotated[int, typer.Option(help="Worker processes.")] = 1) -> None:
-    """Serve the gateway (uvicorn)."""
-    import uvicorn
+    """Serve the gateway (uvicorn; several workers share the port through SO_REUSEPORT on Linux)."""
+    from gateway.serve import serve as run_server
 
     settings = _settings(config)
     _startable(settings, _gateway(settings, _catalog(settings)))  # fail fast, with the reason, before binding
     os.environ["HUTONG_CONFIG"] = str(settings.path)
-    uvicorn.run("gateway.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-                workers=workers, log_config=LOG_CONFIG, access_log=False, proxy_headers=False)
+    run_server("gateway.app:create_app", host=host or settings.host, port=port or settings.port, workers=workers,
+               log_config=LOG_CONFIG, access_log=False, proxy_headers=False)
 
 
 @catalog_app.command("check")
