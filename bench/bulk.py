@@ -11,7 +11,11 @@ Time (in process, per backend), the same answer from four contestants:
 - **naive**: a graphene schema with one resolver per field (masks applied in the resolvers).
 
 Memory: a child process per (contestant, rows) runs the query once after a small warm-up and
-reports its peak RSS during the query and the growth over its RSS just before it. The peak is
+reports its peak RSS during the query and the growth over its RSS just before it. The contestants:
+**hutong** over HTTP (the real app, its ASGI interface called directly, the answer's bytes counted
+and dropped as a socket would: pages of ``stream_from`` rows and more are streamed, see
+gateway/stream.py), **hutong whole** (``Gateway.run`` in process: the whole answer in memory), and
+**direct**. The peak is
 reset first through ``/proc/self/clear_refs`` and read as VmHWM (``ru_maxrss`` follows the same
 reset). ``ru_maxrss`` over the child's whole life is reported too, but it is not the child's own
 figure: Linux carries the high-water mark of the address space an ``exec`` replaces into the new
@@ -36,7 +40,7 @@ from typing import Any
 import orjson
 
 from bench import direct
-from bench.city import BULK_MASKS, BULK_READER, Backend, World, child_env, context
+from bench.city import BULK_MASKS, BULK_READER, PURPOSE, Backend, World, child_env, context
 from bench.common import BenchError, Target, console, fmt_ms, fmt_ratio, interleave, table
 from bench.harness import Baseline
 from bench.naive import NaiveGraphQL
@@ -159,38 +163,112 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+BULK_READER_SECRET = "bench-registry-app-secret-NOT-A-SECRET"
+
+
+class _Asgi:
+    """Requests straight into the gateway's ASGI app, as uvicorn would hand them over, without a socket:
+    the answer's bytes are counted and dropped as they are sent (a socket would not keep them either),
+    so the child's memory is the gateway's own."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def call(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                   keep: bool = False, count: bytes = b"\x00") -> tuple[int, int, bytes, int]:
+        """Status, bytes sent, the body if ``keep``, and how many times ``count`` occurs in it."""
+        sent = {"status": 0, "bytes": 0, "count": 0}
+        kept: list[bytes] = []
+        request = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if request:
+                return request.pop()
+            await asyncio.Event().wait()  # the client stays connected until the answer is complete
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                sent["bytes"] += len(message.get("body", b""))
+                sent["count"] += message.get("body", b"").count(count)
+                if keep:
+                    kept.append(message.get("body", b""))
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+                 "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {}}
+        await self.app(scope, receive, send)
+        return sent["status"], sent["bytes"], b"".join(kept), sent["count"]
+
+
 async def _child(config: Path, sql_url: str, rows: int, who: str) -> dict[str, Any]:
+    from urllib.parse import urlencode
+
     from bench.city import started_gateway
+    from gateway.app import create_app
 
     gw: Gateway | None = None
     baseline: Baseline | None = None
-    if who == "hutong":
+    app: Any = None
+    if who == "hutong":  # over HTTP, as a department's app asks: large pages are streamed
+        backend = Backend("child", config, {}, "")
+        app = create_app(backend.settings())
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        store = app.state.auth.store
+        if await store.get(BULK_READER.client_id) is None:
+            await store.add(BULK_READER.client_id, BULK_READER.department, sorted(BULK_READER.roles),
+                            secret=BULK_READER_SECRET)
+        asgi = _Asgi(app)
+        form = urlencode({"grant_type": "client_credentials", "client_id": BULK_READER.client_id,
+                          "client_secret": BULK_READER_SECRET}).encode()
+        status, _, token_body, _ = await asgi.call("POST", "/oauth/token", {
+            "content-type": "application/x-www-form-urlencoded"}, form, keep=True)
+        if status != 200:
+            raise BenchError(f"memory child: no token ({status}): {token_body[:300]!r}")
+        headers = {"authorization": f"Bearer {orjson.loads(token_body)['access_token']}",
+                   "content-type": "application/json", "accept": "application/json", "x-purpose": PURPOSE,
+                   "x-acting-user": "official-007", "x-case-id": "CASE-BENCH-1"}
+
+        async def one(n: int) -> int:
+            status, size, _, nodes = await asgi.call("POST", "/graphql", headers,
+                                                     orjson.dumps({"query": BULK_QUERY, "variables": {"n": n}}),
+                                                     count=b'"idNumber":')
+            if status != 200 or nodes != n:
+                raise BenchError(f"memory child: the bulk query answered HTTP {status} with {nodes:,} of {n:,} rows")
+            return size
+    elif who == "hutong whole":  # in process, the answer built whole (Gateway.run)
         gw = await started_gateway(Backend("child", config, {}, ""))
         ctx = context(BULK_READER)
 
-        async def one(n: int) -> bytes:
+        async def one(n: int) -> int:
             assert gw is not None
-            return await gateway_bulk(gw, n, ctx)
+            return len(await gateway_bulk(gw, n, ctx))
     else:
         baseline = Baseline({"psb": sql_url}, "http://127.0.0.1:9")  # Housing is never asked
 
-        async def one(n: int) -> bytes:
+        async def one(n: int) -> int:
             assert baseline is not None
-            return await direct.bulk(baseline, n)
+            return len(await direct.bulk(baseline, n))
 
     try:
         await one(100)  # connections, compiled statements, caches: not the rows' memory
         gc.collect()
         reset = _reset_peak()
         base = _status_kib("VmRSS")
-        body = await one(rows)
+        size = await one(rows)
         # VmHWM, reset just above, is the peak during the query alone; ru_maxrss also holds the peak
         # carried over from the parent's address space at exec (see the module's docstring).
         peak = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return {"rows": rows, "who": who, "base_kib": base, "peak_kib": peak, "growth_kib": max(0, peak - base),
                 "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,  # KiB on Linux
-                "response_bytes": len(body), "peak_reset": reset}
+                "response_bytes": size, "peak_reset": reset}
     finally:
+        if app is not None:
+            await lifespan.__aexit__(None, None, None)
         if gw is not None:
             await gw.close()
         if baseline is not None:
@@ -216,23 +294,29 @@ def exponent(small: dict[str, Any], large: dict[str, Any]) -> float | None:
 
 
 async def memory(world: World, backend: Backend, sizes: list[int]) -> tuple[dict[str, Any], list[Target]]:
+    """Peak memory of the bulk query at each size: hutong over HTTP (streamed from ``stream_from``
+    rows), hutong's whole answer in process, and direct."""
     sizes = sorted({min(s, world.residents) for s in sizes})
-    runs: dict[str, list[dict[str, Any]]] = {"hutong": [], "direct": []}
+    runs: dict[str, list[dict[str, Any]]] = {"hutong": [], "hutong whole": [], "direct": []}
     for n in sizes:
         for who in runs:
             runs[who].append(await asyncio.to_thread(measure_child, backend, n, who))
     rows_out = []
     for n_i, n in enumerate(sizes):
-        h, d = runs["hutong"][n_i], runs["direct"][n_i]
+        h, w, d = (runs[who][n_i] for who in runs)
         rows_out.append([f"{n:,}", f"{h['peak_kib'] / 1024:.0f}", f"{h['growth_kib'] / 1024:.1f}",
-                         f"{h['growth_kib'] * 1024 / n:,.0f}", f"{d['peak_kib'] / 1024:.0f}",
+                         f"{h['growth_kib'] * 1024 / n:,.0f}", f"{w['growth_kib'] / 1024:.1f}",
                          f"{d['growth_kib'] / 1024:.1f}", f"{h['response_bytes'] / 2**20:.1f}"])
-    result: dict[str, Any] = {"sizes": sizes, "runs": runs}
+    result: dict[str, Any] = {"sizes": sizes, "runs": runs,
+                              "stream_from": backend.settings().stream_from,
+                              "stream_chunk": backend.settings().stream_chunk}
     targets: list[Target] = []
-    caption = "growth: peak RSS during the query minus RSS just before it (after a 100-row warm-up)"
+    caption = ("growth: peak RSS during the query minus RSS just before it (after a 100-row warm-up); hutong over "
+               f"HTTP streams pages of {result['stream_from']:,} rows and more in parts of "
+               f"{result['stream_chunk']:,}")
     if len(sizes) >= 2:
         for who in runs:
-            result[f"{who}_exponent"] = exponent(runs[who][-2], runs[who][-1])
+            result[f"{who.replace(' ', '_')}_exponent"] = exponent(runs[who][-2], runs[who][-1])
         b = result["hutong_exponent"]
         growth = runs["hutong"][-1]["growth_kib"] / max(1, runs["hutong"][-2]["growth_kib"])
         caption += (f"; from {sizes[-2]:,} to {sizes[-1]:,} rows hutong's growth is {growth:.1f}x for "
@@ -242,11 +326,12 @@ async def memory(world: World, backend: Backend, sizes: list[int]) -> tuple[dict
             f"from {sizes[-2]:,} to {sizes[-1]:,} rows)", backend.name, b,
             "exponent", MAX_EXPONENT, b is not None and b <= MAX_EXPONENT,
             "peak RSS " + ", ".join(f"{r['rows']:,}: {r['peak_kib'] / 1024:.0f} MiB" for r in runs["hutong"])
-            + f"; growth {growth:.1f}x for {sizes[-1] / sizes[-2]:.0f}x rows"))
+            + f"; growth {growth:.1f}x for {sizes[-1] / sizes[-2]:.0f}x rows; whole answer in process: exponent "
+            + (f"{result['hutong_whole_exponent']:.2f}" if result["hutong_whole_exponent"] is not None else "n/a")))
     console.print(table(f"[bold]bulk memory[/] ({backend.name}): peak RSS of a child process running the query once",
-                        [("rows", "right"), ("hutong peak MiB", "right"), ("growth MiB", "right"),
-                         ("bytes/row", "right"), ("direct peak MiB", "right"), ("growth MiB", "right"),
-                         ("JSON MiB", "right")], rows_out, caption=caption))
+                        [("rows", "right"), ("hutong (HTTP) peak MiB", "right"), ("growth MiB", "right"),
+                         ("bytes/row", "right"), ("whole, in process: growth MiB", "right"),
+                         ("direct growth MiB", "right"), ("JSON MiB", "right")], rows_out, caption=caption))
     return result, targets
 
 
@@ -256,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--sql-url", required=True, help="the psb source, for the direct contestant")
     parser.add_argument("--rows", type=int, required=True)
-    parser.add_argument("--who", choices=("hutong", "direct"), required=True)
+    parser.add_argument("--who", choices=("hutong", "hutong whole", "direct"), required=True)
     args = parser.parse_args(argv)
     print(json.dumps(asyncio.run(_child(args.config, args.sql_url, args.rows, args.who))))
 

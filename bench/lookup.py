@@ -13,22 +13,27 @@ Requests rotate over the district's residents with records in the most departmen
   gateway's overhead per request.
 - **over HTTP**: the real server, ``hutong serve --workers 2`` (uvicorn, audit on and durable),
   with a token from ``/oauth/token`` for the demo client ``street-office-app``. First one client
-  sends requests one after another; then 32 clients (httpx.AsyncClient, one connection each)
-  send as fast as answers come back for a fixed time: requests per second, p50/p99 latency, and
-  where the machine's CPU time went.
+  sends requests one after another; then wrk (bench/wrk.py; httpx clients where wrk is missing)
+  keeps 32 connections busy for a fixed time: requests per second, p50/p99 latency, and where
+  the machine's CPU time went. Then the same load against **the direct server**
+  (bench/direct_server.py: the direct lookup behind the same uvicorn with the same workers), the
+  rate this machine allows with no gateway at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
+import resource
 import signal
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import cycle
 from pathlib import Path
 from typing import Any
@@ -36,7 +41,7 @@ from typing import Any
 import httpx
 import orjson
 
-from bench import direct
+from bench import direct, direct_server, wrk
 from bench.city import PURPOSE, STREET_OFFICE, STREET_OFFICE_SECRET, Backend, World, child_env, context
 from bench.common import BenchError, Series, Target, console, interleave, table
 from bench.harness import Baseline
@@ -191,18 +196,31 @@ def cpu_seconds(groups: dict[str, list[int]]) -> dict[str, float]:
 
 
 class Server:
-    """``hutong serve --workers N`` over a backend's configuration, in a process group of its own."""
+    """A uvicorn server in a process group of its own: ``hutong serve --workers N`` over a backend's
+    configuration, or any other command line (the direct server)."""
 
-    def __init__(self, backend: Backend, workers: int, log: Path) -> None:
+    def __init__(self, cmd: list[str], workers: int, log: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.workers = workers
-        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(backend.config), "--host", "127.0.0.1",
-               "--port", str(self.port), "--workers", str(workers)]
         self.out = log.open("wb")
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=child_env(), stdout=self.out, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen([*cmd, "--port", str(self.port)], cwd=REPO_ROOT,
+                                     env={**child_env(), **(env or {})}, stdout=self.out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+
+    @classmethod
+    def hutong(cls, backend: Backend, workers: int, log: Path) -> Server:
+        return cls([sys.executable, "-m", "gateway.cli", "serve", "--config", str(backend.config), "--host",
+                    "127.0.0.1", "--workers", str(workers)], workers, log)
+
+    @classmethod
+    def direct(cls, world: World, backend: Backend, workers: int, log: Path) -> Server:
+        """bench/direct_server.py under the same uvicorn settings as ``hutong serve``."""
+        config = json.dumps({"sql_urls": backend.sql_url, "housing_url": world.housing_url})
+        return cls([sys.executable, "-m", "uvicorn", "bench.direct_server:create_app", "--factory", "--host",
+                    "127.0.0.1", "--workers", str(workers), "--no-access-log", "--log-level", "info"],
+                   workers, log, {direct_server.ENV: config})
 
     def text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
@@ -211,12 +229,15 @@ class Server:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchError(f"hutong serve exited ({self.proc.returncode}):\n{self.text()[-2000:]}")
+                raise BenchError(f"{self.proc.args[2]} exited ({self.proc.returncode}):\n{self.text()[-2000:]}")
             # Every worker says so once its lifespan (policy, audit writer, identity) has started.
             if self.text().count("Application startup complete") >= self.workers:
                 return
             await asyncio.sleep(0.2)
-        raise BenchError(f"hutong serve did not start within {within:.0f} s:\n{self.text()[-2000:]}")
+        raise BenchError(f"the server did not start within {within:.0f} s:\n{self.text()[-2000:]}")
+
+    def worker_pids(self) -> list[int]:
+        return [p for p in _tree(self.proc.pid) if p != self.proc.pid and _is_worker(p)] or [self.proc.pid]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -239,17 +260,17 @@ async def _token(client: httpx.AsyncClient) -> str:
     return token
 
 
-async def _send(client: httpx.AsyncClient, body: bytes) -> tuple[float, bool]:
+async def _send(client: httpx.AsyncClient, body: bytes, path: str = "/graphql") -> tuple[float, bool]:
     started = time.perf_counter()
-    r = await client.post("/graphql", content=body)
+    r = await client.post(path, content=body)
     elapsed = time.perf_counter() - started
     return elapsed, r.status_code == 200 and b'"errors"' not in r.content
 
 
 async def _load(client: httpx.AsyncClient, bodies: list[bytes], concurrency: int, seconds: float,
                 path: str = "/graphql") -> tuple[list[float], int, float]:
-    """``concurrency`` clients sending back to back for ``seconds``: latencies, failures, elapsed time.
-    With ``path`` other than /graphql, plain GETs of it (the load generator's own ceiling)."""
+    """The fallback load generator without wrk: ``concurrency`` httpx clients posting back to back for
+    ``seconds``: latencies, failures, elapsed time."""
     latencies: list[float] = []
     failures = 0
     deadline = time.perf_counter() + seconds
@@ -258,12 +279,7 @@ async def _load(client: httpx.AsyncClient, bodies: list[bytes], concurrency: int
         nonlocal failures
         i = start
         while time.perf_counter() < deadline:
-            if path == "/graphql":
-                latency, ok = await _send(client, bodies[i % len(bodies)])
-            else:
-                t = time.perf_counter()
-                ok = (await client.get(path)).status_code == 200
-                latency = time.perf_counter() - t
+            latency, ok = await _send(client, bodies[i % len(bodies)], path)
             latencies.append(latency)
             failures += not ok
             i += 1
@@ -294,18 +310,74 @@ async def prepare_stores(backend: Backend) -> None:
         pass
 
 
+@dataclass
+class Load:
+    """One measured load phase against one server."""
+
+    generator: str  # "wrk" or "httpx"
+    requests: int
+    failures: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    cpu_ms: dict[str, float]  # CPU ms per request, per process group
+    busy: dict[str, float]  # cores busy, per process group
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def json(self) -> dict[str, Any]:
+        return {"generator": self.generator, "requests": self.requests, "failures": self.failures,
+                "seconds": round(self.seconds, 2), "rps": round(self.rps, 1), "p50_ms": round(self.p50_ms, 3),
+                "p99_ms": round(self.p99_ms, 3), "cpu_ms_per_request": self.cpu_ms, "cpu_cores_busy": self.busy}
+
+
+async def _load_phase(url: str, path: str, bodies: list[bytes], headers: dict[str, str], concurrency: int,
+                      seconds: float, warmup_s: float, groups: dict[str, list[int]]) -> Load:
+    """A warm-up, then ``concurrency`` connections for ``seconds`` with the CPU time of every process
+    group (and of the load generator) taken around the measured window."""
+    if wrk.available():
+        await asyncio.to_thread(wrk.run, url, path, bodies, headers, concurrency, warmup_s)
+        cpu_before, gen_before = cpu_seconds(groups), _children_cpu()
+        res = await asyncio.to_thread(wrk.run, url, path, bodies, headers, concurrency, seconds)
+        cpu_after, gen_after = cpu_seconds(groups), _children_cpu()
+        requests, failures, elapsed, p50, p99 = res.requests, res.failures, res.seconds, res.p50_ms, res.p99_ms
+        generator = "wrk"
+    else:
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=headers) as client:
+            await _load(client, bodies, concurrency, warmup_s, path)
+            cpu_before, gen_before = cpu_seconds(groups), time.process_time()
+            lat, failures, elapsed = await _load(client, bodies, concurrency, seconds, path)
+            cpu_after, gen_after = cpu_seconds(groups), time.process_time()
+        series = Series("load", lat)
+        requests, p50, p99, generator = len(lat), series.median_ms, series.p99_ms, "httpx"
+    cpu = {name: cpu_after[name] - cpu_before[name] for name in groups}
+    cpu["load generator"] = gen_after - gen_before
+    per_req = {name: round(v * 1000 / max(requests, 1), 3) for name, v in cpu.items()}
+    busy = {name: round(v / elapsed, 2) for name, v in cpu.items()}
+    return Load(generator, requests, failures, elapsed, p50, p99, per_req, busy)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 async def http(world: World, backend: Backend, workers: int, concurrency: int, seconds: float, warmup_s: float,
                sequential: int) -> tuple[dict[str, Any], list[Target]]:
+    """hutong over HTTP, then the direct server under the same load: what the machine allows."""
     ids = applicants(world.city)
     bodies = [orjson.dumps({"query": LOOKUP_QUERY, "variables": {"id": i}}) for i in ids]
     await prepare_stores(backend)
     records_before = await _audit_records(backend.audit_url) or 0
-    server = Server(backend, workers, world.root / f"serve-{backend.name}.log")
+    server = Server.hutong(backend, workers, world.root / f"serve-{backend.name}.log")
     sent = 0
+    postgres = [p for p, c in _processes() if c.startswith("postgres")]
     try:
         await server.wait()
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             client.headers.update({"Authorization": f"Bearer {await _token(client)}", **HEADERS})
             for body in bodies:  # every applicant answers completely before anything is timed
                 _, ok = await _send(client, body)
@@ -321,55 +393,65 @@ async def http(world: World, backend: Backend, workers: int, concurrency: int, s
                 sent += 1
                 if not ok:
                     raise BenchError("lookup over HTTP: a sequential request failed")
-            # The load generator's ceiling on this machine: the same clients against GET /healthz.
-            ceiling_lat, _, ceiling_s = await _load(client, bodies, concurrency, min(5.0, seconds / 3), "/healthz")
-            ceiling = len(ceiling_lat) / ceiling_s
-            # Many clients: a warm-up, then the measured window, with the CPU time of every process.
-            lat, failures, _ = await _load(client, bodies, concurrency, warmup_s)
-            sent += len(lat)
-            workers_pids = [p for p in _tree(server.proc.pid) if p != server.proc.pid and _is_worker(p)]
-            groups = {"gateway workers": workers_pids, "housing": [world.housing_pid],
-                      "postgresql": [p for p, c in _processes() if c.startswith("postgres")],
-                      **{f"worker {k + 1}": [p] for k, p in enumerate(workers_pids)}}
-            cpu_before, client_before = cpu_seconds(groups), time.process_time()
-            lat, failures, elapsed = await _load(client, bodies, concurrency, seconds)
-            cpu_after, client_after = cpu_seconds(groups), time.process_time()
-            sent += len(lat)
+            headers = {k: v for k, v in client.headers.items() if k.lower() in
+                       {"authorization", *(h.lower() for h in HEADERS)}}
+        pids = server.worker_pids()
+        groups = {"gateway workers": pids, "housing": [world.housing_pid], "postgresql": postgres,
+                  **{f"worker {k + 1}": [p] for k, p in enumerate(pids)}}
+        load = await _load_phase(server.url, "/graphql", bodies, headers, concurrency, seconds, warmup_s, groups)
     finally:
         server.stop()
     records = (await _audit_records(backend.audit_url) or 0) - records_before
-    if records < sent:
-        raise BenchError(f"lookup over HTTP: {sent:,} requests answered but only {records:,} audit records written")
-    if failures:
-        raise BenchError(f"lookup over HTTP: {failures:,} of {len(lat):,} requests under load failed; see "
-                         f"{server.log}")
-    rps = len(lat) / elapsed
-    cpu = {name: cpu_after[name] - cpu_before[name] for name in groups}
-    cpu["load generator"] = client_after - client_before
+    # Every request the load generator sent was answered (or counted as a failure below); each has its record.
+    answered = sent + load.requests
+    if records < answered:
+        raise BenchError(f"lookup over HTTP: {answered:,} requests answered but only {records:,} audit records "
+                         "written")
+    if load.failures:
+        raise BenchError(f"lookup over HTTP: {load.failures:,} of {load.requests:,} requests under load failed; "
+                         f"see {server.log}")
+
+    # The limit: the direct lookup behind the same web server, same workers, same load.
+    limit_server = Server.direct(world, backend, workers, world.root / f"direct-{backend.name}.log")
+    try:
+        await limit_server.wait()
+        pids = limit_server.worker_pids()
+        limit = await _load_phase(limit_server.url, "/lookup", bodies, {"Content-Type": "application/json"},
+                                  concurrency, seconds, warmup_s,
+                                  {"direct workers": pids, "housing": [world.housing_pid], "postgresql": postgres})
+    finally:
+        limit_server.stop()
+    if limit.failures:
+        raise BenchError(f"direct server: {limit.failures:,} of {limit.requests:,} requests failed; see "
+                         f"{limit_server.log}")
+
     cores = os.cpu_count() or 1
-    per_req = {name: round(v * 1000 / len(lat), 3) for name, v in cpu.items() if not name.startswith("worker ")}
-    busy = {name: round(v / elapsed, 2) for name, v in cpu.items()}
-    load = Series(f"{concurrency} clients", lat)
+    share = load.rps / limit.rps
     console.print(table(
-        f"[bold]lookup over HTTP[/] ({backend.name}): hutong serve --workers {workers}, audit on (durable)",
-        [("clients", "left"), ("requests", "right"), ("req/s", "right"), ("p50 ms", "right"), ("p99 ms", "right")],
-        [["1, one at a time", f"{len(single.times):,}", f"{1000 / single.median_ms:,.0f}", f"{single.median_ms:.2f}",
-          f"{single.p99_ms:.2f}"],
-         [f"{concurrency}, for {elapsed:.0f} s", f"{len(lat):,}", f"{rps:,.0f}", f"{load.median_ms:.2f}",
-          f"{load.p99_ms:.2f}"]],
-        caption="CPU ms per request under load: " + ", ".join(f"{k} {v:.2f}" for k, v in per_req.items())
-                + f" (of {cores * 1000 / rps:.2f} available on {cores} cores); cores busy per worker: "
-                + ", ".join(f"{busy[f'worker {k + 1}']:.2f}" for k in range(len(workers_pids)))
-                + f"; the load generator's own ceiling (GET /healthz, {concurrency} clients): {ceiling:,.0f} req/s; "
-                f"audit records written: {records:,} for {sent:,} requests"))
-    result = {"workers": workers, "concurrency": concurrency, "seconds": round(elapsed, 2), "requests": len(lat),
-              "rps": round(rps, 1), "p50_ms": round(load.median_ms, 3), "p99_ms": round(load.p99_ms, 3),
-              "single_client": single.json(), "cpu_ms_per_request": per_req, "cpu_cores_busy": busy,
-              "load_generator_ceiling_rps": round(ceiling, 1),
-              "audit_records": records, "requests_sent": sent}
+        f"[bold]lookup over HTTP[/] ({backend.name}): {workers} workers, {concurrency} connections for "
+        f"{load.seconds:.0f} s ({load.generator}); hutong with audit on (durable)",
+        [("server", "left"), ("requests", "right"), ("req/s", "right"), ("p50 ms", "right"), ("p99 ms", "right"),
+         ("CPU ms/request: workers", "right")],
+        [["hutong, 1 client, one at a time", f"{len(single.times):,}", f"{1000 / single.median_ms:,.0f}",
+          f"{single.median_ms:.2f}", f"{single.p99_ms:.2f}", ""],
+         ["hutong", f"{load.requests:,}", f"{load.rps:,.0f}", f"{load.p50_ms:.2f}", f"{load.p99_ms:.2f}",
+          f"{load.cpu_ms['gateway workers']:.2f}"],
+         ["direct server (the limit)", f"{limit.requests:,}", f"{limit.rps:,.0f}", f"{limit.p50_ms:.2f}",
+          f"{limit.p99_ms:.2f}", f"{limit.cpu_ms['direct workers']:.2f}"]],
+        caption=f"hutong holds {share:.0%} of the direct server's rate. CPU ms per request under load (hutong): "
+                + ", ".join(f"{k} {v:.2f}" for k, v in load.cpu_ms.items() if not k.startswith("worker "))
+                + f" (of {cores * 1000 / load.rps:.2f} available on {cores} cores); cores busy per worker: "
+                + ", ".join(f"{load.busy[f'worker {k + 1}']:.2f}" for k in range(workers))
+                + f"; audit records written: {records:,} for {answered:,} requests"))
+    result = {"workers": workers, "concurrency": concurrency, "generator": load.generator,
+              "hutong": load.json(), "direct": limit.json(), "share_of_direct": round(share, 3),
+              "single_client": single.json(), "audit_records": records, "requests_answered": answered,
+              # the keys earlier reports had
+              "rps": round(load.rps, 1), "p50_ms": round(load.p50_ms, 3), "p99_ms": round(load.p99_ms, 3)}
     return result, [Target("lookup_rps", f"federated lookup over HTTP: ≥ {MIN_RPS:,.0f} requests/s, "
-                           f"{workers} workers, {concurrency} clients, audit on (durable)", backend.name, rps,
-                           "req/s", MIN_RPS, rps >= MIN_RPS,
-                           f"p50 {load.median_ms:.1f} ms, p99 {load.p99_ms:.1f} ms; gateway workers "
-                           f"{per_req['gateway workers']:.2f} CPU ms per request; load generator ceiling "
-                           f"{ceiling:,.0f} req/s")]
+                           f"{workers} workers, {concurrency} clients, audit on (durable)", backend.name, load.rps,
+                           "req/s", MIN_RPS, load.rps >= MIN_RPS,
+                           f"p50 {load.p50_ms:.1f} ms, p99 {load.p99_ms:.1f} ms; gateway workers "
+                           f"{load.cpu_ms['gateway workers']:.2f} CPU ms per request; the direct server on the same "
+                           f"machine: {limit.rps:,.0f} req/s ({limit.cpu_ms['direct workers']:.2f} CPU ms per "
+                           f"request), hutong = {share:.0%} of it")]
