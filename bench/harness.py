@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 __all__ = ["POOL_SIZE", "Baseline", "Keyed", "keyed"]
 
-# Connections per source: SQLAlchemy's default pool size, and the gateway's for REST sources.
-POOL_SIZE = 5
+# Connections per source: the gateway's default (catalog.model.Source.pool_size).
+POOL_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -70,12 +70,15 @@ class Baseline:
         self.engines: dict[str, AsyncEngine] = {}
         self._keyed: dict[tuple[Keyed, str], sa.TextClause] = {}
         by_url: dict[str, AsyncEngine] = {}
+        sharing = {url: sum(u == url for u in sql_urls.values()) for url in sql_urls.values()}
         for dept, url in sql_urls.items():
             engine = by_url.get(url)
             if engine is None:
-                # Engine defaults otherwise: no pre-ping, because a ping is a round trip that the
-                # fewest-round-trips baseline would not make.
-                engine = by_url[url] = create_async_engine(url)
+                # As many connections as the gateway keeps for these departments (POOL_SIZE each), and
+                # no overflow: overflow connections are opened and closed per statement under load,
+                # which would make the limit slower than the gateway. No pre-ping: a ping is a round
+                # trip that the fewest-round-trips baseline would not make.
+                engine = by_url[url] = create_async_engine(url, pool_size=POOL_SIZE * sharing[url], max_overflow=0)
                 event.listen(engine.sync_engine, "before_cursor_execute", self._count_statement)
             self.engines[dept] = engine
         # At most as many statements in flight per source as the pool holds connections (the naive

@@ -103,7 +103,7 @@ class Source(_Entry):
     kind: Literal["sql", "rest"]
     url: str = Field(description="SQLAlchemy async URL (sql) or base URL (rest); ${VAR} is expanded")
     department: Code | None = None  # defaults to the file's department
-    pool_size: int = Field(default=5, ge=1, le=100)
+    pool_size: int = Field(default=8, ge=1, le=100)
     timeout: float = Field(default=10.0, gt=0, le=300)
     max_batch: int = Field(default=5000, ge=1, le=30000, description="keys per IN (...) query or request")
     headers: dict[str, str] = Field(default_factory=dict, description="REST headers; ${VAR} is expanded")
