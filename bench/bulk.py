@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 
 from bench import direct
-from bench.city import BULK_MASKS, BULK_READER, PURPOSE, Backend, World, child_env, context
+from bench.city import BULK_MASKS, BULK_READER, BULK_READER_SECRET, PURPOSE, Backend, World, child_env, context
 from bench.common import BenchError, Target, console, fmt_ms, fmt_ratio, interleave, table
 from bench.harness import Baseline
 from bench.naive import NaiveGraphQL
@@ -161,9 +161,6 @@ def _status_kib(field: str) -> int:
             if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-BULK_READER_SECRET = "bench-registry-app-secret-NOT-A-SECRET"
 
 
 class _Asgi:

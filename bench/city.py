@@ -33,6 +33,7 @@ from policies.decide import Subject
 __all__ = [
     "BULK_MASKS",
     "BULK_READER",
+    "BULK_READER_SECRET",
     "DEMO_CATALOG",
     "PG_SERVER",
     "PURPOSE",
@@ -69,6 +70,7 @@ STREET_OFFICE_SECRET = "street-office-demo-secret"  # the published demo secret 
 # shares unconditionally, three of them only masked (ID number: region and last four; name: surname;
 # household: keyed hash). Unlike the street office it has no row rule, so 100,000 rows are within reach.
 BULK_READER = Subject("bench-registry-app", "civil", frozenset({"registry-analyst"}))
+BULK_READER_SECRET = "bench-registry-secret-not-a-secret-0001"  # registered in the bench's own client store
 BULK_MASKS = {"id_number": "id_number", "name": "name", "household_id": "hash"}  # the catalogue's masks
 BULK_POLICY = """
 # --- bench only (bench/city.py): the bulk reader ---

@@ -32,7 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import cycle
 from pathlib import Path
@@ -315,6 +315,7 @@ class Load:
     """One measured load phase against one server."""
 
     generator: str  # "wrk" or "httpx"
+    warmup_requests: int
     requests: int
     failures: int
     seconds: float
@@ -328,17 +329,21 @@ class Load:
         return self.requests / self.seconds
 
     def json(self) -> dict[str, Any]:
-        return {"generator": self.generator, "requests": self.requests, "failures": self.failures,
+        return {"generator": self.generator, "warmup_requests": self.warmup_requests, "requests": self.requests,
+                "failures": self.failures,
                 "seconds": round(self.seconds, 2), "rps": round(self.rps, 1), "p50_ms": round(self.p50_ms, 3),
                 "p99_ms": round(self.p99_ms, 3), "cpu_ms_per_request": self.cpu_ms, "cpu_cores_busy": self.busy}
 
 
 async def _load_phase(url: str, path: str, bodies: list[bytes], headers: dict[str, str], concurrency: int,
-                      seconds: float, warmup_s: float, groups: dict[str, list[int]]) -> Load:
+                      seconds: float, warmup_s: float, pid_groups: dict[str, list[int] | Callable[[], list[int]]]
+                      ) -> Load:
     """A warm-up, then ``concurrency`` connections for ``seconds`` with the CPU time of every process
-    group (and of the load generator) taken around the measured window."""
+    group (and of the load generator) taken around the measured window. A group given as a function
+    is listed after the warm-up (PostgreSQL forks a process per new connection)."""
     if wrk.available():
-        await asyncio.to_thread(wrk.run, url, path, bodies, headers, concurrency, warmup_s)
+        warm = (await asyncio.to_thread(wrk.run, url, path, bodies, headers, concurrency, warmup_s)).requests
+        groups = {k: v() if callable(v) else v for k, v in pid_groups.items()}
         cpu_before, gen_before = cpu_seconds(groups), _children_cpu()
         res = await asyncio.to_thread(wrk.run, url, path, bodies, headers, concurrency, seconds)
         cpu_after, gen_after = cpu_seconds(groups), _children_cpu()
@@ -347,7 +352,8 @@ async def _load_phase(url: str, path: str, bodies: list[bytes], headers: dict[st
     else:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits, headers=headers) as client:
-            await _load(client, bodies, concurrency, warmup_s, path)
+            warm = len((await _load(client, bodies, concurrency, warmup_s, path))[0])
+            groups = {k: v() if callable(v) else v for k, v in pid_groups.items()}
             cpu_before, gen_before = cpu_seconds(groups), time.process_time()
             lat, failures, elapsed = await _load(client, bodies, concurrency, seconds, path)
             cpu_after, gen_after = cpu_seconds(groups), time.process_time()
@@ -357,7 +363,7 @@ async def _load_phase(url: str, path: str, bodies: list[bytes], headers: dict[st
     cpu["load generator"] = gen_after - gen_before
     per_req = {name: round(v * 1000 / max(requests, 1), 3) for name, v in cpu.items()}
     busy = {name: round(v / elapsed, 2) for name, v in cpu.items()}
-    return Load(generator, requests, failures, elapsed, p50, p99, per_req, busy)
+    return Load(generator, warm, requests, failures, elapsed, p50, p99, per_req, busy)
 
 
 def _children_cpu() -> float:
@@ -374,7 +380,10 @@ async def http(world: World, backend: Backend, workers: int, concurrency: int, s
     records_before = await _audit_records(backend.audit_url) or 0
     server = Server.hutong(backend, workers, world.root / f"serve-{backend.name}.log")
     sent = 0
-    postgres = [p for p, c in _processes() if c.startswith("postgres")]
+
+    def postgres() -> list[int]:
+        return [p for p, c in _processes() if c.startswith("postgres")]
+
     try:
         await server.wait()
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
@@ -402,8 +411,9 @@ async def http(world: World, backend: Backend, workers: int, concurrency: int, s
     finally:
         server.stop()
     records = (await _audit_records(backend.audit_url) or 0) - records_before
-    # Every request the load generator sent was answered (or counted as a failure below); each has its record.
-    answered = sent + load.requests
+    # Every request answered has its record (requests still in flight when wrk stops are answered and
+    # recorded but not counted: records may exceed this, never fall short of it).
+    answered = sent + load.warmup_requests + load.requests
     if records < answered:
         raise BenchError(f"lookup over HTTP: {answered:,} requests answered but only {records:,} audit records "
                          "written")

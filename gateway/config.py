@@ -36,8 +36,8 @@ class Settings:
     max_depth: int = 12  # nesting of objects in a query
     max_rows: int = 10_000  # rows one fetch may return (a nested list over many parents included)
     max_nodes: int = 200_000  # objects in one response
-    stream_from: int = 2000  # a flat root page of this limit or more is streamed (gateway/stream.py)
-    stream_chunk: int = 1000  # rows per streamed part (and per audit record of the stream)
+    stream_from: int = 5000  # a flat root page of this limit or more is streamed (gateway/stream.py)
+    stream_chunk: int = 2000  # rows per streamed part (and per audit record of the stream)
     source_urls: dict[str, str] = field(default_factory=dict)  # per-source URL overrides
     demo: bool = False  # demo mode: the documented demo credentials are accepted only here
     auth: dict[str, Any] = field(default_factory=dict)  # the [auth] section, read by gateway.auth.settings
@@ -112,8 +112,8 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         max_depth=num("max_depth", 12),
         max_rows=num("max_rows", 10_000),
         max_nodes=num("max_nodes", 200_000),
-        stream_from=num("stream_from", 2000),
-        stream_chunk=num("stream_chunk", 1000),
+        stream_from=num("stream_from", 5000),
+        stream_chunk=num("stream_chunk", 2000),
         source_urls=overrides,
         demo=gw.get("demo", False) is True,
         auth=dict(raw.get("auth", {})),

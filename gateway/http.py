@@ -210,7 +210,8 @@ class _Recorder:
 
         async def record_end(part: int, codes: list[str]) -> None:
             if codes:
-                log.error("request %s: streamed answer cut at part %d: %s", self.request_id, part, ", ".join(codes))
+                log.log(logging.WARNING if codes == ["CLIENT_DISCONNECTED"] else logging.ERROR,
+                        "request %s: streamed answer cut at part %d: %s", self.request_id, part, ", ".join(codes))
             await audit.append("request-part", part_record(
                 entry, part=part, subjects=set(), rows={}, final=True, status=200 if not codes else 502, codes=codes,
                 latency_ms=(time.perf_counter() - self.started) * 1000))

@@ -20,12 +20,14 @@ usual. Anything else is answered whole by the usual stages.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import orjson
 
 from catalog.model import Catalog
@@ -41,6 +43,8 @@ from resolvers.registry import Sources
 from resolvers.sql import SQLConnector
 
 __all__ = ["PartRecorder", "StreamedAnswer", "streamable"]
+
+T = TypeVar("T")
 
 # (part number, data subjects, rows per source) -> durable, or AuditUnavailable
 PartRecorder = Callable[[int, set[str], dict[str, int]], Awaitable[None]]
@@ -129,25 +133,34 @@ class StreamedAnswer:
     async def body(self, record_part: PartRecorder, record_end: Callable[[int, list[str]], Awaitable[None]]
                    ) -> AsyncIterator[bytes]:
         """The JSON document, part by part. Raises (cutting the connection) when a part cannot be
-        recorded or read."""
+        recorded or read.
+
+        The waits overlap: while part k's record is being committed, part k is shaped and encoded
+        and part k+1 is read from the source; part k is sent only once its record is durable."""
         key, shape = self.root.nodes[0]
         path = ((None, self.root.key), key)
         part = 1
+        pending: list[asyncio.Task[Any]] = []
         try:
             yield self._prefix()
-            rows, first = self._first, True
-            self._first = []
-            while rows:
-                encoded = orjson.dumps(self.shaper.objs(shape, rows, path), option=orjson.OPT_NON_STR_KEYS)
-                yield (encoded[1:-1] if first else b"," + encoded[1:-1]) if len(encoded) > 2 else b""
-                first = False
-                rows = await self._next()
-                if rows:
-                    part += 1
-                    described = self._describe(rows)
-                    await record_part(part, set(described["subjects"]), described["rows"])
+            rows, self._first = self._first, []
+            reading = _task(self._next(), pending)
+            yield self._encode(shape, rows, path, first=True)
+            while rows := await reading:
+                part += 1
+                described = self._describe(rows)
+                recording = _task(record_part(part, set(described["subjects"]), described["rows"]), pending)
+                reading = _task(self._next(), pending)
+                encoded = self._encode(shape, rows, path, first=False)
+                await recording
+                yield encoded
             await record_end(part + 1, [])
             yield self._suffix()
+        except asyncio.CancelledError:  # the client went away: what it was sent is recorded already
+            # Shielded: under the server's cancelled scope every await would be cancelled again.
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await record_end(part + 1, ["CLIENT_DISCONNECTED"])
+            raise
         except Exception as exc:
             code = (exc.failure.value if isinstance(exc, SourceError)
                     else exc.code.value if isinstance(exc, RequestError) else type(exc).__name__)
@@ -155,7 +168,16 @@ class StreamedAnswer:
                 await record_end(part + 1, [code])
             raise
         finally:
-            await self.close()
+            for task in pending:
+                if not task.done():
+                    task.cancel()
+            with anyio.CancelScope(shield=True):  # the cursor and its connection go back even on cancel
+                await asyncio.gather(*pending, return_exceptions=True)
+                await self.close()
+
+    def _encode(self, shape: Any, rows: list[Row], path: Any, *, first: bool) -> bytes:
+        encoded = orjson.dumps(self.shaper.objs(shape, rows, path), option=orjson.OPT_NON_STR_KEYS)[1:-1]
+        return encoded if first or not encoded else b"," + encoded
 
     # -- the JSON around the nodes: the roots and keys in the order the request asked for them ------
 
@@ -214,6 +236,15 @@ class StreamedAnswer:
         if self._last is None:
             return None
         return self.cursors.encode(self.fetch.dataset, self._last[self.root.order_by])
+
+
+def _task(coro: Coroutine[Any, Any, T], pending: list[asyncio.Task[Any]]) -> asyncio.Task[T]:
+    """Start ``coro`` and keep it in ``pending`` (cancelled if the answer stops); finished tasks are
+    dropped, with the part they hold."""
+    pending[:] = [t for t in pending if not t.done()]
+    task = asyncio.ensure_future(coro)
+    pending.append(task)
+    return task
 
 
 def _key(name: str) -> bytes:

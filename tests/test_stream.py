@@ -32,29 +32,32 @@ POLICY = Path(__file__).parent / "policy-tester.csv"
 PURPOSE = "subsistence-allowance-review"
 PAGE = ("query Page($n: Int!) { kind: __typename residents(limit: $n) { __typename "
         "nodes { idNumber name birthDate district } pageInfo { hasNextPage endCursor } } }")
+SERVED: list[Gateway] = []  # the gateway inside the server thread, to look at its pools
 HEADERS = {"X-Purpose": PURPOSE, "X-Acting-User": "official-007", "X-Case-Id": "CASE-STREAM-1"}
 
 
 class FailingWriter:
     """The app's audit writer, refusing ``request-part`` records from the ``fail_at``-th on (the
-    store going away in the middle of a stream)."""
+    store going away in the middle of a stream), or taking ``delay`` seconds over each (a slow one)."""
 
-    def __init__(self, writer: AuditWriter, fail_at: int) -> None:
-        self.writer, self.fail_at, self.parts = writer, fail_at, 0
+    def __init__(self, writer: AuditWriter, fail_at: int | None = None, delay: float = 0.0) -> None:
+        self.writer, self.fail_at, self.delay, self.parts = writer, fail_at, delay, 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.writer, name)
 
     async def append(self, kind: str, body: dict[str, Any]) -> Any:
-        if kind == "request-part":
+        if kind == "request-part" and not body.get("final"):
             self.parts += 1
-            if self.parts >= self.fail_at:
+            if self.fail_at is not None and self.parts >= self.fail_at:
                 raise AuditUnavailable("the audit store is away (test)")
+            await asyncio.sleep(self.delay)
         return await self.writer.append(kind, body)
 
 
 @contextlib.asynccontextmanager
-async def server(settings: Settings, fail_at: int | None = None) -> AsyncIterator[tuple[str, str, Gateway]]:
+async def server(settings: Settings, fail_at: int | None = None, delay: float = 0.0
+                 ) -> AsyncIterator[tuple[str, str, Gateway]]:
     """The gateway's app on a real port, in a thread with its own event loop (a stream cut short is
     seen as a client sees it): its URL, a token for the tester client, and a Gateway of this loop
     over the same settings (same data, same keys) to compare with and to compute pseudonyms."""
@@ -66,8 +69,10 @@ async def server(settings: Settings, fail_at: int | None = None) -> AsyncIterato
         await auth.store.add("tester", "civil", ["tester"], secret=TESTER_SECRET)
     await auth.close()
     trail = AuditWriter.from_settings(AuditSettings.from_settings(settings))
-    app = create_app(settings, Gateway(load_catalog(*settings.catalog), settings), AuthService.from_settings(settings),
-                     FailingWriter(trail, fail_at) if fail_at else trail)  # type: ignore[arg-type]
+    served = Gateway(load_catalog(*settings.catalog), settings)
+    app = create_app(settings, served, AuthService.from_settings(settings),
+                     FailingWriter(trail, fail_at, delay) if fail_at or delay else trail)  # type: ignore[arg-type]
+    SERVED.append(served)
     here = Gateway(load_catalog(*settings.catalog), settings)
     await here.start()
     thread = ServerThread(app)
@@ -175,6 +180,29 @@ async def test_a_source_failure_mid_stream_cuts_the_answer_and_is_recorded(
         final = [b["body"] for b in await records(settings) if b["body"].get("final")]
         assert len(final) == 1 and final[0]["outcome"] == "failed"
         assert final[0]["codes"][0] in ("SOURCE_UNAVAILABLE", "SOURCE_ERROR")
+
+
+async def test_a_client_leaving_mid_stream_gives_the_connection_back_and_is_recorded(
+        make_settings: Any, tmp_path: Path, pg_url: str) -> None:
+    settings = stream_settings(make_settings, tmp_path, dict.fromkeys(SQL_SOURCES, pg_url))
+    async with server(settings, delay=0.5) as (url, token, _gw):
+        served = SERVED[-1]
+        auth = {"Authorization": f"Bearer {token}", **HEADERS}
+        async with httpx.AsyncClient(base_url=url, headers=auth) as c, c.stream(
+                "POST", "/graphql", json={"query": PAGE, "variables": {"n": 1200}}) as r:
+            received = b""
+            async for chunk in r.aiter_raw():
+                received += chunk
+                if b'"idNumber"' in received:
+                    break  # the first part is here: the client hangs up in the middle of the page
+        pool = served.sources.get("psb_registry").engine.pool  # type: ignore[attr-defined]
+        for _ in range(100):
+            final = [b["body"] for b in await records(settings) if b["body"].get("final")]
+            if final and pool.checkedout() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert pool.checkedout() == 0  # the server-side cursor's connection is back in the pool
+        assert len(final) == 1 and final[0]["codes"] == ["CLIENT_DISCONNECTED"]
 
 
 async def _terminate_streaming_backends(pg_url: str) -> None:
