@@ -147,12 +147,13 @@ class Shaper:
         if self.compiled is not None and len(rows) >= COMPILE_FROM:
             build = self.compiled.get(shape)
             if build is not None:
+                self.count_object(len(rows))  # the compiled functions leave the count to the list
                 entries = shape.entries
                 return [build(r, (path, i), self, entries) for i, r in enumerate(rows)]
         return [self.obj(shape, r, (path, i)) for i, r in enumerate(rows)]
 
-    def count_object(self) -> None:
-        self.budget -= 1
+    def count_object(self, n: int = 1) -> None:
+        self.budget -= n
         if self.budget < 0:
             # Fan-out (the same child rows under many parents) can make an answer far larger
             # than the rows fetched; stop before it exhausts memory.

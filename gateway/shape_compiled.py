@@ -112,8 +112,8 @@ class CompiledShapes:
             else:  # everything but a plain scalar is the Shaper's own method, given the entry
                 value = _DELEGATED[type(e)].format(i=i)
             items.append(f"K{i}: ({value})")
+        # Objects are counted against max_nodes by Shaper.objs, per list.
         source = ("def build(row, path, sh, E):\n"
-                  "    sh.count_object()\n"
                   "    get = row.get\n"
                   "    return {" + ", ".join(items) + "}\n")
         # The source comes from the fixed templates above; every name and value is in ns.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from collections.abc import Iterator
 from datetime import date
@@ -13,7 +15,7 @@ from catalog.loader import load_catalog
 from catalog.model import Catalog
 from gateway.config import REPO_ROOT
 from policies.decide import Access, Decider, Subject
-from policies.masks import Masker
+from policies.masks import Masker, hmac_hex
 from policies.store import FilePolicySource, PolicyStore, RepositorySource
 from policies.validate import PolicyError
 from tests.conftest import throwaway_pg_database
@@ -141,6 +143,10 @@ def test_masks_keep_types_and_hash_with_the_key() -> None:
     h = m.apply("hash", "11010519491231002X")
     assert h == m.apply("hash", "11010519491231002X") != Masker(b"j" * 32).apply("hash", "11010519491231002X")
     assert "11010519491231002X" not in h
+    # RFC 2104 HMAC-SHA256, whatever the key's length (hmac_hex precomputes the keyed states).
+    assert h == hmac.new(b"k" * 32, b"11010519491231002X", hashlib.sha256).hexdigest()[:24]
+    for key in (b"k" * 16, b"k" * 64, b"k" * 65, bytes(range(200))):
+        assert hmac_hex(key)(b"msg") == hmac.new(key, b"msg", hashlib.sha256).hexdigest()
 
 
 async def decide_with(tmp_path: Path, *lines: str, obj: str = "psb.resident.name") -> tuple[Access, str | None]:

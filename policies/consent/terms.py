@@ -149,7 +149,7 @@ def build_terms(req: GrantRequest, catalog: Catalog, hasher: Callable[[str], str
         else:
             subject_hash = hasher(key)
             hint = mask_for("id_number")
-            subject_hint = str(hint.apply(key, b"")) if hint else None
+            subject_hint = str(hint.apply(key)) if hint else None
 
     # Validity.
     valid_from = _aware(req.valid_from) if req.valid_from else now
