@@ -165,6 +165,8 @@ class Dataset(_Entry):
     graphql: DatasetGraphQL
     keywords: list[str] = Field(default_factory=list)
     rows_hint: int | None = Field(default=None, ge=0, description="approximate row count, for cost estimates")
+    rows_per_key: int | None = Field(default=None, ge=1, description="typical records per entity key, for cost "
+                                     "estimates of nested lists without a limit (gateway/cost.py)")
     fields: list[FieldSpec] = Field(min_length=1)
     relations: list[Relation] = Field(default_factory=list)
     # Whose data a record is (a key field): consent to conditional fields is looked up for this

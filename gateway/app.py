@@ -30,6 +30,7 @@ from gateway.console.settings import ConsoleSettings
 from gateway.explorer import explorer_routes
 from gateway.http import graphql_endpoint, json_response
 from gateway.pipeline import Gateway
+from gateway.rate_limit import open_rate_limiter
 
 __all__ = ["create_app"]
 
@@ -53,8 +54,9 @@ async def readyz(request: Request) -> Response:
               "watcher": "listening" if gateway.watcher.listening else "polling",
               "dry_run": snap.proposal is not None}
     ready = all(s["status"] == "ok" for s in sources.values()) and policy["status"] == "ok"
-    return json_response({"status": "ok" if ready else "degraded", "sources": sources, "policy": policy},
-                         200 if ready else 503)
+    # A degraded rate limit store does not make the gateway unready: limits fall back per worker.
+    return json_response({"status": "ok" if ready else "degraded", "sources": sources, "policy": policy,
+                          "rate_limits": request.app.state.rate_limiter.status()}, 200 if ready else 503)
 
 
 def catalogue_digest(catalog: Catalog) -> str:
@@ -93,6 +95,7 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
             stack.push_async_callback(identity.close)
             await identity.start()
             stack.push_async_callback(accounts.close)
+            stack.push_async_callback(app.state.rate_limiter.close)
             await accounts.init()
             if settings.demo:
                 added = await accounts.ensure_demo()
@@ -121,6 +124,7 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
     app.state.gateway = gw
     app.state.auth = identity
     app.state.audit = trail
+    app.state.rate_limiter = open_rate_limiter(gw.limits.rate_store)
     gw.audit_store = getattr(trail, "store", None)
     gw.audit_writer = trail
     gw.clients = getattr(identity, "store", None)

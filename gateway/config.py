@@ -45,6 +45,7 @@ class Settings:
     audit: dict[str, Any] = field(default_factory=dict)  # the [audit] section, read by gateway.audit.settings
     consent: dict[str, Any] = field(default_factory=dict)  # the [consent] section, read by policies.consent.settings
     sharing: dict[str, Any] = field(default_factory=dict)  # the [sharing] section, read by policies.sharing
+    limits: dict[str, Any] = field(default_factory=dict)  # the [limits] section, read by gateway.limits
     console: dict[str, Any] = field(default_factory=dict)  # the [console] section, read by gateway.console.settings
 
     @property
@@ -64,11 +65,11 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         raise ConfigError(f"{cfg_path}: not valid TOML: {exc}") from None
 
     sections = sorted(set(raw) - {"gateway", "sources", "auth", "policies", "audit", "consent", "sharing",
-                                    "console"})
+                                    "console", "limits"})
     if sections:
         raise ConfigError(f"{cfg_path}: unknown section(s) {', '.join(sections)}; "
                           "known: [gateway], [sources.CODE], [auth], [policies], [audit], [consent], [sharing], "
-                          "[console]")
+                          "[console], [limits]")
     gw: dict[str, Any] = raw.get("gateway", {})
     known = {"catalog", "demo", "host", "port", "debug", "default_limit", "max_limit", "max_keys", "max_depth",
              "max_rows", "max_nodes", "stream_from", "stream_chunk"}
@@ -122,6 +123,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         consent=dict(raw.get("consent", {})),
         sharing=dict(raw.get("sharing", {})),
         console=dict(raw.get("console", {})),
+        limits=dict(raw.get("limits", {})),
     )
     if settings.default_limit > settings.max_limit:
         raise ConfigError(f"{cfg_path}: default_limit ({settings.default_limit}) exceeds max_limit "

@@ -20,7 +20,12 @@ class Code(StrEnum):
     BAD_USER_INPUT = "BAD_USER_INPUT"  # arguments or variables with wrong values (invalid keys, limits)
     OPERATION_NOT_FOUND = "OPERATION_NOT_FOUND"
     QUERY_TOO_DEEP = "QUERY_TOO_DEEP"  # nesting beyond max_depth
-    QUERY_TOO_COSTLY = "QUERY_TOO_COSTLY"  # the answer would hold more than max_nodes objects
+    QUERY_TOO_COSTLY = "QUERY_TOO_COSTLY"  # estimated cost over max_cost, or an answer over max_nodes objects
+    RATE_LIMITED = "RATE_LIMITED"  # the client sent more than its rate allows (429, Retry-After)
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"  # the request took longer than request_timeout (504)
+    REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"  # the body is larger than max_body (413)
+    TOO_MANY_OPERATIONS = "TOO_MANY_OPERATIONS"  # a batch of more operations than max_operations
+    INTROSPECTION_DISABLED = "INTROSPECTION_DISABLED"  # __schema / __type refused to this client
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     NOT_ACCEPTABLE = "NOT_ACCEPTABLE"

@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
 import uuid
 from typing import Any
@@ -64,7 +66,7 @@ def json_response(body: Any, status: int = 200, media_type: str = JSON,
     return Response(content, status_code=status, media_type=f"{media_type}; charset=utf-8", headers=headers)
 
 
-async def _params(request: Request) -> tuple[Any, Any, Any]:
+async def _params(request: Request, max_body: int = MAX_BODY) -> tuple[Any, Any, Any]:
     if request.method == "GET":
         qp = request.query_params
         variables: Any = None
@@ -79,17 +81,18 @@ async def _params(request: Request) -> tuple[Any, Any, Any]:
     if ctype != JSON:
         raise RequestError(Code.UNSUPPORTED_MEDIA_TYPE,
                            f"send the request as Content-Type: application/json (got {ctype or 'none'!r})", 415)
-    too_large = RequestError(Code.BAD_REQUEST, f"the request body is larger than {MAX_BODY} bytes", 413)
+    too_large = RequestError(Code.REQUEST_TOO_LARGE, f"the request body is larger than {max_body} bytes "
+                             "(max_body): send a shorter query, or fewer keys per request", 413)
     declared = request.headers.get("content-length")
     if declared is not None and not declared.isdigit():
         raise RequestError(Code.BAD_REQUEST, "the Content-Length header is not a number")
-    if int(declared or 0) > MAX_BODY:
+    if int(declared or 0) > max_body:
         raise too_large
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():  # counted as it arrives: a chunked upload has no Content-Length
         size += len(chunk)
-        if size > MAX_BODY:
+        if size > max_body:
             raise too_large
         chunks.append(chunk)
     raw = b"".join(chunks)
@@ -137,6 +140,16 @@ async def graphql_endpoint(request: Request) -> Response:
                                  headers=headers)
     subject = Subject(identity.client_id, identity.department, identity.roles)
     record.subject = subject
+    limits = gateway.limits.of(identity.client_id)
+    if limits.rate_limited:
+        wait = await request.app.state.rate_limiter.take(identity.client_id, limits.rate, limits.burst)
+        if wait > 0:
+            retry = str(max(1, math.ceil(wait)))
+            err = GraphQLErrorOut(f"this client may send {limits.rate:g} requests per second (burst {limits.burst}): "
+                                  f"retry after {retry} s", Code.RATE_LIMITED)
+            body = {"errors": [err.to_dict()]}
+            response = json_response(body, 429, media, {**headers, "Retry-After": retry})
+            return await record.then(response, status=429, body=body, audit={}, media=media, headers=headers)
 
     def context(data_request: bool) -> RequestContext:
         ctx = context_from_headers(request.headers, subject, gateway.catalog, data_request=data_request,
@@ -145,9 +158,16 @@ async def graphql_endpoint(request: Request) -> Response:
         return ctx
 
     try:
-        query, operation_name, variables = await _params(request)
-        outcome = await gateway.run(query, operation_name, variables, context=context, method=request.method,
-                                    stream=True)
+        # The deadline covers reading the body, planning, the sources, consent and shaping; the audit
+        # record of a request cut by it is still written (below), durable before the 504 leaves.
+        async with asyncio.timeout(limits.request_timeout):
+            query, operation_name, variables = await _params(request, limits.max_body)
+            outcome = await gateway.run(query, operation_name, variables, context=context, method=request.method,
+                                        stream=True, limits=limits)
+    except TimeoutError:
+        err = GraphQLErrorOut(f"the request took longer than {limits.request_timeout:g} s (request_timeout) and was "
+                              "stopped: ask for less, or retry later", Code.REQUEST_TIMEOUT)
+        outcome = Outcome(504, {"errors": [err.to_dict()]}, None)
     except RequestError as exc:
         outcome = Outcome(exc.status, {"errors": [e.to_dict() for e in exc.errors]}, None, exc.headers)
     except Exception as exc:

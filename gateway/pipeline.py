@@ -29,11 +29,13 @@ from gateway.config import ConfigError, Settings
 from gateway.consent import ConsentOutcome, apply_consent
 from gateway.consent_admin import ConsentAdmin, open_store
 from gateway.context import RequestContext, Unrestricted
+from gateway.cost import estimate
 from gateway.cursor import CursorCodec
 from gateway.document import DocumentCache, Prepared, prepare
 from gateway.errors import Code, GraphQLErrorOut, RequestError
 from gateway.executor import FetchResult
 from gateway.executor import execute as execute_plan
+from gateway.limits import Limits, LimitSettings
 from gateway.plan import Const, Meta, Plan, RootEntity, RootPage, RootVerify, Withheld
 from gateway.planner import Planner
 from gateway.schema import BuiltSchema, build_schema
@@ -95,6 +97,7 @@ class Gateway:
         self.watcher = PolicyWatcher(self.store, self.policy.poll_interval)
         self.masker = Masker(self.policy.mask_key)
         self.compiled_shapes = CompiledShapes(self.masker)
+        self.limits = LimitSettings.from_settings(settings)
         self.cursors = CursorCodec(self.policy.mask_key)
         self.subjects = SubjectHasher(self.policy.mask_key)
         self.audit_store: Any = None  # set by the app: the audit log the auditor queries read
@@ -179,12 +182,14 @@ class Gateway:
 
     async def run(self, query: Any, operation_name: Any = None, variables: Any = None, *,
                   context: ContextSource, method: str = "POST", debug: bool | None = None,
-                  stream: bool = False) -> Outcome:
+                  stream: bool = False, limits: Limits | None = None) -> Outcome:
         """Answer one request. ``context`` is the caller's RequestContext, a function making it once
         the plan shows whether data is asked for, or UNRESTRICTED for trusted in-process callers.
         With ``stream``, a large flat page may come back as ``Outcome.stream`` (gateway/stream.py)
-        for the caller to send part by part; otherwise every answer is whole."""
+        for the caller to send part by part; otherwise every answer is whole. ``limits``: the
+        caller's ([limits], per client); the server's defaults otherwise."""
         debug = debug if debug is not None else self.settings.debug
+        limits = limits or self.limits.defaults
         started = time.perf_counter()
         plan: Plan | None = None
         audit: dict[str, Any] = {}
@@ -193,7 +198,8 @@ class Gateway:
             normalised, digest = self._normalised(prep)
             audit.update(query=normalised, query_hash=digest,
                          operation=prep.operation.name.value if prep.operation.name else None)
-            plan = self.planner.plan(prep)
+            plan = self.planner.plan(prep, limits.max_depth)
+            self._check_limits(plan, limits, audit)
             requested = plan.requested()  # before authorisation trims what it withholds
             audit["datasets"] = plan.datasets
             ctx = context(bool(plan.fetches)) if callable(context) else context
@@ -260,6 +266,24 @@ class Gateway:
             body["extensions"] = {"plan": plan.describe(),
                                   "timing": {"ms": round((time.perf_counter() - started) * 1000, 2)}}
         return Outcome(200, body, plan, audit=audit)
+
+    def _check_limits(self, plan: Plan, limits: Limits, audit: dict[str, Any]) -> None:
+        """Refuse, before anything runs, what the caller's limits do not allow."""
+        if plan.introspection and not limits.introspection:
+            raise RequestError(Code.INTROSPECTION_DISABLED, "introspection (__schema, __type) is disabled for this "
+                               "client ([limits] introspection = false): use the catalogue query, or ask the "
+                               "operators", 403)
+        if not plan.fetches:
+            return
+        cost = estimate(plan, self.catalog)
+        audit["cost"] = cost
+        if cost > limits.max_cost:
+            if limits.cost_mode == "measure":
+                log.warning("estimated cost %d exceeds max_cost %d (measure mode: answered)", cost, limits.max_cost)
+                return
+            raise RequestError(Code.QUERY_TOO_COSTLY, f"the query may fetch about {cost} records, more than this "
+                               f"client's max_cost ({limits.max_cost}): ask for smaller pages or fewer keys, give "
+                               "nested lists a limit, or split the query", 400)
 
     def _shaper(self, plan: Plan, results: dict[int, FetchResult]) -> Shaper:
         return Shaper(plan, results, self.settings.max_nodes, self.masker, self.cursors, self.compiled_shapes)

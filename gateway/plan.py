@@ -179,6 +179,7 @@ class Plan:
     operation: str | None
     roots: list[RootPage | RootEntity | RootVerify | Meta | Const | Withheld] = field(default_factory=list)
     fetches: list[Fetch] = field(default_factory=list)
+    introspection: bool = False  # __schema or __type is asked for (may be refused per client)
 
     @property
     def levels(self) -> list[list[Fetch]]:

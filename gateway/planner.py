@@ -62,16 +62,18 @@ class Planner:
         self.settings = settings
         self.cursors = cursors
 
-    def plan(self, prep: Prepared) -> Plan:
-        return _Build(self, prep).run()
+    def plan(self, prep: Prepared, max_depth: int | None = None) -> Plan:
+        """``max_depth``: the caller's own limit ([limits.clients]), else [gateway] max_depth."""
+        return _Build(self, prep, max_depth or self.settings.max_depth).run()
 
 
 class _Build:
     """The state of planning one request."""
 
-    def __init__(self, planner: Planner, prep: Prepared) -> None:
+    def __init__(self, planner: Planner, prep: Prepared, max_depth: int) -> None:
         self.p = planner
         self.prep = prep
+        self.max_depth = max_depth
         self.plan = Plan(operation=prep.operation.name.value if prep.operation.name else None)
 
     # --- helpers ---------------------------------------------------------------------------
@@ -172,6 +174,7 @@ class _Build:
                 # Not a data root generated from the catalogue (catalog, myAccess, auditLog, consents,
                 # policy administration, introspection ...): graphql-core answers it.
                 self.plan.roots.append(Meta(key))
+                self.plan.introspection |= name in ("__schema", "__type")
             else:
                 kind, code = self.p.index.roots[name]
                 args = self.args(query_type, nodes[0])
@@ -275,7 +278,7 @@ class _Build:
     # --- objects ---------------------------------------------------------------------------
 
     def depth(self, path: list[str | int], node: FieldNode) -> None:
-        top = self.p.settings.max_depth
+        top = self.max_depth
         if len(path) > top:
             message = (f"the query nests objects {len(path)} levels deep; at most {top} are allowed "
                        f"(max_depth): split it or ask for fewer levels")

@@ -209,6 +209,7 @@ def request_record(*, request_id: str, ip: str | None, client_id: str | None, de
         "outcome": outcome_of(status, body),
         "codes": codes,
         "latency_ms": round(latency_ms, 2),
+        "cost": audit.get("cost"),  # the plan's estimated rows (gateway/cost.py), refused or not
         # A streamed answer (gateway/stream.py): this record is its part 1; request-part records follow.
         **({"part": 1, "final": False} if audit.get("stream") else {}),
     }

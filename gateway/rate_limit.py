@@ -1,0 +1,138 @@
+"""Per-client rate limits: a token bucket per client, in this process or shared through Redis.
+
+A client may send ``burst`` requests at once and ``rate`` per second sustained. ``take`` spends a
+token and answers 0, or answers how many seconds until the next token (``Retry-After``). In
+memory each worker keeps its own buckets, so N workers allow N times the rate; several workers or
+replicas share one bucket per client through Redis (``[limits] rate_store = "redis://..."``), where
+the bucket is one hash updated by a Lua script, atomically, with Redis's own clock.
+
+When Redis cannot be reached the limiter fails open to a bucket in memory and says so in the log:
+the limit protects the gateway's capacity, and refusing every department's requests because a
+cache is down would turn a safeguard into an outage. /readyz reports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["MemoryRateLimiter", "RateLimiter", "RedisRateLimiter", "open_rate_limiter"]
+
+log = logging.getLogger("hutong.limits")
+
+
+class RateLimiter(Protocol):
+    async def take(self, client_id: str, rate: float, burst: int) -> float:
+        """Spend one token of ``client_id``'s bucket: 0.0 if there was one, else seconds to wait."""
+        ...
+
+    def status(self) -> dict[str, str]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+class MemoryRateLimiter:
+    """Buckets in this process (bounded: idle full buckets are dropped as others are added)."""
+
+    def __init__(self, clock: object = time.monotonic, max_clients: int = 100_000) -> None:
+        self._clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+        self._max = max_clients
+
+    async def take(self, client_id: str, rate: float, burst: int) -> float:
+        return self.take_now(client_id, rate, burst)
+
+    def take_now(self, client_id: str, rate: float, burst: int) -> float:
+        now = self._clock()  # type: ignore[operator]
+        b = self._buckets.get(client_id)
+        if b is None:
+            if len(self._buckets) >= self._max:
+                self._forget_full(now, rate, burst)
+            b = self._buckets[client_id] = _Bucket(float(burst), now)
+        else:
+            b.tokens = min(float(burst), b.tokens + (now - b.at) * rate)
+            b.at = now
+        if b.tokens >= 1.0:
+            b.tokens -= 1.0
+            return 0.0
+        return (1.0 - b.tokens) / rate if rate > 0 else math.inf
+
+    def _forget_full(self, now: float, rate: float, burst: int) -> None:
+        for cid in [c for c, b in self._buckets.items() if b.tokens + (now - b.at) * rate >= burst]:
+            del self._buckets[cid]
+
+    def status(self) -> dict[str, str]:
+        return {"store": "memory", "status": "ok"}
+
+    async def close(self) -> None:
+        pass
+
+
+# KEYS[1]: the bucket; ARGV: rate per second, burst. Redis's clock (TIME), so that replicas whose
+# clocks differ still share one bucket. Returns seconds to wait (0 when a token was taken), as text.
+_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(b[1]) or burst
+local at = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + (now - at) * rate)
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return tostring(wait)
+"""
+
+
+class RedisRateLimiter:
+    """One bucket per client in Redis, shared by every worker and replica using the same URL."""
+
+    def __init__(self, url: str, *, prefix: str = "hutong:rate:", timeout: float = 0.5) -> None:
+        import redis.asyncio as redis
+
+        self.url = url
+        self.prefix = prefix
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._script = self.client.register_script(_LUA)
+        self.fallback = MemoryRateLimiter()
+        self.degraded = False
+
+    async def take(self, client_id: str, rate: float, burst: int) -> float:
+        try:
+            wait = float(await self._script(keys=[self.prefix + client_id], args=[rate, burst]))
+        except Exception as exc:  # Redis away: fail open to this process's own buckets, loudly
+            if not self.degraded:
+                log.error("rate limit store unreachable (%s): limiting per worker until it returns",
+                          type(exc).__name__)
+            self.degraded = True
+            return self.fallback.take_now(client_id, rate, burst)
+        if self.degraded:
+            log.warning("rate limit store reachable again: limits are shared again")
+            self.degraded = False
+        return wait
+
+    def status(self) -> dict[str, str]:
+        return {"store": "redis", "status": "degraded" if self.degraded else "ok"}
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def open_rate_limiter(store: str) -> RateLimiter:
+    return MemoryRateLimiter() if store == "memory" else RedisRateLimiter(store)
