@@ -154,7 +154,8 @@ def write_config(root: Path, name: str, housing_url: str, overrides: dict[str, s
                  policy: Path | None = None) -> Path:
     """A gateway configuration next to ``root/data`` (the catalogue's SQLite paths are relative to it).
 
-    ``max_limit`` is raised so that a page may hold 100,000 rows (the memory measurement); ``max_rows``
+    ``max_limit`` (and ``[limits] max_cost``) are raised so that a page may hold 100,000 rows (the memory
+    measurement), and the rate limit is off (the HTTP load measures capacity); ``max_rows``
     stays at its default of 10,000, because every nested fetch asks its source for ``max_rows + 1``
     rows, and the Housing service refuses a limit above 100,000. Audit is on and durable (the
     default); its signing key, the client store and the consent store live under ``root/run``.
@@ -167,7 +168,9 @@ def write_config(root: Path, name: str, housing_url: str, overrides: dict[str, s
     lines += ["[policies]", f"file = {json.dumps(str(policy or root / 'policy.csv'))}",
               f"mask_key = {json.dumps(MASK_KEY)}",
               "[audit]", f"url = {json.dumps(audit_url)}", "durable = true",
-              f"signing_key = {json.dumps(str(root / 'run' / 'audit-signing-key.pem'))}"]
+              f"signing_key = {json.dumps(str(root / 'run' / 'audit-signing-key.pem'))}",
+              # The benchmark measures capacity: no rate limit, and room for the 100,000-row page.
+              "[limits]", "rate = 0", "max_cost = 1000000"]
     path = root / f"hutong-{name}.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -2,11 +2,11 @@
 
 ``POST /lookup`` takes the GraphQL request body the gateway gets (``{"variables": {"id": ...}}``),
 runs :func:`bench.direct.lookup` (the six source queries at once, the answer built by hand, orjson)
-and returns it. It runs under the same uvicorn (uvloop, httptools, no access log) with the same
-number of workers as ``hutong serve`` in the throughput measurement, against the same sources.
-What it cannot do per second on this machine, no gateway could: the difference between the two is
-everything hutong adds (token check, parsing, planning, authorisation, masking, consent, audit,
-access log).
+and returns it. It runs under the same uvicorn (uvloop, httptools, no access log, SO_REUSEPORT per
+worker through gateway/serve.py) with the same number of workers as ``hutong serve`` in the
+throughput measurement, against the same sources. What it cannot do per second on this machine,
+no gateway could: the difference between the two is everything hutong adds (token check, parsing,
+planning, authorisation, masking, consent, audit, access log).
 
 Configuration comes from ``HUTONG_BENCH_DIRECT`` (JSON: ``{"sql_urls": {...}, "housing_url": ...}``),
 set by bench/lookup.py, because uvicorn's workers import the app by name.

@@ -205,22 +205,23 @@ class Server:
         self.log = log
         self.workers = workers
         self.out = log.open("wb")
-        self.proc = subprocess.Popen([*cmd, "--port", str(self.port)], cwd=REPO_ROOT,
+        self.proc = subprocess.Popen([*cmd, str(self.port)], cwd=REPO_ROOT,
                                      env={**child_env(), **(env or {})}, stdout=self.out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
     @classmethod
     def hutong(cls, backend: Backend, workers: int, log: Path) -> Server:
         return cls([sys.executable, "-m", "gateway.cli", "serve", "--config", str(backend.config), "--host",
-                    "127.0.0.1", "--workers", str(workers)], workers, log)
+                    "127.0.0.1", "--workers", str(workers), "--port"], workers, log)
 
     @classmethod
     def direct(cls, world: World, backend: Backend, workers: int, log: Path) -> Server:
         """bench/direct_server.py under the same uvicorn settings as ``hutong serve``."""
         config = json.dumps({"sql_urls": backend.sql_url, "housing_url": world.housing_url})
-        return cls([sys.executable, "-m", "uvicorn", "bench.direct_server:create_app", "--factory", "--host",
-                    "127.0.0.1", "--workers", str(workers), "--no-access-log", "--log-level", "info"],
-                   workers, log, {direct_server.ENV: config})
+        # gateway.serve, as `hutong serve` runs: the same uvicorn settings and SO_REUSEPORT balancing.
+        code = ("import sys; from gateway.serve import serve; serve('bench.direct_server:create_app', "
+                f"host='127.0.0.1', port=int(sys.argv[1]), workers={workers}, access_log=False, log_level='info')")
+        return cls([sys.executable, "-c", code], workers, log, {direct_server.ENV: config})
 
     def text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
@@ -229,7 +230,7 @@ class Server:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BenchError(f"{self.proc.args[2]} exited ({self.proc.returncode}):\n{self.text()[-2000:]}")
+                raise BenchError(f"the server exited ({self.proc.returncode}):\n{self.text()[-2000:]}")
             # Every worker says so once its lifespan (policy, audit writer, identity) has started.
             if self.text().count("Application startup complete") >= self.workers:
                 return

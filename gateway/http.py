@@ -214,12 +214,11 @@ class _Recorder:
     async def streamed(self, answer: StreamedAnswer, *, media: str, headers: dict[str, str]) -> Response:
         """A page sent part by part: the request's record (with the first part's subjects) before the
         first byte, a record per later part before that part, a final one before the document closes."""
-        entry = self._entry(200, {}, answer.audit)
+        entry = self._entry(200, {"data": {}}, answer.audit)  # its outcome: ok, as the part it opens
         audit = self.request.app.state.audit
         try:
             await audit.append("request", entry)
         except AuditUnavailable:
-            await answer.close()
             log.error("request %s: audit record not written; answer withheld", self.request_id)
             err = GraphQLErrorOut("the audit log cannot record this request, so it is not answered: retry later",
                                   Code.AUDIT_UNAVAILABLE)

@@ -228,7 +228,6 @@ class Gateway:
                     await answer.open()
                     return Outcome(200, {}, plan, audit=audit, stream=answer)
                 except SourceError as exc:  # nothing sent yet: the usual answer, null and an error at its path
-                    await answer.close()
                     results = {page.fetch: FetchResult(plan.fetches[0], error=exc, ms=0.0)}
             else:
                 results = await execute_plan(plan, self.sources)

@@ -66,7 +66,11 @@ def serve(app: str, *, host: str, port: int, workers: int, **options: Any) -> No
         return
     config = uvicorn.Config(app, factory=True, host=host, port=port, workers=workers, **options)
     try:
-        parent = _reuse_port_socket(config)  # bound, never listening: fails now if the port is taken
+        # SO_REUSEPORT lets any process of this user bind the port too; a probe without it fails if
+        # anything at all (another gateway included) holds the port, so two never share it.
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+        parent = _reuse_port_socket(config)  # bound, never listening: the workers' sockets join it
     except OSError as exc:
         print(f"cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         sys.exit(1)

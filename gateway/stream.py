@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import anyio
@@ -40,7 +40,6 @@ from gateway.shape import Shaper
 from resolvers.base import Row
 from resolvers.errors import SourceError
 from resolvers.registry import Sources
-from resolvers.sql import SQLConnector
 
 __all__ = ["PartRecorder", "StreamedAnswer", "streamable"]
 
@@ -58,15 +57,16 @@ def streamable(plan: Plan, settings: Settings, sources: Sources, debug: bool) ->
     if len(data_roots) != 1 or not isinstance(root := data_roots[0], RootPage):
         return None
     fetch = plan.fetches[0]
-    if root.limit < settings.stream_from or fetch.gated or not fetch.page or len(root.nodes) != 1:
+    if (root.limit < settings.stream_from or fetch.gated or not fetch.page or len(root.nodes) != 1
+            or fetch.query.order_by != root.order_by):
         return None
     _, shape = root.nodes[0]
     if not all(isinstance(e, Scalar | Const) for e in shape.entries):
         return None
     if root.order and root.page_info and root.order.index(root.page_info[0].key) < root.order.index(root.nodes[0][0]):
         return None  # pageInfo before nodes: hasNextPage is known only after the last row
-    if not isinstance(sources.get(fetch.source), SQLConnector):
-        return None
+    if root.limit > settings.max_nodes:
+        return None  # answered whole, it is refused (QUERY_TOO_COSTLY) before anything is read
     return root
 
 
@@ -87,7 +87,7 @@ class StreamedAnswer:
     chunk_rows: int
     audit: dict[str, Any]
     started: float = field(default_factory=time.perf_counter)
-    _parts: AsyncIterator[list[Row]] | None = None
+    _after: Any = None
     _first: list[Row] = field(default_factory=list)
     _sent_rows: int = 0
     _has_next: bool = False
@@ -95,30 +95,33 @@ class StreamedAnswer:
     _last: Row | None = None
 
     async def open(self) -> None:
-        connector = self.sources.get(self.fetch.source)
-        assert isinstance(connector, SQLConnector)
-        self._parts = connector.stream(self.fetch.query, self.chunk_rows)
         started = time.perf_counter()
+        self._after = self.fetch.query.after  # the client's own cursor, if it gave one
         self._first = await self._next()
         self.audit.update(self._describe(self._first), sources={self.fetch.source: {
             "ms": round((time.perf_counter() - started) * 1000, 3), "fetches": 1, "errors": []}}, stream=True)
 
     async def _next(self) -> list[Row]:
-        """The next part, cut at the page's size (the row after it only says a next page exists)."""
-        assert self._parts is not None
-        if self._done:
-            return []
-        part = await anext(self._parts, None)
-        if part is None:
-            self._done = True
-            return []
+        """The next part: a keyset query of its own (the page's order, after the last row sent), so
+        that no connection or transaction is held while a part waits for a slow client. Each part
+        sees the source as it is when read, as a client paging with cursors would."""
         room = self.root.limit - self._sent_rows
-        if len(part) > room:
-            self._has_next, self._done = True, True
-            part = part[:room]
+        if self._done or room <= 0:
+            return []
+        n = min(self.chunk_rows, room)
+        last_part = n == room
+        # The page's last part asks for one row more, to learn whether a next page exists.
+        query = replace(self.fetch.query, after=self._after, limit=n + 1 if last_part else n)
+        part = await self.sources.get(self.fetch.source).fetch(query)
+        if len(part) > n:
+            self._has_next = True
+            part = part[:n]
+        if len(part) < n or last_part:
+            self._done = True
         self._sent_rows += len(part)
         if part:
             self._last = part[-1]
+            self._after = self._last[self.root.order_by]
         return part
 
     def _describe(self, rows: list[Row]) -> dict[str, Any]:
@@ -126,21 +129,20 @@ class StreamedAnswer:
                                                self.hasher)),
                 "rows": {self.fetch.source: len(rows)}}
 
-    async def close(self) -> None:
-        if self._parts is not None:
-            await self._parts.aclose()  # type: ignore[attr-defined]
-
     async def body(self, record_part: PartRecorder, record_end: Callable[[int, list[str]], Awaitable[None]]
                    ) -> AsyncIterator[bytes]:
         """The JSON document, part by part. Raises (cutting the connection) when a part cannot be
         recorded or read.
 
         The waits overlap: while part k's record is being committed, part k is shaped and encoded
-        and part k+1 is read from the source; part k is sent only once its record is durable."""
+        and part k+1 is read from the source; part k is sent only once its record is durable. A part
+        read or recorded but not sent when the answer stops may therefore have a record (never the
+        reverse); the final record comes after every other record of the request."""
         key, shape = self.root.nodes[0]
         path = ((None, self.root.key), key)
         part = 1
         pending: list[asyncio.Task[Any]] = []
+        failure: str | None = None
         try:
             yield self._prefix()
             rows, self._first = self._first, []
@@ -154,26 +156,24 @@ class StreamedAnswer:
                 encoded = self._encode(shape, rows, path, first=False)
                 await recording
                 yield encoded
-            await record_end(part + 1, [])
-            yield self._suffix()
         except asyncio.CancelledError:  # the client went away: what it was sent is recorded already
-            # Shielded: under the server's cancelled scope every await would be cancelled again.
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await record_end(part + 1, ["CLIENT_DISCONNECTED"])
+            failure = "CLIENT_DISCONNECTED"
             raise
         except Exception as exc:
-            code = (exc.failure.value if isinstance(exc, SourceError)
-                    else exc.code.value if isinstance(exc, RequestError) else type(exc).__name__)
-            with contextlib.suppress(Exception):  # the audit store may be the very thing that failed
-                await record_end(part + 1, [code])
+            failure = (exc.failure.value if isinstance(exc, SourceError)
+                       else exc.code.value if isinstance(exc, RequestError) else type(exc).__name__)
             raise
         finally:
-            for task in pending:
-                if not task.done():
+            # Shielded: under the server's cancelled scope every await would be cancelled again.
+            with anyio.CancelScope(shield=True):
+                for task in pending:
                     task.cancel()
-            with anyio.CancelScope(shield=True):  # the cursor and its connection go back even on cancel
                 await asyncio.gather(*pending, return_exceptions=True)
-                await self.close()
+                if failure is not None:
+                    with contextlib.suppress(Exception):  # the audit store may be the very thing that failed
+                        await record_end(part + 1, [failure])
+        await record_end(part + 1, [])
+        yield self._suffix()
 
     def _encode(self, shape: Any, rows: list[Row], path: Any, *, first: bool) -> bytes:
         encoded = orjson.dumps(self.shaper.objs(shape, rows, path), option=orjson.OPT_NON_STR_KEYS)[1:-1]

@@ -11,8 +11,7 @@ Every value is a bound parameter; identifiers come only from the validated catal
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -44,7 +43,7 @@ class SQLConnector:
         #   server dropped fails its statement instead, and the read is retried once on a fresh one.
         # - hide_parameters: SQLAlchemy puts bound values into exception text; ours may be personal data.
         pool: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 0, "pool_timeout": timeout}
-        if url.startswith("sqlite") and ":memory:" in url:
+        if url.startswith("sqlite") and sa.engine.make_url(url).database in (None, "", ":memory:"):
             pool = {}  # one in-memory database, one connection (SQLAlchemy's StaticPool)
         self.engine: AsyncEngine = create_async_engine(url, hide_parameters=True, isolation_level="AUTOCOMMIT", **pool)
         self.dialect = self.engine.dialect.name
@@ -75,34 +74,6 @@ class SQLConnector:
                     # The server closed this pooled connection (restart, idle timeout): the pool has
                     # discarded it; a read is safe to repeat once on a new connection.
                     return await self._execute(stmt, values)
-        except Exception as exc:
-            raise self._failure(exc) from None
-
-    async def stream(self, query: SourceQuery, chunk_rows: int) -> AsyncIterator[list[Row]]:
-        """The query's rows in chunks of ``chunk_rows``, read from a server-side cursor as they are
-        consumed (one statement; memory bounded by a chunk). Each chunk must come within the source's
-        timeout. On PostgreSQL the cursor reads one REPEATABLE READ snapshot (asyncpg cursors need a
-        transaction); SQLite and MySQL/MariaDB read a statement's consistent snapshot anyway."""
-        stmt, values = self.cache.get(query, None)
-        self.statements += 1
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                conn = await stack.enter_async_context(self.engine.connect())
-                if self.dialect == "postgresql":
-                    conn = await conn.execution_options(isolation_level="REPEATABLE READ")
-                    await stack.enter_async_context(conn.begin())
-                async with asyncio.timeout(self.timeout):
-                    result = await conn.stream(stmt, values)
-                keys = tuple(result.keys())
-                parts = result.partitions(chunk_rows)
-                while True:
-                    async with asyncio.timeout(self.timeout):
-                        part = await anext(parts, None)
-                    if part is None:
-                        return
-                    yield [dict(zip(keys, r, strict=True)) for r in part]
-        except GeneratorExit:
-            raise
         except Exception as exc:
             raise self._failure(exc) from None
 

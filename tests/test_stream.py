@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from catalog.loader import load_catalog
 from catalog.model import DataType
+from demo.build import City
 from demo.server_thread import ServerThread
 from gateway.audit.errors import AuditUnavailable
 from gateway.audit.settings import AuditSettings
@@ -26,7 +27,7 @@ from gateway.config import Settings
 from gateway.context import RequestContext
 from gateway.pipeline import Gateway
 from policies.decide import Subject
-from tests.conftest import SQL_SOURCES, TESTER_SECRET
+from tests.conftest import SQL_SOURCES, TESTER_SECRET, load_sql_departments, throwaway_pg_database
 
 POLICY = Path(__file__).parent / "policy-tester.csv"
 PURPOSE = "subsistence-allowance-review"
@@ -109,10 +110,11 @@ def opened(gw: Gateway, body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mariadb"])
 async def test_a_streamed_page_is_the_whole_answer_and_each_part_is_recorded(
         backend: str, make_settings: Any, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    sources = dict.fromkeys(SQL_SOURCES, request.getfixturevalue("pg_url")) if backend == "postgresql" else None
+    database = {"postgresql": "pg_url", "mariadb": "mariadb_url"}.get(backend)
+    sources = dict.fromkeys(SQL_SOURCES, request.getfixturevalue(database)) if database else None
     settings = stream_settings(make_settings, tmp_path, sources)
     async with server(settings) as (url, token, gw):
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}", **HEADERS}) as c:
@@ -138,7 +140,7 @@ async def test_a_streamed_page_is_the_whole_answer_and_each_part_is_recorded(
         assert [sum(b["body"]["rows"].values()) for b in recs] == [300, 300, 300, 300, 0]
         named = set().union(*(b["body"]["subjects"] for b in recs))
         assert named == {gw.subjects.of_stored("id_number", i) for i in ids}
-        assert recs[-1]["body"]["outcome"] == "ok" and recs[0]["body"]["fields"]
+        assert recs[-1]["body"]["outcome"] == recs[0]["body"]["outcome"] == "ok" and recs[0]["body"]["fields"]
         # Parts are always recorded before they are sent: records are in chain order, part by part.
         assert [b["seq"] for b in recs] == sorted(b["seq"] for b in recs)
 
@@ -164,22 +166,26 @@ async def test_an_audit_failure_mid_stream_cuts_the_answer_after_the_recorded_pa
 
 
 async def test_a_source_failure_mid_stream_cuts_the_answer_and_is_recorded(
-        make_settings: Any, tmp_path: Path, pg_url: str) -> None:
-    settings = stream_settings(make_settings, tmp_path, dict.fromkeys(SQL_SOURCES, pg_url))
-    async with server(settings) as (url, token, _gw):
-        received = b""
-        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}", **HEADERS}) as c:
-            with pytest.raises(httpx.HTTPError):
-                async with c.stream("POST", "/graphql", json={"query": PAGE, "variables": {"n": 1200}}) as r:
-                    async for chunk in r.aiter_raw():
-                        if not received:  # the first part is out: the department's server drops the query
-                            await _terminate_streaming_backends(pg_url)
-                        received += chunk
-        with pytest.raises(orjson.JSONDecodeError):
-            orjson.loads(received)
-        final = [b["body"] for b in await records(settings) if b["body"].get("final")]
-        assert len(final) == 1 and final[0]["outcome"] == "failed"
-        assert final[0]["codes"][0] in ("SOURCE_UNAVAILABLE", "SOURCE_ERROR")
+        make_settings: Any, tmp_path: Path, city: City) -> None:
+    for db in throwaway_pg_database("hutong_stream"):  # its own database: its table goes away below
+        await load_sql_departments(city, db)
+        settings = stream_settings(make_settings, tmp_path, dict.fromkeys(SQL_SOURCES, db))
+        async with server(settings, delay=0.3) as (url, token, _gw):  # each part takes 0.3 s to record
+            received = b""
+            auth = {"Authorization": f"Bearer {token}", **HEADERS}
+            async with httpx.AsyncClient(base_url=url, headers=auth) as c:
+                with pytest.raises(httpx.HTTPError):
+                    async with c.stream("POST", "/graphql", json={"query": PAGE, "variables": {"n": 1200}}) as r:
+                        async for chunk in r.aiter_raw():
+                            if b'"idNumber"' in chunk and b'"idNumber"' not in received:
+                                await _drop_table(db)  # the first part is out: the department's table goes
+                            received += chunk
+            with pytest.raises(orjson.JSONDecodeError):
+                orjson.loads(received)
+            recs = [b["body"] for b in await records(settings)]
+            final = [b for b in recs if b.get("final")]
+            assert len(final) == 1 and final[0]["outcome"] == "failed" and final[0]["codes"] == ["SOURCE_ERROR"]
+            assert recs[-1] is final[0]  # the final record closes the request's records
 
 
 async def test_a_client_leaving_mid_stream_gives_the_connection_back_and_is_recorded(
@@ -205,16 +211,27 @@ async def test_a_client_leaving_mid_stream_gives_the_connection_back_and_is_reco
         assert len(final) == 1 and final[0]["codes"] == ["CLIENT_DISCONNECTED"]
 
 
-async def _terminate_streaming_backends(pg_url: str) -> None:
+async def test_a_page_beyond_max_nodes_is_refused_before_anything_is_sent(make_settings: Any, tmp_path: Path
+                                                                         ) -> None:
+    stores = tmp_path / "stores"
+    stores.mkdir()
+    settings = make_settings(None, stores=stores, policy=POLICY, max_limit=5000, stream_from=500, stream_chunk=300,
+                             max_nodes=700)
+    async with server(settings) as (url, token, _gw):
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}", **HEADERS}) as c:
+            r = await c.post("/graphql", json={"query": PAGE, "variables": {"n": 1200}})
+        assert r.status_code == 400 and r.json()["errors"][0]["extensions"]["code"] == "QUERY_TOO_COSTLY"
+        assert b'"idNumber"' not in r.content
+        assert not [b for b in await records(settings) if b["kind"] == "request-part"]
+
+
+async def _drop_table(url: str) -> None:
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    database = sa.engine.make_url(pg_url).database
-    engine = create_async_engine(pg_url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
     try:
         async with engine.connect() as conn:
-            await conn.execute(sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db "
-                "AND pid <> pg_backend_pid() AND query ILIKE '%resident%'"), {"db": database})
+            await conn.execute(sa.text("ALTER TABLE resident RENAME TO resident_gone"))
     finally:
         await engine.dispose()
 
