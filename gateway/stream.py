@@ -1,9 +1,11 @@
 """Stage 5, streamed: a large root page sent while it is read, each part audited before it leaves.
 
 A bulk page held whole costs memory in proportion to its rows three times over (fetched rows,
-shaped objects, JSON). A *streamable* request is instead read from a server-side cursor in parts
-of ``stream_chunk`` rows; each part is shaped, encoded and sent, and dropped: memory is bounded by
-a part, whatever the page size.
+shaped objects, JSON). A *streamable* request is instead read in parts of ``stream_chunk`` rows,
+each a keyset query of its own (the page's order, after the last row read), so no connection or
+transaction is held while a part waits for a slow client; each part is shaped, encoded, sent and
+dropped: memory is bounded by a part, whatever the page size. A part sees the source as it is when
+it is read, as a client paging with cursors would.
 
 Fail closed holds part by part. The request's own audit record (written by the HTTP layer before
 the first byte, with the first part's data subjects) and then one ``request-part`` record per
@@ -12,10 +14,11 @@ closes the request with its outcome. If a record cannot be written, or the sourc
 the answer stops and the connection is cut before the JSON document is complete, so no client
 can take a partial page for a whole one, and no record left unaccounted.
 
-What can stream: one data root, a page (``residents(limit: N) { nodes {...} }``) with N at least
-``stream_from``, from one SQL source, with plain fields only (no nested lists, no conditional
-fields, no withheld ones, one ``nodes`` selection, ``pageInfo`` after ``nodes``). Masks apply as
-usual. Anything else is answered whole by the usual stages.
+What can stream: one data root, a page (``residents(limit: N) { nodes {...} }``) with N from
+``stream_from`` to ``max_nodes``, with plain fields only (no nested lists, no conditional fields,
+no withheld ones, one ``nodes`` selection, ``pageInfo`` after ``nodes``). Masks apply as usual.
+Anything else is answered whole by the usual stages. With the default ``max_limit`` (1,000) no page
+is that large: streaming serves deployments that raise ``max_limit`` for bulk clients.
 """
 
 from __future__ import annotations

@@ -207,7 +207,7 @@ async def test_a_client_leaving_mid_stream_gives_the_connection_back_and_is_reco
             if final and pool.checkedout() == 0:
                 break
             await asyncio.sleep(0.05)
-        assert pool.checkedout() == 0  # the server-side cursor's connection is back in the pool
+        assert pool.checkedout() == 0  # the part being read when the client left gave its connection back
         assert len(final) == 1 and final[0]["codes"] == ["CLIENT_DISCONNECTED"]
 
 
