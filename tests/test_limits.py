@@ -1,0 +1,214 @@
+"""Limits (gateway/limits.py, cost.py, rate_limit.py): each refusal with its own code, the limit and
+its value; per-client overrides of the server's defaults; rate limits in memory and in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from catalog.loader import load_catalog
+from demo.server_thread import ServerThread
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.context import UNRESTRICTED, RequestContext
+from gateway.cost import DEFAULT_PER_KEY, estimate
+from gateway.limits import Limits, LimitSettings
+from gateway.pipeline import Gateway
+from gateway.rate_limit import MemoryRateLimiter, RedisRateLimiter
+from policies.decide import Subject
+from tests.conftest import served, service_unavailable
+
+POLICY = Path(__file__).parent / "policy-tester.csv"
+PURPOSE = "subsistence-allowance-review"
+TESTER = Subject("tester", "civil", frozenset({"tester"}))
+REDIS = "redis://127.0.0.1:6379/15"
+
+
+def settings_with(make_settings: Any, tmp_path: Path, limits: str, sources: dict[str, str] | None = None,
+                  **gateway: Any) -> Settings:
+    """A configuration over the test city with the tester's policy, its own stores, and ``limits``
+    (TOML text) appended."""
+    stores = tmp_path / "stores"
+    stores.mkdir(exist_ok=True)
+    path = make_settings(sources, stores=stores, policy=POLICY, **gateway).path
+    path.write_text(path.read_text(encoding="utf-8") + "\n" + limits, encoding="utf-8")
+    return load_settings(path, environ={})
+
+
+def code(r: httpx.Response) -> str:
+    return str(r.json()["errors"][0]["extensions"]["code"])
+
+
+@contextlib.asynccontextmanager
+async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    gw = Gateway(load_catalog(*settings.catalog), settings)
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.close()
+
+
+# --- configuration ------------------------------------------------------------------------------
+
+
+def test_limits_parse_with_per_client_overrides(make_settings: Any, tmp_path: Path) -> None:
+    s = settings_with(make_settings, tmp_path, '[limits]\nrate = 5\nburst = 7\nmax_cost = 900\n'
+                      '[limits.clients."street-office-app"]\nrate = 100\nintrospection = false\nmax_depth = 3\n',
+                      max_depth=9)
+    ls = LimitSettings.from_settings(s)
+    assert ls.defaults == Limits(max_depth=9, max_cost=900, rate=5.0, burst=7)
+    street = ls.of("street-office-app")
+    assert (street.rate, street.burst, street.max_cost, street.introspection, street.max_depth) == \
+        (100.0, 7, 900, False, 3)
+    assert ls.of("someone-else") is ls.defaults and ls.rate_store == "memory"
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("[limits]\nrates = 5\n", "unknown key(s) rates"),
+    ("[limits]\ncost_mode = \"warn\"\n", "cost_mode must be one of enforce, measure"),
+    ("[limits]\nmax_cost = -1\n", "max_cost must be positive"),
+    ("[limits]\nrequest_timeout = \"soon\"\n", "request_timeout must be a number"),
+    ("[limits]\nintrospection = 1\n", "introspection must be true or false"),
+    ("[limits]\nrate_store = \"memcached://x\"\n", "rate_store must be"),
+    ("[limits.clients.a]\nrate_store = \"memory\"\n", "[limits.clients.'a'] has unknown key(s) rate_store"),
+])
+def test_bad_limits_are_refused_naming_the_key(make_settings: Any, tmp_path: Path, text: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=None) as err:
+        LimitSettings.from_settings(settings_with(make_settings, tmp_path, "\n" + text))
+    assert words in str(err.value)
+
+
+# --- cost -------------------------------------------------------------------------------------------
+
+
+async def test_cost_is_estimated_from_limits_keys_and_hints(make_settings: Any, tmp_path: Path, city: Any) -> None:
+    async with gateway(settings_with(make_settings, tmp_path, "")) as gw:
+        assert estimate(gw.plan("{ residents(limit: 300) { nodes { idNumber } } }"), gw.catalog) == 300
+        # A nested list without a limit: DEFAULT_PER_KEY per parent; with one: its limit.
+        nested = "{ residents(limit: 40) { nodes { person { employments%s { id } } } } }"
+        assert estimate(gw.plan(nested % ""), gw.catalog) == 40 + 40 * DEFAULT_PER_KEY
+        assert estimate(gw.plan(nested % "(limit: 2)"), gw.catalog) == 40 + 40 * 2
+        # Keyed by the dataset's primary key: one record per key.
+        ids = [r["id_number"] for r in city.tables["psb"]["resident"][:2]]
+        q = "query($ids: [String!]!) { persons(idNumbers: $ids) { resident { name } } }"
+        assert estimate(gw.plan(q, None, {"ids": ids}), gw.catalog) == 2
+
+
+async def test_a_costly_query_is_refused_before_it_runs_unless_measured(make_settings: Any, tmp_path: Path) -> None:
+    query = "{ residents(limit: 500) { nodes { idNumber person { employments { id } } } } }"
+    enforce = settings_with(make_settings, tmp_path, "\n[limits]\nmax_cost = 1000\n")
+    async with gateway(enforce) as gw:
+        before = sum(gw.sources.statements().values())
+        out = await gw.run(query, context=UNRESTRICTED)
+        assert out.status == 400
+        err = out.body["errors"][0]
+        # 500 residents, and their jobs: 10 each, at most the catalogue's rows_hint for employments.
+        cost = 500 + min(500 * DEFAULT_PER_KEY, gw.catalog.datasets["hrss.employment"].rows_hint or 10**9)
+        assert err["extensions"]["code"] == "QUERY_TOO_COSTLY" and f"about {cost} records" in err["message"] \
+            and "max_cost (1000)" in err["message"]
+        assert sum(gw.sources.statements().values()) == before  # nothing ran
+        assert out.audit["cost"] == cost
+    measure = settings_with(make_settings, tmp_path, '\n[limits]\nmax_cost = 1000\ncost_mode = "measure"\n')
+    async with gateway(measure) as gw:
+        out = await gw.run(query, context=UNRESTRICTED)
+        assert out.status == 200 and "errors" not in out.body and out.audit["cost"] == cost
+
+
+async def test_depth_and_introspection_follow_the_clients_own_limits(make_settings: Any, tmp_path: Path) -> None:
+    s = settings_with(make_settings, tmp_path, '\n[limits.clients.tester]\nintrospection = false\nmax_depth = 2\n')
+    async with gateway(s) as gw:
+        ctx = RequestContext(TESTER, PURPOSE, "official-1", "CASE-1")
+        mine = gw.limits.of("tester")
+        out = await gw.run("{ __schema { queryType { name } } }", context=ctx, limits=mine)
+        assert out.status == 403 and out.body["errors"][0]["extensions"]["code"] == "INTROSPECTION_DISABLED"
+        assert (await gw.run("{ __schema { queryType { name } } }", context=ctx)).status == 200  # others may
+        deep = "{ residents(limit: 1) { nodes { person { resident { name } } } } }"
+        out = await gw.run(deep, context=ctx, limits=mine)
+        assert out.body["errors"][0]["extensions"]["code"] == "QUERY_TOO_DEEP" and "at most 2" in \
+            out.body["errors"][0]["message"]
+        assert (await gw.run(deep, context=ctx)).status == 200
+
+
+# --- over HTTP: rate, body, deadline -------------------------------------------------------------
+
+
+async def test_a_client_over_its_rate_gets_429_with_retry_after_and_is_recorded(make_settings: Any,
+                                                                                tmp_path: Path) -> None:
+    s = settings_with(make_settings, tmp_path, "\n[limits]\nrate = 1\nburst = 3\n")
+    async with served(s, PURPOSE) as (client, gw):
+        codes = []
+        for _ in range(5):
+            r = await client.post("/graphql", json={"query": "{ __typename }"})
+            codes.append(r.status_code)
+        assert codes == [200, 200, 200, 429, 429]
+        assert r.headers["retry-after"] == "1" and code(r) == "RATE_LIMITED"
+        assert "1 requests per second (burst 3)" in r.json()["errors"][0]["message"]
+        await asyncio.sleep(1.1)  # a token is back
+        assert (await client.post("/graphql", json={"query": "{ __typename }"})).status_code == 200
+        assert gw.audit_store is not None
+        _, refused = await gw.audit_store.search({"kind": "request", "client_id": "tester", "outcome": "rejected"})
+        assert refused >= 2
+
+
+async def test_body_size_and_deadline_are_the_clients_own(make_settings: Any, tmp_path: Path) -> None:
+    async def slow(_: Request) -> Response:  # a Housing service that takes its time
+        await asyncio.sleep(3)
+        return JSONResponse({"items": []})
+
+    app = Starlette(routes=[Route("/properties", slow), Route("/properties/_query", slow, methods=["POST"])])
+    with ServerThread(app) as housing:
+        s = settings_with(make_settings, tmp_path, "[limits.clients.tester]\nmax_body = 200\nrequest_timeout = 0.5\n",
+                          {"housing_api": housing.url})
+        async with served(s, PURPOSE) as (client, gw):
+            r = await client.post("/graphql", json={"query": "{ __typename }", "pad": "x" * 300})
+            assert r.status_code == 413 and code(r) == "REQUEST_TOO_LARGE" and "200 bytes (max_body)" in r.text
+            r = await client.post("/graphql", json={"query": "{ properties(limit: 5) { nodes { propertyId } } }"})
+            assert r.status_code == 504 and code(r) == "REQUEST_TIMEOUT" and "0.5 s (request_timeout)" in r.text
+            assert gw.audit_store is not None
+            records, _ = await gw.audit_store.search({"kind": "request", "client_id": "tester"}, 1)
+            assert records[0]["body"]["status"] == 504 and records[0]["body"]["codes"] == ["REQUEST_TIMEOUT"]
+
+
+# --- the limiters on their own ---------------------------------------------------------------------
+
+
+async def test_memory_buckets_refill_at_the_rate() -> None:
+    now = [0.0]
+    limiter = MemoryRateLimiter(clock=lambda: now[0])
+    assert [await limiter.take("a", 2.0, 2) for _ in range(3)] == [0.0, 0.0, 0.5]
+    assert await limiter.take("b", 2.0, 2) == 0.0  # buckets are per client
+    now[0] = 0.5
+    assert await limiter.take("a", 2.0, 2) == 0.0 and await limiter.take("a", 2.0, 2) == pytest.approx(0.5)
+
+
+async def test_redis_shares_one_bucket_between_workers_and_fails_open() -> None:
+    client_id = f"c-{uuid.uuid4().hex[:8]}"
+    a, b = RedisRateLimiter(REDIS), RedisRateLimiter(REDIS)
+    try:
+        try:
+            await a.client.ping()
+        except Exception as exc:
+            service_unavailable("Redis at 127.0.0.1:6379", exc)
+        waits = [await (a if i % 2 else b).take(client_id, 1.0, 4) for i in range(6)]
+        assert waits[:4] == [0.0] * 4 and all(w > 0 for w in waits[4:])  # one bucket for both "workers"
+        assert a.status() == {"store": "redis", "status": "ok"}
+    finally:
+        await a.close()
+        await b.close()
+    down = RedisRateLimiter("redis://127.0.0.1:9/0", timeout=0.2)  # nothing listens there
+    try:
+        assert [await down.take("x", 1.0, 2) for _ in range(3)][:2] == [0.0, 0.0]  # limited per worker instead
+        assert down.status() == {"store": "redis", "status": "degraded"}
+    finally:
+        await down.close()
