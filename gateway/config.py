@@ -38,6 +38,8 @@ class Settings:
     max_nodes: int = 200_000  # objects in one response
     stream_from: int = 5000  # a flat root page of this limit or more is streamed (gateway/stream.py)
     stream_chunk: int = 2000  # rows per streamed part (and per audit record of the stream)
+    circuit_failures: int = 5  # a source failing this many times in a row is not asked ...
+    circuit_open_seconds: int = 10  # ... for this long, then probed (resolvers/breaker.py)
     source_urls: dict[str, str] = field(default_factory=dict)  # per-source URL overrides
     demo: bool = False  # demo mode: the documented demo credentials are accepted only here
     auth: dict[str, Any] = field(default_factory=dict)  # the [auth] section, read by gateway.auth.settings
@@ -72,7 +74,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
                           "[console], [limits]")
     gw: dict[str, Any] = raw.get("gateway", {})
     known = {"catalog", "demo", "host", "port", "debug", "default_limit", "max_limit", "max_keys", "max_depth",
-             "max_rows", "max_nodes", "stream_from", "stream_chunk"}
+             "max_rows", "max_nodes", "stream_from", "stream_chunk", "circuit_failures", "circuit_open_seconds"}
     unknown = sorted(set(gw) - known)
     if unknown:
         raise ConfigError(f"{cfg_path}: [gateway] has unknown key(s) {', '.join(unknown)}; "
@@ -115,6 +117,8 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         max_nodes=num("max_nodes", 200_000),
         stream_from=num("stream_from", 5000),
         stream_chunk=num("stream_chunk", 2000),
+        circuit_failures=num("circuit_failures", 5),
+        circuit_open_seconds=num("circuit_open_seconds", 10),
         source_urls=overrides,
         demo=gw.get("demo", False) is True,
         auth=dict(raw.get("auth", {})),

@@ -54,7 +54,7 @@ async def execute(plan: Plan, sources: Sources) -> dict[int, FetchResult]:
             return FetchResult(f, rows=[])
         started = time.perf_counter()
         try:
-            rows = await sources.get(f.source).fetch(query)
+            rows = await sources.fetch(f.source, query)
         except SourceError as exc:
             log.warning("fetch %d (%s) failed: %s %s", f.id, f.dataset, exc.failure.value, exc.message)
             return FetchResult(f, error=exc, ms=(time.perf_counter() - started) * 1000)

@@ -30,6 +30,7 @@ from gateway.auth.errors import AuthError
 from gateway.context import RequestContext, context_from_headers
 from gateway.errors import Code, GraphQLErrorOut, RequestError
 from gateway.explorer import explorer_page, wants_explorer
+from gateway.limits import Limits
 from gateway.logs import where
 from gateway.pipeline import Gateway, Outcome
 from gateway.stream import StreamedAnswer
@@ -66,7 +67,11 @@ def json_response(body: Any, status: int = 200, media_type: str = JSON,
     return Response(content, status_code=status, media_type=f"{media_type}; charset=utf-8", headers=headers)
 
 
-async def _params(request: Request, max_body: int = MAX_BODY) -> tuple[Any, Any, Any]:
+Operation = tuple[Any, Any, Any]  # query, operationName, variables
+
+
+async def _params(request: Request, max_body: int = MAX_BODY, max_operations: int = 1) -> list[Operation] | Operation:
+    """One operation, or (a JSON array in the body) a batch of at most ``max_operations``."""
     if request.method == "GET":
         qp = request.query_params
         variables: Any = None
@@ -101,7 +106,15 @@ async def _params(request: Request, max_body: int = MAX_BODY) -> tuple[Any, Any,
     except orjson.JSONDecodeError as exc:
         raise RequestError(Code.BAD_REQUEST, f"the request body is not valid JSON ({exc.args[0]})") from None
     if isinstance(body, list):
-        raise RequestError(Code.BAD_REQUEST, "batched requests (a JSON array) are not accepted: send one object")
+        if max_operations <= 1:
+            raise RequestError(Code.TOO_MANY_OPERATIONS, "batched requests (a JSON array) are not accepted from "
+                               "this client (max_operations = 1): send one operation per request")
+        if not body or len(body) > max_operations:
+            raise RequestError(Code.TOO_MANY_OPERATIONS, f"a batch holds 1 to {max_operations} operations "
+                               f"(max_operations), this one {len(body)}: split it")
+        if not all(isinstance(op, dict) for op in body):
+            raise RequestError(Code.BAD_REQUEST, "every operation of a batch must be a JSON object with a 'query'")
+        return [(op.get("query"), op.get("operationName"), op.get("variables")) for op in body]
     if not isinstance(body, dict):
         raise RequestError(Code.BAD_REQUEST, "the request body must be a JSON object with a 'query' string")
     return body.get("query"), body.get("operationName"), body.get("variables")
@@ -161,7 +174,10 @@ async def graphql_endpoint(request: Request) -> Response:
         # The deadline covers reading the body, planning, the sources, consent and shaping; the audit
         # record of a request cut by it is still written (below), durable before the 504 leaves.
         async with asyncio.timeout(limits.request_timeout):
-            query, operation_name, variables = await _params(request, limits.max_body)
+            params = await _params(request, limits.max_body, limits.max_operations)
+            if isinstance(params, list):
+                return await _batch(request, record, params, limits, media, headers)
+            query, operation_name, variables = params
             outcome = await gateway.run(query, operation_name, variables, context=context, method=request.method,
                                         stream=True, limits=limits)
     except TimeoutError:
@@ -180,11 +196,64 @@ async def graphql_endpoint(request: Request) -> Response:
     if outcome.stream is not None:
         return await record.streamed(outcome.stream, media=media, headers=headers)
     status = outcome.status
-    if media == JSON and status == 400 and _code(outcome.body) != Code.BAD_REQUEST.value:
+    if media == JSON and status == 400 and _code(outcome.body) not in _HTTP_LEVEL:
         status = 200  # application/json clients expect 200 for any well-formed GraphQL request
     response = json_response(outcome.body, status, media, {**headers, **outcome.headers})
     return await record.then(response, status=outcome.status, body=outcome.body, audit=outcome.audit,
                              media=media, headers=headers)
+
+
+async def _batch(request: Request, first: _Recorder, operations: list[Operation], limits: Limits, media: str,
+                 headers: dict[str, str]) -> Response:
+    """A batch: each operation answered and recorded as a request of its own (request id ``ID-1``,
+    ``ID-2``, ...), one after another, under the request's deadline; the answers as a JSON array.
+    Each operation beyond the first spends a token of the client's rate; if any record cannot be
+    written, no answer leaves."""
+    gateway: Gateway = request.app.state.gateway
+    assert first.subject is not None
+    subject = first.subject
+    if limits.rate_limited:
+        for _ in operations[1:]:
+            wait = await request.app.state.rate_limiter.take(subject.client_id, limits.rate, limits.burst)
+            if wait > 0:
+                retry = str(max(1, math.ceil(wait)))
+                err = GraphQLErrorOut(f"a batch of {len(operations)} operations is {len(operations)} requests: more "
+                                      f"than this client's {limits.rate:g} per second (burst {limits.burst}) allow; "
+                                      f"retry after {retry} s", Code.RATE_LIMITED)
+                body = {"errors": [err.to_dict()]}
+                return await first.then(json_response(body, 429, media, {**headers, "Retry-After": retry}),
+                                        status=429, body=body, audit={}, media=media, headers=headers)
+    bodies: list[dict[str, Any]] = []
+    for i, (query, operation_name, variables) in enumerate(operations, 1):
+        recorder = _Recorder(request, f"{first.request_id}-{i}", time.perf_counter())
+        recorder.subject = subject
+
+        def context(data_request: bool, recorder: _Recorder = recorder) -> RequestContext:
+            ctx = context_from_headers(request.headers, subject, gateway.catalog, data_request=data_request,
+                                       reject_default=gateway.policy.reject_unauthorized,
+                                       request_id=recorder.request_id)
+            recorder.context = ctx
+            return ctx
+
+        try:
+            outcome = await gateway.run(query, operation_name, variables, context=context, limits=limits)
+        except RequestError as exc:
+            outcome = Outcome(exc.status, {"errors": [e.to_dict() for e in exc.errors]}, None, exc.headers)
+        except Exception as exc:
+            log.error("request %s failed: %s at %s", recorder.request_id, type(exc).__name__, where(exc))
+            err = GraphQLErrorOut(f"internal error; quote request id {recorder.request_id} to the operators",
+                                  Code.INTERNAL_SERVER_ERROR)
+            outcome = Outcome(500, {"errors": [err.to_dict()]}, audit=getattr(exc, "audit", {}))
+        if not await recorder.write(outcome.status, outcome.body, outcome.audit):
+            return _audit_unavailable(media, headers)
+        bodies.append(outcome.body)
+    return json_response(bodies, 200, media, headers)
+
+
+def _audit_unavailable(media: str, headers: dict[str, str]) -> Response:
+    err = GraphQLErrorOut("the audit log cannot record this request, so it is not answered: retry later",
+                          Code.AUDIT_UNAVAILABLE)
+    return json_response({"errors": [err.to_dict()]}, 503, media, {**headers, "Retry-After": "5"})
 
 
 class _Recorder:
@@ -199,16 +268,19 @@ class _Recorder:
 
     async def then(self, response: Response, *, status: int, body: dict[str, Any], audit: dict[str, Any],
                    media: str, headers: dict[str, str]) -> Response:
-        entry = self._entry(status, body, audit)
-        try:
-            await self.request.app.state.audit.append("request", entry)
-        except AuditUnavailable:
-            # X-Road's rule: no record, no data. The answer is withheld, and the client may retry.
-            log.error("request %s: audit record not written; answer withheld", self.request_id)
-            err = GraphQLErrorOut("the audit log cannot record this request, so it is not answered: retry later",
-                                  Code.AUDIT_UNAVAILABLE)
-            return json_response({"errors": [err.to_dict()]}, 503, media, {**headers, "Retry-After": "5"})
+        if not await self.write(status, body, audit):
+            return _audit_unavailable(media, headers)
         return response
+
+    async def write(self, status: int, body: dict[str, Any], audit: dict[str, Any]) -> bool:
+        """The request's record, durable; False if it could not be written (then no answer may leave:
+        X-Road's rule, no record, no data)."""
+        try:
+            await self.request.app.state.audit.append("request", self._entry(status, body, audit))
+        except AuditUnavailable:
+            log.error("request %s: audit record not written; answer withheld", self.request_id)
+            return False
+        return True
 
 
     async def streamed(self, answer: StreamedAnswer, *, media: str, headers: dict[str, str]) -> Response:
@@ -220,9 +292,7 @@ class _Recorder:
             await audit.append("request", entry)
         except AuditUnavailable:
             log.error("request %s: audit record not written; answer withheld", self.request_id)
-            err = GraphQLErrorOut("the audit log cannot record this request, so it is not answered: retry later",
-                                  Code.AUDIT_UNAVAILABLE)
-            return json_response({"errors": [err.to_dict()]}, 503, media, {**headers, "Retry-After": "5"})
+            return _audit_unavailable(media, headers)
 
         async def record_part(part: int, subjects: set[str], rows: dict[str, int]) -> None:
             await audit.append("request-part", part_record(entry, part=part, subjects=subjects, rows=rows, final=False))
@@ -248,6 +318,10 @@ class _Recorder:
             acting_user=ctx.acting_user if ctx else None, case_id=ctx.case_id if ctx else None, purpose=purpose,
             legal_basis=gateway.catalog.purposes[purpose].legal_basis if purpose in gateway.catalog.purposes else None,
             status=status, body=body, audit=audit, latency_ms=(time.perf_counter() - self.started) * 1000)
+
+
+# Refusals of the HTTP request itself, not of a GraphQL operation: 400 whatever the client accepts.
+_HTTP_LEVEL = (Code.BAD_REQUEST.value, Code.TOO_MANY_OPERATIONS.value)
 
 
 def _code(body: dict[str, Any]) -> str | None:

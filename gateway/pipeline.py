@@ -89,7 +89,9 @@ class Gateway:
         self.settings = settings
         self.built: BuiltSchema = build_schema(catalog)
         self.documents = DocumentCache(self.built.graphql)
-        self.sources = sources or Sources(catalog, settings.base_dir, settings.source_urls)
+        self.sources = sources or Sources(catalog, settings.base_dir, settings.source_urls,
+                                          circuit_failures=settings.circuit_failures,
+                                          circuit_open_seconds=settings.circuit_open_seconds)
         self.policy = PolicySettings.from_settings(settings)
         self.store = open_policy_store(settings, catalog)
         self.decider = Decider(self.store, catalog)

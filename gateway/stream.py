@@ -115,7 +115,7 @@ class StreamedAnswer:
         last_part = n == room
         # The page's last part asks for one row more, to learn whether a next page exists.
         query = replace(self.fetch.query, after=self._after, limit=n + 1 if last_part else n)
-        part = await self.sources.get(self.fetch.source).fetch(query)
+        part = await self.sources.fetch(self.fetch.source, query)
         if len(part) > n:
             self._has_next = True
             part = part[:n]

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from catalog.loader import expand_env
 from catalog.model import Catalog, Source
-from resolvers.base import Connector
+from resolvers.base import Connector, Row
+from resolvers.breaker import Breaker
 from resolvers.errors import SourceError, SourceFailure
+from resolvers.query import SourceQuery
 from resolvers.rest import RESTConnector
 from resolvers.sql import SQLConnector
 
@@ -40,11 +42,17 @@ def resolve_url(source: Source, base_dir: Path, override: str | None = None) -> 
 class Sources:
     """Connectors by source code, created lazily on first use and closed together."""
 
-    def __init__(self, catalog: Catalog, base_dir: Path, overrides: Mapping[str, str] | None = None) -> None:
+    def __init__(self, catalog: Catalog, base_dir: Path, overrides: Mapping[str, str] | None = None, *,
+                 circuit_failures: int = 5, circuit_open_seconds: float = 10.0) -> None:
         self.catalog = catalog
         self.base_dir = base_dir
         self.overrides = dict(overrides or {})
         self._connectors: dict[str, Connector] = {}
+        self.breakers = {code: Breaker(code, circuit_failures, circuit_open_seconds) for code in catalog.sources}
+
+    async def fetch(self, code: str, query: SourceQuery) -> list[Row]:
+        """Run ``query`` in source ``code``, through its circuit breaker (resolvers/breaker.py)."""
+        return await self.breakers[code].call(lambda: self.get(code).fetch(query))
 
     def get(self, code: str) -> Connector:
         conn = self._connectors.get(code)
@@ -82,8 +90,9 @@ class Sources:
             try:
                 await self.get(code).ping()
             except SourceError as exc:
-                return code, {"status": exc.failure.value, "kind": src.kind, "detail": exc.message}
-            return code, {"status": "ok", "kind": src.kind}
+                return code, {"status": exc.failure.value, "kind": src.kind, "detail": exc.message,
+                              **self.breakers[code].status()}
+            return code, {"status": "ok", "kind": src.kind, **self.breakers[code].status()}
 
         return dict(await asyncio.gather(*(one(code) for code in sorted(self.catalog.sources))))
 

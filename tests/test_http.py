@@ -66,7 +66,7 @@ async def test_parse_error(client: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize(("content", "ctype", "status", "code", "words"), [
     (b'{"query": ', "application/json", 400, "BAD_REQUEST", "not valid JSON"),
-    (b"[]", "application/json", 400, "BAD_REQUEST", "batched requests"),
+    (b"[]", "application/json", 400, "TOO_MANY_OPERATIONS", "max_operations = 1"),
     (b'"{ x }"', "application/json", 400, "BAD_REQUEST", "must be a JSON object"),
     (b"{}", "application/json", 400, "BAD_REQUEST", "has no query"),
     (b'{"query": "{ __typename }", "variables": [1]}', "application/json", 400, "BAD_REQUEST", "variables must be"),

@@ -180,6 +180,24 @@ async def test_body_size_and_deadline_are_the_clients_own(make_settings: Any, tm
             assert records[0]["body"]["status"] == 504 and records[0]["body"]["codes"] == ["REQUEST_TIMEOUT"]
 
 
+async def test_a_batch_is_answered_operation_by_operation_each_recorded(make_settings: Any, tmp_path: Path) -> None:
+    s = settings_with(make_settings, tmp_path, "[limits.clients.tester]\nmax_operations = 3\n")
+    async with served(s, PURPOSE) as (client, gw):
+        batch = [{"query": "{ residents(limit: 2) { nodes { idNumber } } }"},
+                 {"query": "query Q($n: Int) { residents(limit: $n) { nodes { name } } }", "variables": {"n": 1}},
+                 {"query": "{ nope }"}]
+        r = await client.post("/graphql", json=batch, headers={"x-request-id": "batch-1"})
+        assert r.status_code == 200
+        answers = r.json()
+        assert len(answers[0]["data"]["residents"]["nodes"]) == 2 and len(answers[1]["data"]["residents"]["nodes"]) == 1
+        assert answers[2]["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+        assert gw.audit_store is not None
+        records, _ = await gw.audit_store.search({"kind": "request", "client_id": "tester"}, 10)
+        assert sorted(r["body"]["request_id"] for r in records[:3]) == ["batch-1-1", "batch-1-2", "batch-1-3"]
+        r = await client.post("/graphql", json=batch + batch[:1])
+        assert r.status_code == 400 and code(r) == "TOO_MANY_OPERATIONS" and "1 to 3 operations" in r.text
+
+
 # --- the limiters on their own ---------------------------------------------------------------------
 
 

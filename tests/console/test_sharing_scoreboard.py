@@ -438,7 +438,7 @@ def test_each_source_query_is_timed_and_its_failures_recorded(catalog: Catalog) 
         fetch(3, "hrss.pension", "hrss_db", parent=1),
         fetch(4, "mr.business", "mr_register", parent=3),  # its parent failed: never asked
     ])
-    results = arun(execute(plan, SimpleNamespace(get=sources.__getitem__)))  # type: ignore[arg-type]
+    results = arun(execute(plan, SimpleNamespace(fetch=lambda code, q: sources[code].fetch(q))))  # type: ignore[arg-type]
     assert results[1].ms is not None and results[1].ms >= 15 and results[3].ms is not None and results[4].ms is None
     audit = returned(results, catalog, SubjectHasher(b"k"))
     assert audit["rows"] == {"psb_registry": 2}  # unchanged: rows of the fetches that answered
