@@ -7,7 +7,7 @@ HUTONG_PORT ?= 8000
 HOUSING_PORT ?= 8001
 export HUTONG_HOUSING_PORT = $(HOUSING_PORT)
 
-.PHONY: demo test lint venv demo-data bench clean e2e-deps bench-deps
+.PHONY: demo test lint venv demo-data bench clean e2e-deps bench-deps loadtest
 
 # The virtual environment is rebuilt when pyproject.toml changes.
 $(BIN)/hutong: pyproject.toml
@@ -56,6 +56,11 @@ bench-deps:
 
 bench: venv bench-deps
 	$(BIN)/python -m bench.suite $(BENCH_ARGS)
+
+# Sustained load for minutes (bench/loadtest.py): rate held, p50/p99, no error, every answered
+# request recorded, no memory growth. LOADTEST_ARGS="--minutes 10 --backend postgresql" for more.
+loadtest: venv bench-deps
+	$(BIN)/python -m bench.loadtest $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) demo/data demo/run artifacts

@@ -3,6 +3,7 @@
 ```toml
 [limits]
 max_cost = 100000         # estimated rows a request may fetch (gateway/cost.py), before anything runs
+max_fetches = 50          # source queries one request may plan (a hundred aliased roots are a hundred)
 cost_mode = "enforce"     # or "measure": estimate, log and record, refuse nothing
 rate = 50                 # requests per second per client, sustained ...
 burst = 100               # ... and at once (a token bucket); 0 turns rate limiting off
@@ -39,6 +40,7 @@ class Limits:
     """The limits in force for one client."""
 
     max_depth: int = 12
+    max_fetches: int = 50  # source queries one request may plan (aliases multiply them)
     max_cost: int = 100_000
     cost_mode: str = "enforce"
     rate: float = 50.0

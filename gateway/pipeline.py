@@ -276,6 +276,10 @@ class Gateway:
                                "operators", 403)
         if not plan.fetches:
             return
+        if len(plan.fetches) > limits.max_fetches:
+            raise RequestError(Code.QUERY_TOO_COSTLY, f"the query needs {len(plan.fetches)} source queries, more than "
+                               f"this client's max_fetches ({limits.max_fetches}): ask for fewer lists or aliases, or "
+                               "split the query", 400)
         cost = estimate(plan, self.catalog)
         audit["cost"] = cost
         if cost > limits.max_cost:
