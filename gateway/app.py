@@ -30,7 +30,7 @@ from gateway.console.settings import ConsoleSettings
 from gateway.explorer import explorer_routes
 from gateway.http import graphql_endpoint, json_response
 from gateway.pipeline import Gateway
-from gateway.rate_limit import open_rate_limiter
+from gateway.rate_limit import MemoryRateLimiter, open_rate_limiter
 
 __all__ = ["create_app"]
 
@@ -57,6 +57,20 @@ async def readyz(request: Request) -> Response:
     # A degraded rate limit store does not make the gateway unready: limits fall back per worker.
     return json_response({"status": "ok" if ready else "degraded", "sources": sources, "policy": policy,
                           "rate_limits": request.app.state.rate_limiter.status()}, 200 if ready else 503)
+
+
+async def _check_limit_clients(gw: Gateway, identity: AuthService) -> None:
+    """A [limits.clients] section for a client the store does not know is most likely a typo: say so."""
+    if not gw.limits.clients:
+        return
+    try:
+        known = {c.client_id for c in await identity.store.list()}
+    except Exception:  # the store is checked elsewhere; this is advice only
+        return
+    unknown = sorted(set(gw.limits.clients) - known)
+    if unknown:
+        log.warning("[limits.clients] names client(s) not registered here: %s (check the ids; clients of an "
+                    "external identity provider are fine)", ", ".join(unknown))
 
 
 def catalogue_digest(catalog: Catalog) -> str:
@@ -94,6 +108,7 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
             await gw.start()
             stack.push_async_callback(identity.close)
             await identity.start()
+            await _check_limit_clients(gw, identity)
             stack.push_async_callback(accounts.close)
             stack.push_async_callback(app.state.rate_limiter.close)
             await accounts.init()
@@ -125,6 +140,7 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
     app.state.auth = identity
     app.state.audit = trail
     app.state.rate_limiter = open_rate_limiter(gw.limits.rate_store)
+    app.state.auth_failures = MemoryRateLimiter()  # per caller address: bad tokens only (gateway/http.py)
     gw.audit_store = getattr(trail, "store", None)
     gw.audit_writer = trail
     gw.clients = getattr(identity, "store", None)

@@ -33,6 +33,7 @@ from gateway.explorer import explorer_page, wants_explorer
 from gateway.limits import Limits
 from gateway.logs import where
 from gateway.pipeline import Gateway, Outcome
+from gateway.rate_limit import MemoryRateLimiter
 from gateway.stream import StreamedAnswer
 from policies.decide import Subject
 
@@ -143,9 +144,19 @@ async def graphql_endpoint(request: Request) -> Response:
         return json_response({"errors": [err.to_dict()]}, 406, JSON, headers)
 
     record = _Recorder(request, request_id, started)
+    address = f"address:{request.client.host if request.client else '-'}"
+    failures: MemoryRateLimiter = request.app.state.auth_failures
+    wait = failures.wait_now(address, gateway.limits.failed_auth_rate, gateway.limits.failed_auth_burst)
+    if wait > 0:  # this address keeps sending bad tokens: refused before any check, and not recorded again
+        retry = str(max(1, math.ceil(wait)))
+        err = GraphQLErrorOut(f"too many requests with an invalid access token from this address: retry after {retry} "
+                              "s with a valid one", Code.RATE_LIMITED)
+        return json_response({"errors": [err.to_dict()]}, 429, media, {**headers, "Retry-After": retry})
     try:
         identity = await request.app.state.auth.authenticate(request)
     except AuthError as exc:
+        if failures.take_now(address, gateway.limits.failed_auth_rate, gateway.limits.failed_auth_burst) > 0:
+            log.warning("%s: too many requests with invalid tokens; refusing it until its bucket refills", address)
         response = auth_error_response(exc, media)
         response.headers.update(headers)
         refused = {"errors": [{"extensions": {"code": Code.UNAUTHENTICATED.value}}]}
@@ -170,20 +181,20 @@ async def graphql_endpoint(request: Request) -> Response:
         record.context = ctx
         return ctx
 
+    params: list[Operation] | Operation | None = None
+    audit: dict[str, Any] = {}
     try:
-        # The deadline covers reading the body, planning, the sources, consent and shaping; the audit
-        # record of a request cut by it is still written (below), durable before the 504 leaves.
-        async with asyncio.timeout(limits.request_timeout):
+        # The deadline covers reading the body, planning, the sources and consent (lifted once consent
+        # uses are counted); the record of a request it stops keeps what was asked, durable before the 504.
+        async with asyncio.timeout(limits.request_timeout) as deadline:
             params = await _params(request, limits.max_body, limits.max_operations)
-            if isinstance(params, list):
-                return await _batch(request, record, params, limits, media, headers)
-            query, operation_name, variables = params
-            outcome = await gateway.run(query, operation_name, variables, context=context, method=request.method,
-                                        stream=True, limits=limits)
+            if not isinstance(params, list):
+                query, operation_name, variables = params
+                outcome = await gateway.run(query, operation_name, variables, context=context,
+                                            method=request.method, stream=True, limits=limits, deadline=deadline,
+                                            audit=audit)
     except TimeoutError:
-        err = GraphQLErrorOut(f"the request took longer than {limits.request_timeout:g} s (request_timeout) and was "
-                              "stopped: ask for less, or retry later", Code.REQUEST_TIMEOUT)
-        outcome = Outcome(504, {"errors": [err.to_dict()]}, None)
+        outcome = Outcome(504, {"errors": [_timed_out(limits).to_dict()]}, None, audit=audit)
     except RequestError as exc:
         outcome = Outcome(exc.status, {"errors": [e.to_dict() for e in exc.errors]}, None, exc.headers)
     except Exception as exc:
@@ -193,6 +204,8 @@ async def graphql_endpoint(request: Request) -> Response:
                               Code.INTERNAL_SERVER_ERROR)
         outcome = Outcome(500, {"errors": [err.to_dict()]}, audit=getattr(exc, "audit", {}))
 
+    if isinstance(params, list):  # a batch: each operation under its own deadline
+        return await _batch(request, record, params, limits, media, headers)
     if outcome.stream is not None:
         return await record.streamed(outcome.stream, media=media, headers=headers)
     status = outcome.status
@@ -206,7 +219,7 @@ async def graphql_endpoint(request: Request) -> Response:
 async def _batch(request: Request, first: _Recorder, operations: list[Operation], limits: Limits, media: str,
                  headers: dict[str, str]) -> Response:
     """A batch: each operation answered and recorded as a request of its own (request id ``ID-1``,
-    ``ID-2``, ...), one after another, under the request's deadline; the answers as a JSON array.
+    ``ID-2``, ...), one after another, each under its own deadline; the answers as a JSON array.
     Each operation beyond the first spends a token of the client's rate; if any record cannot be
     written, no answer leaves."""
     gateway: Gateway = request.app.state.gateway
@@ -235,8 +248,13 @@ async def _batch(request: Request, first: _Recorder, operations: list[Operation]
             recorder.context = ctx
             return ctx
 
+        audit: dict[str, Any] = {}
         try:
-            outcome = await gateway.run(query, operation_name, variables, context=context, limits=limits)
+            async with asyncio.timeout(limits.request_timeout) as deadline:
+                outcome = await gateway.run(query, operation_name, variables, context=context, limits=limits,
+                                            deadline=deadline, audit=audit)
+        except TimeoutError:
+            outcome = Outcome(504, {"errors": [_timed_out(limits).to_dict()]}, None, audit=audit)
         except RequestError as exc:
             outcome = Outcome(exc.status, {"errors": [e.to_dict() for e in exc.errors]}, None, exc.headers)
         except Exception as exc:
@@ -248,6 +266,11 @@ async def _batch(request: Request, first: _Recorder, operations: list[Operation]
             return _audit_unavailable(media, headers)
         bodies.append(outcome.body)
     return json_response(bodies, 200, media, headers)
+
+
+def _timed_out(limits: Limits) -> GraphQLErrorOut:
+    return GraphQLErrorOut(f"the request took longer than {limits.request_timeout:g} s (request_timeout) and was "
+                           "stopped: ask for less, or retry later", Code.REQUEST_TIMEOUT)
 
 
 def _audit_unavailable(media: str, headers: dict[str, str]) -> Response:

@@ -6,12 +6,14 @@ max_cost = 100000         # estimated rows a request may fetch (gateway/cost.py)
 max_fetches = 50          # source queries one request may plan (a hundred aliased roots are a hundred)
 cost_mode = "enforce"     # or "measure": estimate, log and record, refuse nothing
 rate = 50                 # requests per second per client, sustained ...
-burst = 100               # ... and at once (a token bucket); 0 turns rate limiting off
+burst = 100               # ... and at once (a token bucket); rate or burst 0: no rate limit at all
 rate_store = "memory"     # or redis://host:6379/0: one limit shared by every worker and replica
 request_timeout = 30      # seconds for a whole request, sources included (REQUEST_TIMEOUT)
 max_body = 1048576        # bytes of a request body (REQUEST_TOO_LARGE)
 max_operations = 1        # operations in one batched request (a JSON array); 1: no batching
 introspection = true      # __schema and __type queries
+failed_auth_rate = 1      # requests with a bad token per second per address, sustained ...
+failed_auth_burst = 20    # ... and at once: beyond, 429 before the token is even checked
 
 [limits.clients."street-office-app"]   # any of the keys above but rate_store, for one client
 rate = 200
@@ -24,6 +26,7 @@ refusal has its own ``extensions.code`` and says which limit and its value; see 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -56,7 +59,7 @@ class Limits:
 
 
 _PER_CLIENT = {f.name for f in fields(Limits)}
-_KNOWN = _PER_CLIENT | {"rate_store", "clients"}
+_KNOWN = _PER_CLIENT | {"rate_store", "clients", "failed_auth_rate", "failed_auth_burst"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,10 @@ class LimitSettings:
     defaults: Limits
     rate_store: str = "memory"
     clients: dict[str, Limits] = field(default_factory=dict)
+    # Requests whose token fails, per caller address: past the burst they are refused (429) before
+    # any token is checked or recorded, so a flood of junk tokens costs neither CPU nor audit writes.
+    failed_auth_rate: float = 1.0
+    failed_auth_burst: int = 20
 
     def of(self, client_id: str | None) -> Limits:
         return self.clients.get(client_id or "", self.defaults)
@@ -97,7 +104,13 @@ class LimitSettings:
                 raise ConfigError(f"{where} has unknown key(s) {', '.join(bad)}; "
                                   f"known: {', '.join(sorted(_PER_CLIENT))}")
             clients[str(client_id)] = _limits(defaults, entry, where)
-        return cls(defaults, store, clients)
+        try:
+            auth = _limits(Limits(rate=1.0, burst=20), {k.removeprefix("failed_auth_"): v for k, v in raw.items()
+                                                         if k.startswith("failed_auth_")}, at)
+        except ConfigError as exc:  # name the keys as written
+            raise ConfigError(str(exc).replace(": rate ", ": failed_auth_rate ")
+                              .replace(": burst ", ": failed_auth_burst ")) from None
+        return cls(defaults, store, clients, auth.rate, auth.burst)
 
 
 def _limits(base: Limits, raw: dict[str, Any], at: str) -> Limits:
@@ -110,8 +123,8 @@ def _limits(base: Limits, raw: dict[str, Any], at: str) -> Limits:
         elif key == "cost_mode":
             if value not in COST_MODES:
                 raise ConfigError(f"{at}: cost_mode must be one of {', '.join(COST_MODES)}, got {value!r}")
-        elif isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{at}: {key} must be a number, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"{at}: {key} must be a finite number, got {value!r}")
         elif value < 0 or (value == 0 and key not in ("rate", "burst")):
             raise ConfigError(f"{at}: {key} must be positive, got {value!r}")
         elif kind is int and value != int(value):

@@ -8,6 +8,7 @@ record (audit/entry.py) collects what each stage decided.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -184,17 +185,21 @@ class Gateway:
 
     async def run(self, query: Any, operation_name: Any = None, variables: Any = None, *,
                   context: ContextSource, method: str = "POST", debug: bool | None = None,
-                  stream: bool = False, limits: Limits | None = None) -> Outcome:
+                  stream: bool = False, limits: Limits | None = None, deadline: asyncio.Timeout | None = None,
+                  audit: dict[str, Any] | None = None) -> Outcome:
         """Answer one request. ``context`` is the caller's RequestContext, a function making it once
         the plan shows whether data is asked for, or UNRESTRICTED for trusted in-process callers.
         With ``stream``, a large flat page may come back as ``Outcome.stream`` (gateway/stream.py)
         for the caller to send part by part; otherwise every answer is whole. ``limits``: the
-        caller's ([limits], per client); the server's defaults otherwise."""
+        caller's ([limits], per client); the server's defaults otherwise. ``deadline``: the request's
+        (the HTTP layer's ``asyncio.timeout``), lifted once consent uses are counted, so that a use is
+        never spent on an answer the deadline then withholds. ``audit``: filled as the stages go, so
+        that a caller whose deadline stops ``run`` can still record what was asked."""
         debug = debug if debug is not None else self.settings.debug
         limits = limits or self.limits.defaults
         started = time.perf_counter()
         plan: Plan | None = None
-        audit: dict[str, Any] = {}
+        audit = audit if audit is not None else {}
         try:
             prep = self.prepare(query, operation_name, variables, method)
             normalised, digest = self._normalised(prep)
@@ -236,6 +241,8 @@ class Gateway:
             consent = ConsentOutcome()
             if isinstance(ctx, RequestContext) and any(f.gated for f in plan.fetches):
                 consent = await self._consent(plan, results, ctx)
+                if deadline is not None:
+                    deadline.reschedule(None)  # uses are counted: this answer is finished and sent
                 audit.update(consent.record())
                 audit["fields"] = field_dispositions(requested, auth, consent)
             audit.update(returned(results, self.catalog, self.subjects))
@@ -276,6 +283,11 @@ class Gateway:
                                "operators", 403)
         if not plan.fetches:
             return
+        too_many = [r for r in plan.roots if isinstance(r, RootPage) and r.limit > self.settings.max_nodes]
+        if too_many:
+            raise RequestError(Code.QUERY_TOO_COSTLY, f"a page of {too_many[0].limit} records is more than the "
+                               f"{self.settings.max_nodes} objects an answer may hold (max_nodes): ask for smaller "
+                               "pages and follow the cursor", 400)
         if len(plan.fetches) > limits.max_fetches:
             raise RequestError(Code.QUERY_TOO_COSTLY, f"the query needs {len(plan.fetches)} source queries, more than "
                                f"this client's max_fetches ({limits.max_fetches}): ask for fewer lists or aliases, or "

@@ -6,7 +6,8 @@ memory each worker keeps its own buckets, so N workers allow N times the rate; s
 replicas share one bucket per client through Redis (``[limits] rate_store = "redis://..."``), where
 the bucket is one hash updated by a Lua script, atomically, with Redis's own clock.
 
-When Redis cannot be reached the limiter fails open to a bucket in memory and says so in the log:
+When Redis cannot be reached the limiter fails open to a bucket in memory, says so in the log, and
+asks Redis again every ``RETRY_SECONDS``:
 the limit protects the gateway's capacity, and refusing every department's requests because a
 cache is down would turn a safeguard into an outage. /readyz reports it.
 """
@@ -22,6 +23,8 @@ from typing import Protocol
 __all__ = ["MemoryRateLimiter", "RateLimiter", "RedisRateLimiter", "open_rate_limiter"]
 
 log = logging.getLogger("hutong.limits")
+
+RETRY_SECONDS = 5.0  # how long a failed Redis is left alone before it is asked again
 
 
 class RateLimiter(Protocol):
@@ -66,6 +69,14 @@ class MemoryRateLimiter:
             return 0.0
         return (1.0 - b.tokens) / rate if rate > 0 else math.inf
 
+    def wait_now(self, key: str, rate: float, burst: int) -> float:
+        """Seconds until ``key`` has a token, without spending one (0.0: it has one now)."""
+        b = self._buckets.get(key)
+        if b is None:
+            return 0.0
+        tokens = min(float(burst), b.tokens + (self._clock() - b.at) * rate)  # type: ignore[operator]
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate if rate > 0 else math.inf
+
     def _forget_full(self, now: float, rate: float, burst: int) -> None:
         for cid in [c for c, b in self._buckets.items() if b.tokens + (now - b.at) * rate >= burst]:
             del self._buckets[cid]
@@ -87,7 +98,7 @@ local burst = tonumber(ARGV[2])
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(b[1]) or burst
 local at = tonumber(b[2]) or now
-tokens = math.min(burst, tokens + (now - at) * rate)
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)  -- a clock stepping back adds nothing
 local wait = 0
 if tokens >= 1 then
   tokens = tokens - 1
@@ -112,8 +123,14 @@ class RedisRateLimiter:
         self._script = self.client.register_script(_LUA)
         self.fallback = MemoryRateLimiter()
         self.degraded = False
+        self._retry_at = 0.0
+        self.attempts = 0  # calls that went to Redis
 
     async def take(self, client_id: str, rate: float, burst: int) -> float:
+        if self.degraded and time.monotonic() < self._retry_at:
+            # Not asked again for a while: a Redis that hangs would otherwise add its timeout to every request.
+            return self.fallback.take_now(client_id, rate, burst)
+        self.attempts += 1
         try:
             wait = float(await self._script(keys=[self.prefix + client_id], args=[rate, burst]))
         except Exception as exc:  # Redis away: fail open to this process's own buckets, loudly
@@ -121,6 +138,7 @@ class RedisRateLimiter:
                 log.error("rate limit store unreachable (%s): limiting per worker until it returns",
                           type(exc).__name__)
             self.degraded = True
+            self._retry_at = time.monotonic() + RETRY_SECONDS
             return self.fallback.take_now(client_id, rate, burst)
         if self.degraded:
             log.warning("rate limit store reachable again: limits are shared again")

@@ -69,6 +69,8 @@ def serve(app: str, *, host: str, port: int, workers: int, **options: Any) -> No
         # SO_REUSEPORT lets any process of this user bind the port too; a probe without it fails if
         # anything at all (another gateway included) holds the port, so two never share it.
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # SO_REUSEADDR: connections of the previous run in TIME_WAIT do not count, a listener does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
         parent = _reuse_port_socket(config)  # bound, never listening: the workers' sockets join it
     except OSError as exc:

@@ -159,7 +159,7 @@ class StreamedAnswer:
                 encoded = self._encode(shape, rows, path, first=False)
                 await recording
                 yield encoded
-        except asyncio.CancelledError:  # the client went away: what it was sent is recorded already
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away: what it was sent is recorded
             failure = "CLIENT_DISCONNECTED"
             raise
         except Exception as exc:

@@ -47,25 +47,30 @@ class Breaker:
     wait: float = 0.0
     probing: bool = False
     opened: int = 0  # times opened, for /readyz and the log
+    generation: int = 0  # bumped at every change of state: late results of earlier queries are ignored
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         self._admit()
         probe = self.state is CircuitState.HALF_OPEN
+        generation = self.generation
         try:
             result = await fn()
         except SourceError as exc:
-            self._failed(exc, probe)
+            if generation == self.generation:  # a query admitted before the circuit last changed says nothing now
+                self._failed(exc, probe)
             raise
         except BaseException:
-            if probe:
+            if probe and generation == self.generation:
                 self.probing = False  # cancelled or a bug: let the next query probe
             raise
-        self._succeeded()
+        if generation == self.generation:
+            self._succeeded()
         return result
 
     def _admit(self) -> None:
         if self.state is CircuitState.OPEN and self.clock() - self.opened_at >= self.wait:
             self.state, self.probing = CircuitState.HALF_OPEN, False
+            self.generation += 1
         if self.state is CircuitState.OPEN or (self.state is CircuitState.HALF_OPEN and self.probing):
             left = max(0.0, self.wait - (self.clock() - self.opened_at))
             raise SourceError(self.source, SourceFailure.UNAVAILABLE,
@@ -81,15 +86,18 @@ class Breaker:
             return
         self.consecutive += 1
         if probe:
-            self._open(min(self.max_open_seconds, self.wait * 2))
+            self._open(min(self.max_open_seconds, max(self.open_seconds, self.wait * 2)))
         elif self.state is CircuitState.CLOSED and self.consecutive >= self.failures:
             self._open(self.open_seconds)
 
     def _open(self, wait: float) -> None:
         self.state, self.opened_at, self.wait, self.probing = CircuitState.OPEN, self.clock(), wait, False
         self.opened += 1
+        self.generation += 1
 
     def _succeeded(self) -> None:
+        if self.state is not CircuitState.CLOSED:
+            self.generation += 1
         self.state, self.consecutive, self.probing, self.wait = CircuitState.CLOSED, 0, False, 0.0
 
     def status(self) -> dict[str, object]:

@@ -113,6 +113,11 @@ class RESTConnector:
                               f"source {self.code!r} did not answer within {self.timeout:g} s") from None
         except httpx.TransportError:
             raise SourceError(self.code, SourceFailure.UNAVAILABLE, f"source {self.code!r} is unavailable") from None
+        if resp.status_code in (502, 503):  # a proxy or the service itself says it is down: as unreachable
+            raise SourceError(self.code, SourceFailure.UNAVAILABLE,
+                              f"source {self.code!r} is unavailable (HTTP {resp.status_code})")
+        if resp.status_code == 504:
+            raise SourceError(self.code, SourceFailure.TIMEOUT, f"source {self.code!r} timed out (HTTP 504)")
         if resp.status_code >= 500:
             raise SourceError(self.code, SourceFailure.ERROR, f"source {self.code!r} answered HTTP {resp.status_code}")
         if resp.status_code >= 400:

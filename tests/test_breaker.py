@@ -67,6 +67,41 @@ async def test_the_circuit_opens_fails_fast_probes_and_closes() -> None:
     assert await probe == "rows" and b.state is CircuitState.CLOSED and b.consecutive == 0
 
 
+async def test_late_answers_of_earlier_queries_do_not_change_the_circuit() -> None:
+    clock = Clock()
+    b = Breaker("s", failures=2, open_seconds=10, clock=clock)
+    release = asyncio.Event()
+
+    async def slow_ok() -> str:
+        await release.wait()
+        return "rows"
+
+    async def down() -> None:
+        raise SourceError("s", SourceFailure.UNAVAILABLE, "down")
+
+    old = asyncio.create_task(b.call(slow_ok))  # admitted while closed, answers much later
+    await asyncio.sleep(0)
+    for _ in range(2):
+        with pytest.raises(SourceError):
+            await b.call(down)
+    clock.now = 10
+    probe_release = asyncio.Event()
+
+    async def probe() -> None:
+        await probe_release.wait()
+        raise SourceError("s", SourceFailure.TIMEOUT, "still down")
+
+    probing = asyncio.create_task(b.call(probe))
+    await asyncio.sleep(0)
+    release.set()
+    assert await old == "rows"
+    assert b.state is CircuitState.HALF_OPEN  # the old success did not close it under the probe
+    probe_release.set()
+    with pytest.raises(SourceError):
+        await probing
+    assert b.state is CircuitState.OPEN and b.wait == 20  # the back-off doubles, it is not lost
+
+
 async def test_errors_that_show_the_source_is_up_do_not_count() -> None:
     b = Breaker("s", failures=2)
 

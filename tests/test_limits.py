@@ -78,8 +78,11 @@ def test_limits_parse_with_per_client_overrides(make_settings: Any, tmp_path: Pa
     ("[limits]\nrates = 5\n", "unknown key(s) rates"),
     ("[limits]\ncost_mode = \"warn\"\n", "cost_mode must be one of enforce, measure"),
     ("[limits]\nmax_cost = -1\n", "max_cost must be positive"),
-    ("[limits]\nrequest_timeout = \"soon\"\n", "request_timeout must be a number"),
+    ("[limits]\nrequest_timeout = \"soon\"\n", "request_timeout must be a finite number"),
     ("[limits]\nintrospection = 1\n", "introspection must be true or false"),
+    ("[limits]\nrequest_timeout = nan\n", "request_timeout must be a finite number"),
+    ("[limits]\nmax_cost = inf\n", "max_cost must be a finite number"),
+    ("[limits]\nfailed_auth_burst = -3\n", "failed_auth_burst must be positive"),
     ("[limits]\nrate_store = \"memcached://x\"\n", "rate_store must be"),
     ("[limits.clients.a]\nrate_store = \"memory\"\n", "[limits.clients.'a'] has unknown key(s) rate_store"),
 ])
@@ -178,6 +181,8 @@ async def test_body_size_and_deadline_are_the_clients_own(make_settings: Any, tm
             assert gw.audit_store is not None
             records, _ = await gw.audit_store.search({"kind": "request", "client_id": "tester"}, 1)
             assert records[0]["body"]["status"] == 504 and records[0]["body"]["codes"] == ["REQUEST_TIMEOUT"]
+            # What was asked is recorded even though the deadline stopped the request.
+            assert records[0]["body"]["query"] and records[0]["body"]["datasets"] == ["housing.property"]
 
 
 async def test_a_batch_is_answered_operation_by_operation_each_recorded(make_settings: Any, tmp_path: Path) -> None:
@@ -196,6 +201,19 @@ async def test_a_batch_is_answered_operation_by_operation_each_recorded(make_set
         assert sorted(r["body"]["request_id"] for r in records[:3]) == ["batch-1-1", "batch-1-2", "batch-1-3"]
         r = await client.post("/graphql", json=batch + batch[:1])
         assert r.status_code == 400 and code(r) == "TOO_MANY_OPERATIONS" and "1 to 3 operations" in r.text
+
+
+async def test_a_flood_of_bad_tokens_is_refused_before_it_is_checked_or_recorded(make_settings: Any,
+                                                                                   tmp_path: Path) -> None:
+    s = settings_with(make_settings, tmp_path, "[limits]\nfailed_auth_rate = 0.5\nfailed_auth_burst = 3\n")
+    async with served(s, PURPOSE) as (client, gw):
+        assert gw.audit_store is not None
+        _, before = await gw.audit_store.search({"kind": "request"}, 1)
+        statuses = [(await client.post("/graphql", json={"query": "{ __typename }"},
+                                       headers={"authorization": "Bearer junk"})).status_code for _ in range(6)]
+        assert statuses == [401, 401, 401, 429, 429, 429]
+        _, after = await gw.audit_store.search({"kind": "request"}, 1)
+        assert after - before == 3  # the refused flood costs no audit write
 
 
 # --- the limiters on their own ---------------------------------------------------------------------
@@ -226,7 +244,26 @@ async def test_redis_shares_one_bucket_between_workers_and_fails_open() -> None:
         await b.close()
     down = RedisRateLimiter("redis://127.0.0.1:9/0", timeout=0.2)  # nothing listens there
     try:
-        assert [await down.take("x", 1.0, 2) for _ in range(3)][:2] == [0.0, 0.0]  # limited per worker instead
+        waits = [await down.take("x", 1.0, 2) for _ in range(3)]
+        assert waits[:2] == [0.0, 0.0] and waits[2] > 0  # limited per worker instead
         assert down.status() == {"store": "redis", "status": "degraded"}
+        assert down.attempts == 1  # and Redis is left alone for a while, not asked (and waited for) every time
     finally:
         await down.close()
+
+
+async def test_a_redis_clock_stepping_back_does_not_lock_a_client_out() -> None:
+    limiter = RedisRateLimiter(REDIS)
+    key = f"c-{uuid.uuid4().hex[:8]}"
+    try:
+        try:
+            await limiter.client.ping()
+        except Exception as exc:
+            service_unavailable("Redis at 127.0.0.1:6379", exc)
+        assert await limiter.take(key, 1.0, 3) == 0.0
+        seconds, micros = await limiter.client.time()
+        await limiter.client.hset(limiter.prefix + key, mapping={"at": str(seconds + micros / 1e6 + 60)})
+        assert await limiter.take(key, 1.0, 3) == 0.0  # two tokens were left; none were taken away
+    finally:
+        await limiter.client.delete(limiter.prefix + key)
+        await limiter.close()
