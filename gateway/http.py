@@ -148,10 +148,8 @@ async def graphql_endpoint(request: Request) -> Response:
     failures: MemoryRateLimiter = request.app.state.auth_failures
     wait = failures.wait_now(address, gateway.limits.failed_auth_rate, gateway.limits.failed_auth_burst)
     if wait > 0:  # this address keeps sending bad tokens: refused before any check, and not recorded again
-        retry = str(max(1, math.ceil(wait)))
-        err = GraphQLErrorOut(f"too many requests with an invalid access token from this address: retry after {retry} "
-                              "s with a valid one", Code.RATE_LIMITED)
-        return json_response({"errors": [err.to_dict()]}, 429, media, {**headers, "Retry-After": retry})
+        return _rate_limited("too many requests with an invalid access token from this address (send a valid "
+                             "one)", wait, media, headers)[1]
     try:
         identity = await request.app.state.auth.authenticate(request)
     except AuthError as exc:
@@ -168,18 +166,9 @@ async def graphql_endpoint(request: Request) -> Response:
     if limits.rate_limited:
         wait = await request.app.state.rate_limiter.take(identity.client_id, limits.rate, limits.burst)
         if wait > 0:
-            retry = str(max(1, math.ceil(wait)))
-            err = GraphQLErrorOut(f"this client may send {limits.rate:g} requests per second (burst {limits.burst}): "
-                                  f"retry after {retry} s", Code.RATE_LIMITED)
-            body = {"errors": [err.to_dict()]}
-            response = json_response(body, 429, media, {**headers, "Retry-After": retry})
+            body, response = _rate_limited(f"this client may send {limits.rate:g} requests per second (burst "
+                                           f"{limits.burst})", wait, media, headers)
             return await record.then(response, status=429, body=body, audit={}, media=media, headers=headers)
-
-    def context(data_request: bool) -> RequestContext:
-        ctx = context_from_headers(request.headers, subject, gateway.catalog, data_request=data_request,
-                                   reject_default=gateway.policy.reject_unauthorized, request_id=request_id)
-        record.context = ctx
-        return ctx
 
     params: list[Operation] | Operation | None = None
     audit: dict[str, Any] = {}
@@ -190,19 +179,11 @@ async def graphql_endpoint(request: Request) -> Response:
             params = await _params(request, limits.max_body, limits.max_operations)
             if not isinstance(params, list):
                 query, operation_name, variables = params
-                outcome = await gateway.run(query, operation_name, variables, context=context,
+                outcome = await gateway.run(query, operation_name, variables, context=record.context_of,
                                             method=request.method, stream=True, limits=limits, deadline=deadline,
                                             audit=audit)
-    except TimeoutError:
-        outcome = Outcome(504, {"errors": [_timed_out(limits).to_dict()]}, None, audit=audit)
-    except RequestError as exc:
-        outcome = Outcome(exc.status, {"errors": [e.to_dict() for e in exc.errors]}, None, exc.headers)
     except Exception as exc:
-        # Type and place only: exception text may quote data values.
-        log.error("request %s failed: %s at %s", request_id, type(exc).__name__, where(exc))
-        err = GraphQLErrorOut(f"internal error; quote request id {request_id} to the operators",
-                              Code.INTERNAL_SERVER_ERROR)
-        outcome = Outcome(500, {"errors": [err.to_dict()]}, audit=getattr(exc, "audit", {}))
+        outcome = _failed(exc, request_id, limits, audit)
 
     if isinstance(params, list):  # a batch: each operation under its own deadline
         return await _batch(request, record, params, limits, media, headers)
@@ -229,48 +210,47 @@ async def _batch(request: Request, first: _Recorder, operations: list[Operation]
         for _ in operations[1:]:
             wait = await request.app.state.rate_limiter.take(subject.client_id, limits.rate, limits.burst)
             if wait > 0:
-                retry = str(max(1, math.ceil(wait)))
-                err = GraphQLErrorOut(f"a batch of {len(operations)} operations is {len(operations)} requests: more "
-                                      f"than this client's {limits.rate:g} per second (burst {limits.burst}) allow; "
-                                      f"retry after {retry} s", Code.RATE_LIMITED)
-                body = {"errors": [err.to_dict()]}
-                return await first.then(json_response(body, 429, media, {**headers, "Retry-After": retry}),
-                                        status=429, body=body, audit={}, media=media, headers=headers)
+                body, response = _rate_limited(f"a batch of {len(operations)} operations is {len(operations)} "
+                                               f"requests: more than this client's {limits.rate:g} per second (burst "
+                                               f"{limits.burst}) allow", wait, media, headers)
+                return await first.then(response, status=429, body=body, audit={}, media=media, headers=headers)
     bodies: list[dict[str, Any]] = []
     for i, (query, operation_name, variables) in enumerate(operations, 1):
         recorder = _Recorder(request, f"{first.request_id}-{i}", time.perf_counter())
         recorder.subject = subject
-
-        def context(data_request: bool, recorder: _Recorder = recorder) -> RequestContext:
-            ctx = context_from_headers(request.headers, subject, gateway.catalog, data_request=data_request,
-                                       reject_default=gateway.policy.reject_unauthorized,
-                                       request_id=recorder.request_id)
-            recorder.context = ctx
-            return ctx
-
         audit: dict[str, Any] = {}
         try:
             async with asyncio.timeout(limits.request_timeout) as deadline:
-                outcome = await gateway.run(query, operation_name, variables, context=context, limits=limits,
-                                            deadline=deadline, audit=audit)
-        except TimeoutError:
-            outcome = Outcome(504, {"errors": [_timed_out(limits).to_dict()]}, None, audit=audit)
-        except RequestError as exc:
-            outcome = Outcome(exc.status, {"errors": [e.to_dict() for e in exc.errors]}, None, exc.headers)
+                outcome = await gateway.run(query, operation_name, variables, context=recorder.context_of,
+                                            limits=limits, deadline=deadline, audit=audit)
         except Exception as exc:
-            log.error("request %s failed: %s at %s", recorder.request_id, type(exc).__name__, where(exc))
-            err = GraphQLErrorOut(f"internal error; quote request id {recorder.request_id} to the operators",
-                                  Code.INTERNAL_SERVER_ERROR)
-            outcome = Outcome(500, {"errors": [err.to_dict()]}, audit=getattr(exc, "audit", {}))
+            outcome = _failed(exc, recorder.request_id, limits, audit)
         if not await recorder.write(outcome.status, outcome.body, outcome.audit):
             return _audit_unavailable(media, headers)
         bodies.append(outcome.body)
     return json_response(bodies, 200, media, headers)
 
 
-def _timed_out(limits: Limits) -> GraphQLErrorOut:
-    return GraphQLErrorOut(f"the request took longer than {limits.request_timeout:g} s (request_timeout) and was "
-                           "stopped: ask for less, or retry later", Code.REQUEST_TIMEOUT)
+def _failed(exc: Exception, request_id: str, limits: Limits, audit: dict[str, Any]) -> Outcome:
+    """The answer of a request that ``Gateway.run`` (or reading it) did not complete."""
+    if isinstance(exc, TimeoutError):  # the request's deadline: what was asked stays in its record
+        err = GraphQLErrorOut(f"the request took longer than {limits.request_timeout:g} s (request_timeout) and was "
+                              "stopped: ask for less, or retry later", Code.REQUEST_TIMEOUT)
+        return Outcome(504, {"errors": [err.to_dict()]}, None, audit=audit)
+    if isinstance(exc, RequestError):
+        return Outcome(exc.status, {"errors": [e.to_dict() for e in exc.errors]}, None, exc.headers)
+    # Type and place only: exception text may quote data values.
+    log.error("request %s failed: %s at %s", request_id, type(exc).__name__, where(exc))
+    err = GraphQLErrorOut(f"internal error; quote request id {request_id} to the operators",
+                          Code.INTERNAL_SERVER_ERROR)
+    return Outcome(500, {"errors": [err.to_dict()]}, audit=getattr(exc, "audit", {}))
+
+
+def _rate_limited(message: str, wait: float, media: str, headers: dict[str, str]) -> tuple[dict[str, Any], Response]:
+    """A 429 with ``Retry-After``: the body (for the record) and the response."""
+    retry = str(max(1, math.ceil(wait)))
+    body = {"errors": [GraphQLErrorOut(f"{message}: retry after {retry} s", Code.RATE_LIMITED).to_dict()]}
+    return body, json_response(body, 429, media, {**headers, "Retry-After": retry})
 
 
 def _audit_unavailable(media: str, headers: dict[str, str]) -> Response:
@@ -288,6 +268,17 @@ class _Recorder:
         self.started = started
         self.subject: Subject | None = None
         self.context: RequestContext | None = None
+
+    def context_of(self, data_request: bool) -> RequestContext:
+        """The request's context from its headers (``Gateway.run`` asks once it knows whether data is
+        wanted), kept for the record."""
+        gateway: Gateway = self.request.app.state.gateway
+        assert self.subject is not None
+        self.context = context_from_headers(self.request.headers, self.subject, gateway.catalog,
+                                            data_request=data_request,
+                                            reject_default=gateway.policy.reject_unauthorized,
+                                            request_id=self.request_id)
+        return self.context
 
     async def then(self, response: Response, *, status: int, body: dict[str, Any], audit: dict[str, Any],
                    media: str, headers: dict[str, str]) -> Response:
