@@ -20,9 +20,10 @@ from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
 from catalog.loader import CatalogError, load_catalog
+from catalog.model import Catalog
 from gateway.audit.admin import actor
 from gateway.audit.errors import AuditUnavailable
-from gateway.config import ConfigError, load_settings
+from gateway.config import ConfigError, Settings, load_settings
 from policies.admin import PolicyAdmin, PolicyAdminUnavailable, open_policy_admin
 from policies.lines import format_line, parse_csv, parse_line
 from policies.repository import PolicyConflict, PolicyVersion
@@ -54,15 +55,20 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def run(config: Path | None, action: Callable[[PolicyAdmin, Any], Awaitable[T]]) -> T:
-    """Open the configured policy store's administration, run ``action(admin, settings)``, or exit
-    saying what is wrong (1: refused change, 2: configuration, 3: a store is unreachable)."""
+def _configured(config: Path | None) -> tuple[Settings, Catalog]:
+    """The configuration and its catalogue, or exit 2 saying what is wrong."""
     try:
         settings = load_settings(config)
-        catalog = load_catalog(*settings.catalog)
+        return settings, load_catalog(*settings.catalog)
     except (ConfigError, CatalogError) as exc:
         fail(str(exc), 2)
         raise
+
+
+def run(config: Path | None, action: Callable[[PolicyAdmin, Any], Awaitable[T]]) -> T:
+    """Open the configured policy store's administration, run ``action(admin, settings)``, or exit
+    saying what is wrong (1: refused change, 2: configuration, 3: a store is unreachable)."""
+    settings, catalog = _configured(config)
 
     async def go() -> T:
         async with open_policy_admin(settings, catalog) as admin:
@@ -252,12 +258,7 @@ def dry_run_stop(reason: Reason, by: By = None, config: ConfigOpt = None) -> Non
 def _current_and_clients(config: Path | None) -> tuple[Any, Any, Any, list[Any]]:
     """(settings, catalogue, the policy in force (store or file), the enabled clients), for explain and
     simulate; or exit saying what is wrong (2: configuration, 3: a store cannot be read)."""
-    try:
-        settings = load_settings(config)
-        catalog = load_catalog(*settings.catalog)
-    except (ConfigError, CatalogError) as exc:
-        fail(str(exc), 2)
-        raise
+    settings, catalog = _configured(config)
     from gateway.auth.clients import ClientStore
     from gateway.auth.settings import AuthSettings
     from policies.store import open_policy_store

@@ -43,6 +43,15 @@ class _Bucket:
     at: float
 
 
+def _refilled(b: _Bucket, now: float, rate: float, burst: int) -> float:
+    return min(float(burst), b.tokens + (now - b.at) * rate)
+
+
+def _wait(tokens: float, rate: float) -> float:
+    """Seconds until ``tokens`` (below one) grows to one."""
+    return (1.0 - tokens) / rate if rate > 0 else math.inf
+
+
 class MemoryRateLimiter:
     """Buckets in this process (bounded: idle full buckets are dropped as others are added)."""
 
@@ -62,23 +71,22 @@ class MemoryRateLimiter:
                 self._forget_full(now, rate, burst)
             b = self._buckets[client_id] = _Bucket(float(burst), now)
         else:
-            b.tokens = min(float(burst), b.tokens + (now - b.at) * rate)
-            b.at = now
+            b.tokens, b.at = _refilled(b, now, rate, burst), now
         if b.tokens >= 1.0:
             b.tokens -= 1.0
             return 0.0
-        return (1.0 - b.tokens) / rate if rate > 0 else math.inf
+        return _wait(b.tokens, rate)
 
     def wait_now(self, key: str, rate: float, burst: int) -> float:
         """Seconds until ``key`` has a token, without spending one (0.0: it has one now)."""
         b = self._buckets.get(key)
         if b is None:
             return 0.0
-        tokens = min(float(burst), b.tokens + (self._clock() - b.at) * rate)  # type: ignore[operator]
-        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate if rate > 0 else math.inf
+        tokens = _refilled(b, self._clock(), rate, burst)  # type: ignore[operator]
+        return 0.0 if tokens >= 1.0 else _wait(tokens, rate)
 
     def _forget_full(self, now: float, rate: float, burst: int) -> None:
-        for cid in [c for c, b in self._buckets.items() if b.tokens + (now - b.at) * rate >= burst]:
+        for cid in [c for c, b in self._buckets.items() if _refilled(b, now, rate, burst) >= burst]:
             del self._buckets[cid]
 
     def status(self) -> dict[str, str]:

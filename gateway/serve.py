@@ -24,9 +24,12 @@ __all__ = ["serve"]
 REUSE_PORT = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def _reuse_port_socket(config: uvicorn.Config) -> socket.socket:
-    family = socket.AF_INET6 if config.host and ":" in config.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(_family(config.host or ""), socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((config.host, config.port))
@@ -68,7 +71,7 @@ def serve(app: str, *, host: str, port: int, workers: int, **options: Any) -> No
     try:
         # SO_REUSEPORT lets any process of this user bind the port too; a probe without it fails if
         # anything at all (another gateway included) holds the port, so two never share it.
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
             # SO_REUSEADDR: connections of the previous run in TIME_WAIT do not count, a listener does.
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
