@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 
 from bench.city import BULK_READER, BULK_READER_SECRET, PG_SERVER, STREET_OFFICE, STREET_OFFICE_SECRET, World, pg_admin
-from bench.common import BenchError, Target, console, percentile, table
+from bench.common import BenchError, Target, console, percentile, requests_recorded, table
 from bench.lookup import HEADERS, LOOKUP_QUERY
 from gateway.app import create_app
 from gateway.audit.keys import AuditKeys
@@ -114,13 +114,6 @@ async def _measure(variants: list[Variant], kind: str, bodies: list[dict[str, An
     return levels
 
 
-async def _requests_recorded(store: AuditStore) -> int:
-    """Records of kind ``request``: one per request (a streamed bulk answer adds ``request-part``
-    records, one per part, counted in the cost but not here)."""
-    _, total = await store.search({"kind": "request"}, 1)
-    return total
-
-
 async def _check_stores(variants: list[Variant]) -> list[str]:
     lines = []
     for v in variants:
@@ -128,7 +121,7 @@ async def _check_stores(variants: list[Variant]) -> list[str]:
             continue
         store = AuditStore(v.settings.url)
         try:
-            grown = await _requests_recorded(store) - v.records_before
+            grown = await requests_recorded(v.settings.url) - v.records_before
             report = await verify_store(store, AuditKeys.load(v.settings.signing_key, generate=False))
         finally:
             await store.close()
@@ -184,7 +177,7 @@ async def run(world: World, gw: Gateway, levels: list[int], requests: int, warmu
             await v.writer.start()
             started.append(v.writer)
             if v.settings is not None:
-                v.records_before = await _requests_recorded(v.writer.store)
+                v.records_before = await requests_recorded(v.writer.store.url)
         tokens: dict[str, str] = {}
         reference: dict[str, Any] = {}
         for v in variants:

@@ -19,7 +19,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["BenchError", "Series", "Target", "console", "fmt_ms", "fmt_ratio", "interleave", "percentile", "table"]
+__all__ = ["BenchError", "Series", "Target", "console", "fmt_ms", "fmt_ratio", "interleave", "percentile",
+           "requests_recorded", "table"]
 
 # Wide enough for the tables when piped (rich assumes 80 columns then), e.g. into tee.
 console = Console(highlight=False, width=None if Console().is_terminal else 120)
@@ -133,3 +134,18 @@ def table(title: str, columns: list[tuple[str, str]], rows: list[list[str]], cap
     if caption:
         parts.append(Text(caption, style="dim"))
     return Group(*parts)
+
+
+async def requests_recorded(url: str) -> int:
+    """Audit records of kind ``request`` in the store at ``url``: one per request answered (not the
+    workers' start events and other admin records, nor a streamed answer's ``request-part``
+    records); 0 before the store has its tables."""
+    from gateway.audit.store import AuditStore
+
+    store = AuditStore(url)
+    try:
+        return (await store.search({"kind": "request"}, 1))[1]
+    except Exception:  # no table yet: nothing recorded
+        return 0
+    finally:
+        await store.close()

@@ -34,7 +34,7 @@ import orjson
 
 from bench import wrk
 from bench.city import world
-from bench.common import BenchError, console, table
+from bench.common import BenchError, console, requests_recorded, table
 from bench.lookup import HEADERS, LOOKUP_QUERY, Server, _token, applicants, prepare_stores
 from gateway.audit.keys import AuditKeys
 from gateway.audit.settings import AuditSettings
@@ -50,17 +50,6 @@ def _rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
-
-
-async def requests_recorded(url: str) -> int:
-    """Records of kind ``request`` (the workers' start events and other admin records are not requests)."""
-    store = AuditStore(url)
-    try:
-        return (await store.search({"kind": "request"}, 1))[1]
-    except Exception:  # no table yet: nothing recorded
-        return 0
-    finally:
-        await store.close()
 
 
 def slope(points: list[tuple[float, float]]) -> float:

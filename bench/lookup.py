@@ -43,11 +43,10 @@ import orjson
 
 from bench import direct, direct_server, wrk
 from bench.city import PURPOSE, STREET_OFFICE, STREET_OFFICE_SECRET, Backend, World, child_env, context
-from bench.common import BenchError, Series, Target, console, interleave, table
+from bench.common import BenchError, Series, Target, console, interleave, requests_recorded, table
 from bench.harness import Baseline
 from demo.build import City
 from demo.server_thread import free_port
-from gateway.audit.store import AuditStore
 from gateway.config import REPO_ROOT
 from gateway.pipeline import Gateway
 
@@ -290,16 +289,6 @@ async def _load(client: httpx.AsyncClient, bodies: list[bytes], concurrency: int
     return latencies, failures, time.perf_counter() - started
 
 
-async def _audit_records(url: str) -> int | None:
-    store = AuditStore(url)
-    try:
-        return await store.count()
-    except Exception:  # no table yet: nothing recorded
-        return None
-    finally:
-        await store.close()
-
-
 async def prepare_stores(backend: Backend) -> None:
     """Start and stop the app once in process, so that its stores (audit, clients, consent, console
     accounts) exist before the workers start: workers that find them missing create them at the same
@@ -378,7 +367,7 @@ async def http(world: World, backend: Backend, workers: int, concurrency: int, s
     ids = applicants(world.city)
     bodies = [orjson.dumps({"query": LOOKUP_QUERY, "variables": {"id": i}}) for i in ids]
     await prepare_stores(backend)
-    records_before = await _audit_records(backend.audit_url) or 0
+    records_before = await requests_recorded(backend.audit_url)
     server = Server.hutong(backend, workers, world.root / f"serve-{backend.name}.log")
     sent = 0
 
@@ -411,7 +400,7 @@ async def http(world: World, backend: Backend, workers: int, concurrency: int, s
         load = await _load_phase(server.url, "/graphql", bodies, headers, concurrency, seconds, warmup_s, groups)
     finally:
         server.stop()
-    records = (await _audit_records(backend.audit_url) or 0) - records_before
+    records = await requests_recorded(backend.audit_url) - records_before
     # Every request answered has its record (requests still in flight when wrk stops are answered and
     # recorded but not counted: records may exceed this, never fall short of it).
     answered = sent + load.warmup_requests + load.requests
