@@ -120,9 +120,10 @@ async def served(settings: Settings, purpose: str = "citizen-self-service"
 
 
 def write_config(folder: Path, sources: dict[str, str] | None = None, *, policy: Path = DEMO_POLICY,
-                 stores: Path | None = None, **gateway: Any) -> Path:
+                 stores: Path | None = None, extra: str = "", **gateway: Any) -> Path:
     """A configuration over the built city. ``stores``: a folder for this configuration's own audit log,
-    signing key and consent store (by default they are shared, under the city's run/)."""
+    signing key and consent store (by default they are shared, under the city's run/). ``extra``:
+    TOML appended as it is (other sections, such as [limits])."""
     lines = ["[gateway]", f'catalog = "{DEMO_CATALOG}"', "demo = true"]
     lines += [f"{k} = {v!r}".replace("'", '"') if isinstance(v, str) else f"{k} = {str(v).lower()}"
               for k, v in gateway.items()]
@@ -135,15 +136,16 @@ def write_config(folder: Path, sources: dict[str, str] | None = None, *, policy:
                   "[consent]", f'url = "sqlite+aiosqlite:///{stores}/consent.sqlite"',
                   "[sharing]", f'url = "sqlite+aiosqlite:///{stores}/sharing.sqlite"']
     path = folder / f"hutong-{uuid.uuid4().hex[:8]}.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
     return path
 
 
 @pytest.fixture
 def make_settings(city_dir: Path, housing_url: str) -> Any:
-    def make(sources: dict[str, str] | None = None, *, stores: Path | None = None, **gateway: Any) -> Settings:
+    def make(sources: dict[str, str] | None = None, *, stores: Path | None = None, extra: str = "",
+             **gateway: Any) -> Settings:
         urls = {"housing_api": housing_url, **(sources or {})}
-        return load_settings(write_config(city_dir, urls, stores=stores, **gateway), environ={})
+        return load_settings(write_config(city_dir, urls, stores=stores, extra=extra, **gateway), environ={})
 
     return make
 

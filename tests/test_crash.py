@@ -23,7 +23,7 @@ from gateway.audit.keys import AuditKeys
 from gateway.audit.settings import AuditSettings
 from gateway.audit.store import AuditStore
 from gateway.audit.verify import verify_store
-from gateway.config import REPO_ROOT, Settings, load_settings
+from gateway.config import REPO_ROOT, Settings
 from tests.test_recorded_processes import tail, wait_ready
 
 HEADERS = {"x-purpose": "subsistence-allowance-review", "x-acting-user": "official-1", "x-case-id": "CRASH-1"}
@@ -31,12 +31,8 @@ QUERY = {"query": "{ residents(limit: 3) { nodes { idNumber name } } }"}
 
 
 def config(make_settings: Any, tmp_path: Path, sources: dict[str, str] | None = None) -> Settings:
-    stores = tmp_path / "stores"
-    stores.mkdir(exist_ok=True)
-    path = make_settings(sources, stores=stores).path  # the demo's policy and clients
-    # No rate limit: the test floods on purpose.
-    path.write_text(path.read_text(encoding="utf-8") + "\n[limits]\nrate = 0\n", encoding="utf-8")
-    return load_settings(path, environ={})
+    # The demo's policy and clients; no rate limit: the test floods on purpose.
+    return make_settings(sources, stores=tmp_path / "stores", extra="[limits]\nrate = 0\n")
 
 
 def serve(settings: Settings, port: int, log: Path, workers: int = 1) -> subprocess.Popen[bytes]:

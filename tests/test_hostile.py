@@ -21,7 +21,6 @@ from hypothesis import strategies as st
 from catalog.loader import load_catalog
 from catalog.model import DataType, ShareType
 from demo.build import City
-from gateway.config import load_settings
 from gateway.schema import build_schema
 from tests.conftest import TEST_POLICY, arun, served
 
@@ -144,11 +143,7 @@ HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_si
 
 def test_generated_requests_never_fail_the_server_nor_leak_a_withheld_value(make_settings: Any, city: City,
                                                                            tmp_path: Path) -> None:
-    stores = tmp_path / "stores"
-    stores.mkdir()
-    path = make_settings(None, stores=stores, policy=TEST_POLICY).path
-    path.write_text(path.read_text(encoding="utf-8") + "\n[limits]\nrate = 0\n", encoding="utf-8")
-    config = load_settings(path, environ={})
+    config = make_settings(None, stores=tmp_path / "stores", policy=TEST_POLICY, extra="[limits]\nrate = 0\n")
     catalog = load_catalog(*config.catalog)
     schema = build_schema(catalog).graphql
     roots, fields = names(build_schema(catalog))

@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 from catalog.loader import load_catalog
 from demo.server_thread import ServerThread
-from gateway.config import ConfigError, Settings, load_settings
+from gateway.config import ConfigError, Settings
 from gateway.context import UNRESTRICTED, RequestContext
 from gateway.cost import DEFAULT_PER_KEY, estimate
 from gateway.limits import Limits, LimitSettings
@@ -38,11 +38,7 @@ def settings_with(make_settings: Any, tmp_path: Path, limits: str, sources: dict
                   **gateway: Any) -> Settings:
     """A configuration over the test city with the tester's policy, its own stores, and ``limits``
     (TOML text) appended."""
-    stores = tmp_path / "stores"
-    stores.mkdir(exist_ok=True)
-    path = make_settings(sources, stores=stores, policy=POLICY, **gateway).path
-    path.write_text(path.read_text(encoding="utf-8") + "\n" + limits, encoding="utf-8")
-    return load_settings(path, environ={})
+    return make_settings(sources, stores=tmp_path / "stores", policy=POLICY, extra=limits, **gateway)
 
 
 def code(r: httpx.Response) -> str:

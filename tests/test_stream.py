@@ -89,9 +89,8 @@ async def server(settings: Settings, fail_at: int | None = None, delay: float = 
 
 
 def stream_settings(make_settings: Any, tmp_path: Path, sources: dict[str, str] | None = None) -> Settings:
-    stores = tmp_path / "stores"
-    stores.mkdir(exist_ok=True)
-    return make_settings(sources, stores=stores, policy=POLICY, max_limit=5000, stream_from=500, stream_chunk=300)
+    return make_settings(sources, stores=tmp_path / "stores", policy=POLICY, max_limit=5000,
+                         stream_from=500, stream_chunk=300)
 
 
 async def records(settings: Settings) -> list[dict[str, Any]]:
@@ -213,10 +212,8 @@ async def test_a_client_leaving_mid_stream_gives_the_connection_back_and_is_reco
 
 async def test_a_page_beyond_max_nodes_is_refused_before_anything_is_sent(make_settings: Any, tmp_path: Path
                                                                          ) -> None:
-    stores = tmp_path / "stores"
-    stores.mkdir()
-    settings = make_settings(None, stores=stores, policy=POLICY, max_limit=5000, stream_from=500, stream_chunk=300,
-                             max_nodes=700)
+    settings = make_settings(None, stores=tmp_path / "stores", policy=POLICY, max_limit=5000, stream_from=500,
+                             stream_chunk=300, max_nodes=700)
     async with server(settings) as (url, token, _gw):
         async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}", **HEADERS}) as c:
             r = await c.post("/graphql", json={"query": PAGE, "variables": {"n": 1200}})
