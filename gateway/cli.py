@@ -17,12 +17,12 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from catalog.loader import CatalogError, load_catalog
 from gateway.audit.cli import audit_app
 from gateway.auth.cli import client_app
+from gateway.cli_support import ConfigOpt, err, error, out
 from gateway.config import REPO_ROOT, ConfigError, Settings, load_settings
 from gateway.consent_cli import consent_app, legal_basis_app
 from gateway.console.cli import console_app
@@ -44,11 +44,7 @@ app.add_typer(share_app, name="share")
 app.add_typer(console_app, name="console")
 app.add_typer(legal_basis_app, name="legal-basis")
 
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Configuration file (default: $HUTONG_CONFIG, "
-                                                                      "else the demo's).")]
 
 DEMO_DATA = REPO_ROOT / "demo" / "data"
 
@@ -72,15 +68,11 @@ SHOWCASE_QUERY = """query SubsistenceCheck($applicant: String!) {
 }"""
 
 
-def _error(message: str) -> None:
-    err.print(Text("error: ", style="red") + Text(message))
-
-
 def _settings(config: Path | None) -> Settings:
     try:
         return load_settings(config)
     except ConfigError as exc:
-        _error(f"{exc}")
+        error(f"{exc}")
         raise typer.Exit(2) from None
 
 
@@ -99,10 +91,10 @@ def _gateway(settings: Settings, cat: Any) -> Any:
     try:
         return Gateway(cat, settings)
     except ConfigError as exc:
-        _error(str(exc))
+        error(str(exc))
         raise typer.Exit(2) from None
     except Exception as exc:  # graphene/graphql-core name errors: shown without a traceback
-        _error(f"the catalogue does not make a valid GraphQL schema: {type(exc).__name__}: {exc}")
+        error(f"the catalogue does not make a valid GraphQL schema: {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None
 
 
@@ -127,7 +119,7 @@ def _startable(settings: Settings, gw: Any) -> None:
                 await auth.close()
                 await gw.close()
         except ConfigError as exc:
-            _error(str(exc))
+            error(str(exc))
             raise typer.Exit(2) from None
 
     asyncio.run(check())
@@ -167,7 +159,7 @@ def catalog_check(config: ConfigOpt = None,
         urls = {code: resolve_url(src, settings.base_dir, settings.source_urls.get(code))
                 for code, src in cat.sources.items()}
     except KeyError as exc:
-        _error(f"{exc.args[0]}")
+        error(f"{exc.args[0]}")
         raise typer.Exit(1) from None
     problems = asyncio.run(check_sources(cat, urls))
     for p in problems:
@@ -193,16 +185,16 @@ def catalog_discover(source: Annotated[str, typer.Argument(help="A catalogue sou
         settings = _settings(config)
         cat = _catalog(settings)
         if source not in cat.sources:
-            _error(f"unknown source {source!r}; known: {', '.join(sorted(cat.sources))}")
+            error(f"unknown source {source!r}; known: {', '.join(sorted(cat.sources))}")
             raise typer.Exit(2)
         if cat.sources[source].kind != "sql":
-            _error(f"source {source!r} is REST; discovery reflects SQL sources")
+            error(f"source {source!r} is REST; discovery reflects SQL sources")
             raise typer.Exit(2)
         url, code = resolve_url(cat.sources[source], settings.base_dir, settings.source_urls.get(source)), source
     try:
         drafts = asyncio.run(discover_sql(url, table or None))
     except Exception as exc:  # shown by kind, never with the URL's secrets
-        _error(f"cannot reflect the source: {type(exc).__name__}")
+        error(f"cannot reflect the source: {type(exc).__name__}")
         raise typer.Exit(1) from None
     text = draft_yaml(code, drafts)
     if output:
@@ -221,7 +213,7 @@ def catalog_export(config: ConfigOpt = None,
 
     cat = _catalog(_settings(config))
     if fmt not in ("json", "dcat"):
-        _error(f"unknown format {fmt!r}; use json or dcat")
+        error(f"unknown format {fmt!r}; use json or dcat")
         raise typer.Exit(2)
     doc = to_json(cat) if fmt == "json" else to_dcat(cat)
     sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -239,12 +231,12 @@ def plan(query: Annotated[str, typer.Argument(help="The GraphQL query, or @file 
     try:
         text = Path(query[1:]).read_text(encoding="utf-8") if query.startswith("@") else query
     except OSError as exc:
-        _error(f"cannot read the query file {query[1:]}: {exc.strerror}")
+        error(f"cannot read the query file {query[1:]}: {exc.strerror}")
         raise typer.Exit(2) from None
     try:
         vars_ = json.loads(variables) if variables else None
     except json.JSONDecodeError as exc:
-        _error(f"--variables is not valid JSON: {exc}")
+        error(f"--variables is not valid JSON: {exc}")
         raise typer.Exit(2) from None
     settings = _settings(config)
     gw = _gateway(settings, _catalog(settings))
@@ -306,7 +298,7 @@ def demo_serve(port: Annotated[int | None, typer.Option(help="Gateway port (defa
 
     showcase_file = DEMO_DATA / "showcase.json"
     if not showcase_file.exists():
-        _error("the demo city is not built: run `make demo` or `hutong demo build`")
+        error("the demo city is not built: run `make demo` or `hutong demo build`")
         raise typer.Exit(2)
     os.environ["HUTONG_HOUSING_PORT"] = str(housing_port)
     settings = _settings(None)
@@ -318,7 +310,7 @@ def demo_serve(port: Annotated[int | None, typer.Option(help="Gateway port (defa
             stack.enter_context(ServerThread(housing_app(DEMO_DATA / "housing.json"), housing_port,
                                              start_timeout=15))
         except RuntimeError:
-            _error(f"the Housing service could not start on port {housing_port}; is it in use? "
+            error(f"the Housing service could not start on port {housing_port}; is it in use? "
                    "Set HOUSING_PORT=... (make) or --housing-port")
             raise typer.Exit(1) from None
         showcase = json.loads(showcase_file.read_text(encoding="utf-8"))

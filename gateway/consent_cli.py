@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,6 +22,7 @@ from catalog.loader import CatalogError, load_catalog
 from gateway.audit.admin import actor, append_admin
 from gateway.audit.entry import SubjectHasher
 from gateway.audit.errors import AuditUnavailable
+from gateway.cli_support import ConfigOpt, err, out
 from gateway.config import ConfigError, load_settings
 from gateway.consent_admin import ConsentAdmin, ConsentInputError, ConsentStateError, open_store
 from policies.consent.model import Grant, Kind
@@ -34,12 +34,8 @@ __all__ = ["consent_app", "legal_basis_app"]
 consent_app = typer.Typer(help="Record and manage citizens' consents to conditional sharing.", no_args_is_help=True)
 legal_basis_app = typer.Typer(help="Record and withdraw legal bases that stand in for consent.", no_args_is_help=True)
 
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 T = TypeVar("T")
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Configuration file (default: $HUTONG_CONFIG, "
-                                                                      "else the demo's).")]
 By = Annotated[str | None, typer.Option("--by", help="The official recording it (default: $HUTONG_ACTOR or the "
                                                      "OS account).")]
 Reason = Annotated[str, typer.Option("--reason", help="Why (kept in the history and the audit log).")]

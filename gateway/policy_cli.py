@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
@@ -23,6 +22,7 @@ from catalog.loader import CatalogError, load_catalog
 from catalog.model import Catalog
 from gateway.audit.admin import actor
 from gateway.audit.errors import AuditUnavailable
+from gateway.cli_support import ConfigOpt, err, error, out
 from gateway.config import ConfigError, Settings, load_settings
 from policies.admin import PolicyAdmin, PolicyAdminUnavailable, open_policy_admin
 from policies.lines import format_line, parse_csv, parse_line
@@ -37,12 +37,8 @@ dry_run_app = typer.Typer(help="Evaluate a proposed policy on every gateway with
                           no_args_is_help=True)
 policy_app.add_typer(dry_run_app, name="dry-run")
 
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 T = TypeVar("T")
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Configuration file (default: $HUTONG_CONFIG, "
-                                                                      "else the demo's).")]
 By = Annotated[str | None, typer.Option("--by", help="Who makes the change (default: $HUTONG_ACTOR or the OS "
                                                      "account).")]
 Reason = Annotated[str, typer.Option("--reason", "-r", help="Why (kept in the history and the audit log).")]
@@ -51,7 +47,7 @@ Lines = Annotated[list[str] | None, typer.Argument(help='Policy lines, e.g. "p, 
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(Text("error: ", style="red") + Text(message))
+    error(message)
     raise typer.Exit(code)
 
 

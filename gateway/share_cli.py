@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,6 +24,7 @@ from catalog.loader import CatalogError, load_catalog
 from catalog.model import Catalog
 from gateway.audit.admin import actor, append_admin
 from gateway.audit.errors import AuditUnavailable
+from gateway.cli_support import ConfigOpt, err, error, out
 from gateway.config import ConfigError, Settings, load_settings
 from policies.lines import PolicyLine, format_line
 from policies.sharing import ApplyLines, ShareInputError, ShareRequest, ShareService, ShareStatus
@@ -35,19 +35,15 @@ __all__ = ["share_app"]
 share_app = typer.Typer(help="Ask another department for fields of its dataset, answer such requests, list them.",
                         no_args_is_help=True)
 
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 T = TypeVar("T")
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Configuration file (default: $HUTONG_CONFIG, "
-                                                                      "else the demo's).")]
 By = Annotated[str | None, typer.Option("--by", help="The official who does it (default: $HUTONG_ACTOR or the OS "
                                                      "account).")]
 RequestId = Annotated[str, typer.Argument(help="The request id (sr-...).")]
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    err.print(Text("error: ", style="red") + Text(message))
+    error(message)
     return typer.Exit(code)
 
 

@@ -16,7 +16,6 @@ from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,32 +25,25 @@ from gateway.audit.keys import AuditKeys, jwk_of, load_public_key
 from gateway.audit.settings import AuditSettings
 from gateway.audit.store import AuditStore, insert_only_grants
 from gateway.audit.verify import ExportFormatError, Report, verify_file, verify_store
+from gateway.cli_support import ConfigOpt, err, error, out
 from gateway.config import ConfigError, load_settings
 
 __all__ = ["audit_app"]
 
 audit_app = typer.Typer(help="Verify, export and search the tamper-evident audit trail.", no_args_is_help=True)
 
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Configuration file (default: $HUTONG_CONFIG, "
-                                                                      "else the demo's).")]
 KeyOpt = Annotated[list[Path] | None, typer.Option("--key", help="Trust this audit public key (PEM; repeat for "
                                                                  "several) instead of the configured ones.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 T = TypeVar("T")
 
 
-def _error(message: str) -> None:
-    err.print(Text("error: ", style="red") + Text(message))
-
-
 def _settings(config: Path | None) -> AuditSettings:
     try:
         return AuditSettings.from_settings(load_settings(config))
     except ConfigError as exc:
-        _error(str(exc))
+        error(str(exc))
         raise typer.Exit(2) from None
 
 
@@ -62,7 +54,7 @@ def _keys(config: Path | None, key_files: list[Path] | None) -> AuditKeys:
         audit = _settings(config)
         return AuditKeys.load(audit.signing_key, audit.previous_keys, generate=False)
     except ConfigError as exc:
-        _error(str(exc))
+        error(str(exc))
         raise typer.Exit(2) from None
 
 
@@ -91,10 +83,10 @@ def _run(config: Path | None, action: Callable[[AuditStore], Awaitable[T]], url:
     try:
         return asyncio.run(go())
     except ValueError as exc:
-        _error(str(exc))
+        error(str(exc))
         raise typer.Exit(2) from None
     except (OSError, SQLAlchemyError) as exc:  # by kind only: the URL may hold a password
-        _error(f"cannot reach the audit store: {type(exc).__name__}")
+        error(f"cannot reach the audit store: {type(exc).__name__}")
         raise typer.Exit(2) from None
 
 
@@ -123,7 +115,7 @@ def verify(file: Annotated[Path | None, typer.Argument(help="An export (JSON Lin
         try:
             report = asyncio.run(verify_file(file, keys))
         except (OSError, ExportFormatError) as exc:
-            _error(str(exc) if isinstance(exc, ExportFormatError) else f"cannot read {file}: {exc.strerror}")
+            error(str(exc) if isinstance(exc, ExportFormatError) else f"cannot read {file}: {exc.strerror}")
             raise typer.Exit(2) from None
     else:
         keys = _keys(config, key)
@@ -141,7 +133,7 @@ def export_cmd(fmt: Annotated[str, typer.Option("--format", "-f", help="jsonl or
                config: ConfigOpt = None) -> None:
     """Export records and checkpoints in a file that verifies offline (`hutong audit verify FILE`)."""
     if fmt not in FORMATS:
-        _error(f"--format must be one of {', '.join(FORMATS)}")
+        error(f"--format must be one of {', '.join(FORMATS)}")
         raise typer.Exit(2)
     keys = _keys(config, None)
     if output is None:
@@ -208,10 +200,10 @@ def _subject_hmac(config: Path | None, kind: str, value: str) -> str:
         key = PolicySettings.from_settings(load_settings(config)).mask_key
         return SubjectHasher(key).of_input(kind, value)
     except ConfigError as exc:
-        _error(str(exc))
+        error(str(exc))
         raise typer.Exit(2) from None
     except InvalidKey as exc:
-        _error(str(exc))
+        error(str(exc))
         raise typer.Exit(2) from None
 
 
@@ -270,7 +262,7 @@ def grants(role: Annotated[str, typer.Argument(help="The gateway's PostgreSQL ro
     try:
         out.print(insert_only_grants(role), end="")
     except ValueError as exc:
-        _error(str(exc))
+        error(str(exc))
         raise typer.Exit(2) from None
 
 
@@ -282,7 +274,7 @@ def prune(through_seq: Annotated[int, typer.Option(help="A checkpoint's seq: rec
           ) -> None:
     """Remove records through a checkpoint, after exporting them (`export --through-seq`)."""
     if not yes:
-        _error("export the range first (`hutong audit export --through-seq N -o FILE`, then `hutong audit verify "
+        error("export the range first (`hutong audit export --through-seq N -o FILE`, then `hutong audit verify "
                "FILE`), then repeat with --yes")
         raise typer.Exit(2)
     n = _run(None, lambda store: store.prune_through(through_seq), url=owner_url)

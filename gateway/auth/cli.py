@@ -15,7 +15,6 @@ import typer
 from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
-from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.audit.admin import actor, admin_event, append_admin
@@ -23,6 +22,7 @@ from gateway.audit.errors import AuditUnavailable
 from gateway.auth.client_secrets import new_secret
 from gateway.auth.clients import ClientStore, ClientStoreError, public_jwk
 from gateway.auth.settings import AuthSettings
+from gateway.cli_support import ConfigOpt, err, error, out
 from gateway.config import ConfigError, load_settings
 
 __all__ = ["client_app"]
@@ -30,17 +30,9 @@ __all__ = ["client_app"]
 client_app = typer.Typer(help="Register and manage the clients (department applications) that may get tokens.",
                          no_args_is_help=True)
 
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Configuration file (default: $HUTONG_CONFIG, "
-                                                                      "else the demo's).")]
 ClientId = Annotated[str, typer.Argument(help="The client id, e.g. street-office-app.")]
 T = TypeVar("T")
-
-
-def _error(message: str) -> None:
-    err.print(Text("error: ", style="red") + Text(message))
 
 
 def _view(client: Any) -> dict[str, Any] | None:
@@ -60,7 +52,7 @@ def _run(config: Path | None, action: Callable[[ClientStore], Awaitable[T]], cha
         settings = load_settings(config)
         auth = AuthSettings.from_settings(settings)
     except ConfigError as exc:
-        _error(str(exc))
+        error(str(exc))
         raise typer.Exit(2) from None
 
     async def go() -> T:
@@ -75,7 +67,7 @@ def _run(config: Path | None, action: Callable[[ClientStore], Awaitable[T]], cha
                     await append_admin(settings, admin_event(change, client_id, by=actor(), before=before,
                                                              after=after))
                 except AuditUnavailable:
-                    _error(f"{change} of {client_id} was made but could not be recorded in the audit log: "
+                    error(f"{change} of {client_id} was made but could not be recorded in the audit log: "
                            "check the audit store, then record it by hand")
                     raise typer.Exit(3) from None
             return result
@@ -85,10 +77,10 @@ def _run(config: Path | None, action: Callable[[ClientStore], Awaitable[T]], cha
     try:
         return asyncio.run(go())
     except (ClientStoreError, ValueError) as exc:
-        _error(str(exc))
+        error(str(exc))
         raise typer.Exit(1) from None
     except (OSError, SQLAlchemyError) as exc:  # shown by kind: the store URL may hold a password
-        _error(f"cannot reach the client store: {type(exc).__name__}")
+        error(f"cannot reach the client store: {type(exc).__name__}")
         raise typer.Exit(1) from None
 
 
@@ -96,10 +88,10 @@ def _read_key(path: Path) -> dict[str, Any]:
     try:
         return public_jwk(path.read_bytes())
     except OSError as exc:
-        _error(f"cannot read {path}: {exc.strerror}")
+        error(f"cannot read {path}: {exc.strerror}")
         raise typer.Exit(2) from None
     except ValueError as exc:
-        _error(f"{path}: {exc}")
+        error(f"{path}: {exc}")
         raise typer.Exit(2) from None
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from gateway.audit.admin import actor, admin_event, append_admin
+from gateway.cli_support import ConfigOpt, err, out
 from gateway.config import ConfigError, load_settings
 from gateway.console.accounts import AccountError, AccountStore
 from gateway.console.settings import ROLES, ConsoleSettings
@@ -28,11 +28,7 @@ console_app = typer.Typer(help="The web console (/console).", no_args_is_help=Tr
 user_app = typer.Typer(help="People's accounts: add, list, set a password, disable.", no_args_is_help=True)
 console_app.add_typer(user_app, name="user")
 
-out = Console(soft_wrap=True, highlight=False)
-err = Console(stderr=True, soft_wrap=True, highlight=False)
 T = TypeVar("T")
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Configuration file (default: $HUTONG_CONFIG, "
-                                                                      "else the demo's).")]
 
 
 def _run(config: Path | None, action: Callable[[AccountStore], Awaitable[T]], event: tuple[str, str] | None = None,
