@@ -89,7 +89,6 @@ class StreamedAnswer:
     cursors: CursorCodec
     chunk_rows: int
     audit: dict[str, Any]
-    started: float = field(default_factory=time.perf_counter)
     _after: Any = None
     _first: list[Row] = field(default_factory=list)
     _sent_rows: int = 0
@@ -101,8 +100,9 @@ class StreamedAnswer:
         started = time.perf_counter()
         self._after = self.fetch.query.after  # the client's own cursor, if it gave one
         self._first = await self._next()
-        self.audit.update(self._describe(self._first), sources={self.fetch.source: {
-            "ms": round((time.perf_counter() - started) * 1000, 3), "fetches": 1, "errors": []}}, stream=True)
+        self.audit.update(subjects=sorted(self._subjects(self._first)), rows={self.fetch.source: len(self._first)},
+                          sources={self.fetch.source: {"ms": round((time.perf_counter() - started) * 1000, 3),
+                                                       "fetches": 1, "errors": []}}, stream=True)
 
     async def _next(self) -> list[Row]:
         """The next part: a keyset query of its own (the page's order, after the last row sent), so
@@ -127,10 +127,8 @@ class StreamedAnswer:
             self._after = self._last[self.root.order_by]
         return part
 
-    def _describe(self, rows: list[Row]) -> dict[str, Any]:
-        return {"subjects": sorted(subjects_of(rows, self.fetch.dataset, self.fetch.query.columns, self.catalog,
-                                               self.hasher)),
-                "rows": {self.fetch.source: len(rows)}}
+    def _subjects(self, rows: list[Row]) -> set[str]:
+        return subjects_of(rows, self.fetch.dataset, self.fetch.query.columns, self.catalog, self.hasher)
 
     async def body(self, record_part: PartRecorder, record_end: Callable[[int, list[str]], Awaitable[None]]
                    ) -> AsyncIterator[bytes]:
@@ -153,8 +151,7 @@ class StreamedAnswer:
             yield self._encode(shape, rows, path, first=True)
             while rows := await reading:
                 part += 1
-                described = self._describe(rows)
-                recording = _task(record_part(part, set(described["subjects"]), described["rows"]), pending)
+                recording = _task(record_part(part, self._subjects(rows), {self.fetch.source: len(rows)}), pending)
                 reading = _task(self._next(), pending)
                 encoded = self._encode(shape, rows, path, first=False)
                 await recording
