@@ -227,7 +227,7 @@ class Gateway:
                 finally:
                     audit["fields"] = field_dispositions(requested, auth)
                     audit["row_rules"] = auth.row_rules
-            page = streamable(plan, self.settings, self.sources, debug) if stream and plan.fetches else None
+            page = streamable(plan, self.settings, debug) if stream and plan.fetches else None
             if page is not None:
                 answer = StreamedAnswer(plan, page, plan.fetches[0], self._shaper(plan, {}), self.sources,
                                         self.catalog, self.subjects, self.cursors, self.settings.stream_chunk, audit)

@@ -52,7 +52,7 @@ T = TypeVar("T")
 PartRecorder = Callable[[int, set[str], dict[str, int]], Awaitable[None]]
 
 
-def streamable(plan: Plan, settings: Settings, sources: Sources, debug: bool) -> RootPage | None:
+def streamable(plan: Plan, settings: Settings, debug: bool) -> RootPage | None:
     """The page to stream, or None when the request is to be answered whole."""
     if debug or len(plan.fetches) != 1:
         return None
