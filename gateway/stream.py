@@ -15,8 +15,9 @@ the answer stops and the connection is cut before the JSON document is complete,
 can take a partial page for a whole one, and no record left unaccounted.
 
 What can stream: one data root, a page (``residents(limit: N) { nodes {...} }``) with N from
-``stream_from`` to ``max_nodes``, with plain fields only (no nested lists, no conditional fields,
-no withheld ones, one ``nodes`` selection, ``pageInfo`` after ``nodes``). Masks apply as usual.
+``stream_from`` up (a page over ``max_nodes`` is refused before anything is read, as every request
+is), with plain fields only (no nested lists, no conditional fields, no withheld ones, one ``nodes``
+selection, ``pageInfo`` after ``nodes``). Masks apply as usual.
 Anything else is answered whole by the usual stages. With the default ``max_limit`` (1,000) no page
 is that large: streaming serves deployments that raise ``max_limit`` for bulk clients.
 """
@@ -68,8 +69,6 @@ def streamable(plan: Plan, settings: Settings, debug: bool) -> RootPage | None:
         return None
     if root.order and root.page_info and root.order.index(root.page_info[0].key) < root.order.index(root.nodes[0][0]):
         return None  # pageInfo before nodes: hasNextPage is known only after the last row
-    if root.limit > settings.max_nodes:
-        return None  # answered whole, it is refused (QUERY_TOO_COSTLY) before anything is read
     return root
 
 
