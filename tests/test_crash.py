@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,8 @@ from gateway.audit.keys import AuditKeys
 from gateway.audit.settings import AuditSettings
 from gateway.audit.store import AuditStore
 from gateway.audit.verify import verify_store
-from gateway.config import REPO_ROOT, Settings
-from tests.test_recorded_processes import tail, wait_ready
+from gateway.config import Settings
+from tests.test_recorded_processes import start, tail, wait_ready
 
 HEADERS = {"x-purpose": "subsistence-allowance-review", "x-acting-user": "official-1", "x-case-id": "CRASH-1"}
 QUERY = {"query": "{ residents(limit: 3) { nodes { idNumber name } } }"}
@@ -33,13 +31,6 @@ QUERY = {"query": "{ residents(limit: 3) { nodes { idNumber name } } }"}
 def config(make_settings: Any, tmp_path: Path, sources: dict[str, str] | None = None) -> Settings:
     # The demo's policy and clients; no rate limit: the test floods on purpose.
     return make_settings(sources, stores=tmp_path / "stores", extra="[limits]\nrate = 0\n")
-
-
-def serve(settings: Settings, port: int, log: Path, workers: int = 1) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(settings.path), "--port",
-                             str(port), "--workers", str(workers)], cwd=REPO_ROOT, env=env,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
 async def token(c: httpx.AsyncClient) -> str:
@@ -64,7 +55,7 @@ async def chain(settings: Settings) -> tuple[bool, str, set[str]]:
 async def test_kill_9_under_load_loses_no_record_of_an_answered_request(make_settings: Any, tmp_path: Path) -> None:
     settings = config(make_settings, tmp_path)
     port, log = free_port(), tmp_path / "gateway.log"
-    proc = serve(settings, port, log, workers=2)
+    proc = start(settings.path, port, log, workers=2)
     answered: set[str] = set()
     try:
         await wait_ready(f"http://127.0.0.1:{port}", proc, log)
@@ -94,7 +85,7 @@ async def test_kill_9_under_load_loses_no_record_of_an_answered_request(make_set
     assert ok, detail
     assert answered <= recorded, f"{len(answered - recorded)} answered requests have no record"
     # Restarted, the gateway continues the same chain.
-    proc = serve(settings, port, log)
+    proc = start(settings.path, port, log)
     try:
         await wait_ready(f"http://127.0.0.1:{port}", proc, log)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
@@ -117,7 +108,7 @@ async def test_sigterm_finishes_in_flight_requests_and_flushes_the_audit(make_se
     with ServerThread(housing) as slow_housing:
         settings = config(make_settings, tmp_path, {"housing_api": slow_housing.url})
         port, log = free_port(), tmp_path / "gateway.log"
-        proc = serve(settings, port, log)
+        proc = start(settings.path, port, log)
         try:
             await wait_ready(f"http://127.0.0.1:{port}", proc, log)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:

@@ -23,10 +23,13 @@ from tests.conftest import TEST_POLICY
 REQUESTS_EACH = 60
 
 
-def start(cfg: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def start(cfg: Path, port: int, log: Path, workers: int = 1) -> subprocess.Popen[bytes]:
+    """``hutong serve`` in a process group of its own (so the whole group can be killed), its output
+    appended to ``log``."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--port", str(port)],
-                            cwd=REPO_ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg), "--port", str(port),
+                             "--workers", str(workers)], cwd=REPO_ROOT, env=env, stdout=log.open("ab"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def tail(log: Path) -> str:
