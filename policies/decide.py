@@ -28,8 +28,8 @@ from catalog.model import Catalog, Purpose, ShareType
 from policies.masks import mask_rank
 from policies.store import PolicyStore, Snapshot
 
-__all__ = ["ACTION", "LEVELS", "Access", "Decider", "Decision", "Effects", "RowRule", "Subject", "compile_policy",
-           "grant"]
+__all__ = ["ACTION", "LEVEL", "LEVELS", "Access", "Decider", "Decision", "Effects", "RowRule", "Subject",
+           "compile_policy", "grant", "offers_mask", "reaches"]
 
 
 class Access(IntEnum):
@@ -44,6 +44,29 @@ class Access(IntEnum):
 # The access levels, weakest first, and the action a policy line names for each.
 LEVELS = (Access.VERIFY, Access.MASKED, Access.CLEAR)
 ACTION = {Access.VERIFY: "verify", Access.MASKED: "read_masked", Access.CLEAR: "read"}
+
+# The level each action names. A line reaches more than its own level: see `reaches`.
+LEVEL = {"verify": Access.VERIFY, "read_masked": Access.MASKED, "read": Access.CLEAR}
+
+
+def reaches(act: str, eft: str, access: Access) -> bool:
+    """Whether a policy line with action ``act`` and effect ``eft`` speaks about ``access``. An allow
+    reaches its level and every weaker one (a clear read includes a masked read and a verification);
+    a deny reaches its level and every stronger one (what may not be verified may not be read either).
+    ``policies/model.conf``'s matcher says the same to Casbin, so ``enforce`` agrees level by level."""
+    if act == "*":
+        return True
+    level = LEVEL.get(act)
+    if level is None:
+        return False
+    return level <= access if eft == "deny" else level >= access
+
+
+def offers_mask(act: str) -> bool:
+    """Whether an allow line's mask counts for a masked read: a ``read`` line reaches the masked level
+    but names no mask for it (the catalogue default applies when only such lines allow it)."""
+    return act != "read"
+
 
 # What Decider.effects tells of one level: (some allow matches, some deny matches, masks of the allows).
 Effects = tuple[bool, bool, list[str]]
@@ -107,8 +130,9 @@ def compile_policy(enforcer: casbin.Enforcer, subject: Subject, purpose: str,
 
 
 def grant(effects: dict[Access, Effects], default_mask: str) -> tuple[Decision, Access | None]:
-    """The rule over the levels: the strongest level allowed below the first level a deny matches
-    (a deny on ``verify`` must not leave ``read`` allowed). Returns the decision and that first
+    """The rule over the levels: the strongest level allowed below the first level a deny reaches.
+    Since allows reach down and denies reach up (``reaches``), that is the strongest level Casbin's
+    ``enforce`` allows. Returns the decision and that first
     denied level (None: no deny matched). Decisions and explanations both take it from here."""
     granted = Decision(Access.DENIED)
     for access in LEVELS:
@@ -162,16 +186,18 @@ class Decider:
 
     @staticmethod
     def effects(rules: list[list[str]], obj: str, act: str) -> tuple[bool, bool, list[str]]:
-        """(some allow matches, some deny matches, masks of the matching allows in policy order)."""
+        """(some allow reaches, some deny reaches, masks the reaching allows name, in policy order)."""
+        access = LEVEL[act]
         allow = deny = False
         masks: list[str] = []
         for _sub, pattern, p_act, _pur, eft, p_mask in rules:
-            if (p_act == act or p_act == "*") and key_match(obj, pattern):
+            if reaches(p_act, eft, access) and key_match(obj, pattern):
                 if eft == "deny":
                     deny = True
                 else:
                     allow = True
-                    masks.append(p_mask)
+                    if offers_mask(p_act):
+                        masks.append(p_mask)
         return allow, deny, masks
 
     def decide(self, subject: Subject, purpose: str, obj: str) -> Decision:
@@ -192,9 +218,11 @@ class Decider:
         if spec.share is ShareType.NONE and obj not in pur.none_fields:
             return Decision(Access.DENIED, reason=f"{obj} is not shared (不予共享) and purpose {purpose!r} has "
                                                   "no legal basis for it")
-        granted, _ = grant({a: self.effects(compiled.rules, obj, ACTION[a]) for a in LEVELS}, spec.mask)
+        granted, denied_at = grant({a: self.effects(compiled.rules, obj, ACTION[a]) for a in LEVELS}, spec.mask)
         if granted.access is Access.DENIED:
-            return Decision(Access.DENIED, reason=f"no policy lets this client read {obj} for purpose {purpose!r}")
+            why = (f"a deny rule forbids this client to {ACTION[denied_at]} {obj}" if denied_at is not None
+                   else f"no policy lets this client read {obj}")
+            return Decision(Access.DENIED, reason=f"{why} for purpose {purpose!r}")
         return granted
 
     @staticmethod

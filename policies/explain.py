@@ -25,7 +25,19 @@ import casbin
 from casbin.util import key_match
 
 from catalog.model import Catalog, FieldSpec, Purpose, ShareType
-from policies.decide import ACTION, LEVELS, Access, Decider, Decision, RowRule, Subject, compile_policy, grant
+from policies.decide import (
+    ACTION,
+    LEVELS,
+    Access,
+    Decider,
+    Decision,
+    RowRule,
+    Subject,
+    compile_policy,
+    grant,
+    offers_mask,
+    reaches,
+)
 from policies.lines import PolicyLine, format_line
 
 __all__ = ["Explanation", "LevelTrace", "Override", "RowRuleMatch", "RuleMatch", "Term", "catalogue_terms", "explain",
@@ -214,10 +226,11 @@ def _explain(subject: Subject, purpose: Purpose, obj: str, spec: FieldSpec, rule
             continue
         match = RuleMatch(("p", *rule), paths[sub])
         for access in LEVELS:
-            if act in (ACTION[access], "*"):
+            if reaches(act, eft, access):
                 # Decider.effects counts every effect other than "deny" as an allow.
                 matches[access][1 if eft == "deny" else 0].append(match)
-    effects = {a: (bool(allows), bool(denies), [m.line[6] for m in allows]) for a, (allows, denies) in matches.items()}
+    effects = {a: (bool(allows), bool(denies), [m.line[6] for m in allows if offers_mask(m.line[3])])
+               for a, (allows, denies) in matches.items()}
     by_policy, denied_at = grant(effects, spec.mask)
     terms = catalogue_terms(purpose, obj, spec)
     blocked = any(t.blocks for t in terms)
@@ -262,7 +275,10 @@ def _denies(matches: Mapping[Access, tuple[list[RuleMatch], list[RuleMatch]]]) -
 
 
 def _mask_reason(mask: str | None, allows: list[RuleMatch], spec: FieldSpec) -> str:
-    given = [m.line[6] for m in allows]
+    given = [m.line[6] for m in allows if offers_mask(m.line[3])]
+    if not given:
+        return (f"Masked with {mask}, the catalogue's mask for this field: only read allows reach the masked "
+                "level, and they name no mask for it.")
     resolved = sorted({spec.mask if m == "default" else m for m in given})
     why = (f"Masked with {mask}, the only mask the matching read_masked allows give" if len(resolved) == 1
            else f"Masked with {mask}, the strictest of {', '.join(resolved)}, the masks the matching read_masked "

@@ -148,15 +148,17 @@ def mask_for(name: str) -> Mask | None:
     return Mask(name, f"all but the {m.group(1)} {n} characters hidden", _TEXT, keep)
 
 
-# From the strictest (shows nothing) to the loosest (shows everything); show_* masks rank by how
-# many characters they show.
-_RANK = {"null": 0, "hash": 1, "redact": 2, "name": 3, "date_year": 3, "round_1000": 3, "id_number": 4,
-         "phone": 4, "none": 100}
+# From the strictest (shows nothing) to the loosest (shows everything). Masks that keep characters
+# rank by how many they keep, so show_last_4 (4) is stricter than phone (3 + 4) and id_number (6 + 4),
+# and a surname (about one character) is stricter than show_first_2.
+_SHOWN = 4  # rank of a mask that keeps 0 characters; one more per character kept
+_RANK = {"null": 0, "hash": 1, "redact": 2, "name": _SHOWN + 1, "date_year": _SHOWN + 1, "round_1000": _SHOWN + 1,
+         "phone": _SHOWN + 7, "id_number": _SHOWN + 10, "none": 1000}
 
 
 def mask_rank(name: str) -> int:
     m = _PARAMETRISED.match(name)
-    return 4 + int(m.group(2)) if m else _RANK.get(name, 50)
+    return _SHOWN + int(m.group(2)) if m else _RANK.get(name, 500)
 
 
 class Masker:

@@ -25,7 +25,18 @@ import casbin
 from casbin.util import key_match
 
 from catalog.model import Catalog
-from policies.decide import ACTION, LEVELS, Access, Decision, Effects, RowRule, Subject, compile_policy, grant
+from policies.decide import (
+    LEVELS,
+    Access,
+    Decision,
+    Effects,
+    RowRule,
+    Subject,
+    compile_policy,
+    grant,
+    offers_mask,
+    reaches,
+)
 from policies.explain import catalogue_terms, purpose_of
 from policies.lines import PolicyLine, format_line, lines_of
 from policies.store import index_by_subject
@@ -152,7 +163,7 @@ def _decisions(rules: list[list[str]], open_fields: dict[str, str], patterns: _P
     the catalogue's terms leave to the policy), taking each line once."""
     seen: dict[str, tuple[set[Access], set[Access], list[str]]] = {}
     for _sub, pattern, act, _pur, eft, mask in rules:
-        levels = [a for a in LEVELS if act in (ACTION[a], "*")]
+        levels = [a for a in LEVELS if reaches(act, eft, a)]
         if not levels:
             continue
         for obj in patterns.fields_of(pattern):
@@ -163,7 +174,7 @@ def _decisions(rules: list[list[str]], open_fields: dict[str, str], patterns: _P
                 denies.update(levels)
             else:  # as in Decider.effects: every effect other than deny allows
                 allows.update(levels)
-                if Access.MASKED in levels:
+                if Access.MASKED in levels and offers_mask(act):
                     masks.append(mask)
     out: dict[str, Decision] = {}
     for obj, (allows, denies, masks) in seen.items():

@@ -6,7 +6,7 @@ import casbin
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.decide import Decider, Subject, compile_policy
+from policies.decide import ACTION, LEVELS, Access, Decider, Subject, compile_policy, grant
 from policies.store import MODEL_PATH, index_by_subject
 
 NAMES = ["c1", "c2", "dept:x", "dept:y", "role:a", "role:b", "group:g"]
@@ -46,6 +46,48 @@ def test_compiled_decisions_equal_enforce(rules: list[tuple[str, ...]], links: l
     for name in subject.names[1:]:
         e.add_grouping_policy(subject.client_id, name)
     assert ours == e.enforce(subject.client_id, obj, act, purpose)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rules=st.lists(rule, max_size=25), links=st.lists(link, max_size=6),
+       obj=st.sampled_from(OBJECTS), purpose=st.sampled_from(PURPOSES),
+       roles=st.frozensets(st.sampled_from(["a", "b"])))
+def test_granted_level_is_the_strongest_casbin_allows(rules: list[tuple[str, ...]], links: list[tuple[str, str]],
+                                                      obj: str, purpose: str, roles: frozenset[str]) -> None:
+    """The decision the gateway takes (``grant`` over the levels, as ``Decider.decide`` does) is the
+    strongest action ``Enforcer.enforce`` allows: no level a deny reaches, none no allow reaches."""
+    subject = Subject("c1", "x", roles)
+    e = enforcer_with(rules, links)
+    compiled = compile_policy(e, subject, purpose, index_by_subject(e))
+    decision, _ = grant({a: Decider.effects(compiled.rules, obj, ACTION[a]) for a in LEVELS}, "redact")
+    for name in subject.names[1:]:
+        e.add_grouping_policy(subject.client_id, name)
+    allowed = [a for a in LEVELS if e.enforce(subject.client_id, obj, ACTION[a], purpose)]
+    assert decision.access == (max(allowed) if allowed else Access.DENIED)
+    # Casbin's answers are monotone: whatever it allows, it allows every weaker level too.
+    assert allowed == list(LEVELS[:len(allowed)])
+
+
+def test_levels_reach_down_for_allows_and_up_for_denies() -> None:
+    e = enforcer_with([("c1", "d1.f1", "read", "*", "allow", "default"),
+                       ("c1", "d1.f2", "read", "*", "allow", "default"),
+                       ("c1", "d1.f2", "verify", "*", "deny", "default"),
+                       ("c1", "d2.f1", "read", "*", "allow", "default"),
+                       ("c1", "d2.f1", "read", "*", "deny", "default"),
+                       ("c1", "d2.f1", "read_masked", "*", "allow", "show_last_4")], [])
+    compiled = compile_policy(e, Subject("c1", "x"), "p1")
+
+    def decided(obj: str) -> tuple[Access, str | None]:
+        d, _ = grant({a: Decider.effects(compiled.rules, obj, ACTION[a]) for a in LEVELS}, "redact")
+        return d.access, d.mask
+
+    assert decided("d1.f1") == (Access.CLEAR, None)  # a clear read includes masked and verify
+    assert [e.enforce("c1", "d1.f1", a, "p1") for a in ACTS] == [True, True, True]
+    assert decided("d1.f2") == (Access.DENIED, None)  # what may not be verified may not be read
+    assert [e.enforce("c1", "d1.f2", a, "p1") for a in ACTS] == [False, False, False]
+    # A clear read denied, a masked read allowed: the masked line's mask, not the read line's default.
+    assert decided("d2.f1") == (Access.MASKED, "show_last_4")
+    assert [e.enforce("c1", "d2.f1", a, "p1") for a in ACTS] == [False, True, True]
 
 
 def test_deny_overrides_allow_through_a_role() -> None:

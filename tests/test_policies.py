@@ -173,6 +173,19 @@ async def test_the_strictest_mask_wins_whatever_the_line_order(tmp_path: Path) -
     assert await decide_with(tmp_path, b, a, obj="psb.resident.id_number") == (Access.MASKED, "hash")
 
 
+@pytest.mark.parametrize(("looser", "stricter"), [
+    ("id_number", "show_last_4"),  # 10 characters kept against 4
+    ("phone", "show_last_1"),  # 7 against 1
+    ("show_first_2", "name"),  # a surname is about one character
+    ("show_last_4", "redact"),
+])
+async def test_the_mask_that_shows_less_is_the_stricter(tmp_path: Path, looser: str, stricter: str) -> None:
+    a = f"p, app, psb.resident.id_number, read_masked, *, allow, {looser}"
+    b = f"p, role:r, psb.resident.id_number, read_masked, *, allow, {stricter}"
+    for lines in ((a, b), (b, a)):
+        assert await decide_with(tmp_path, *lines, obj="psb.resident.id_number") == (Access.MASKED, stricter)
+
+
 @pytest.mark.parametrize(("line", "words"), [
     ("p, app, psb.resident.name, read_masked, *, allow, none", "read_masked with mask none would be a clear read"),
     ("p2, app, psb.resident, *, birth_date, lt, not-a-date", "'not-a-date' is not a date"),
