@@ -140,6 +140,7 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
     app.state.auth = identity
     app.state.audit = trail
     app.state.rate_limiter = open_rate_limiter(gw.limits.rate_store)
+    gw.claim_budgets = app.state.rate_limiter  # verify budgets shared like the rate (gateway/verify_limits.py)
     app.state.auth_failures = MemoryRateLimiter()  # per caller address: bad tokens only (gateway/http.py)
     gw.audit_store = getattr(trail, "store", None)
     gw.audit_writer = trail

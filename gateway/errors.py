@@ -26,6 +26,7 @@ class Code(StrEnum):
     REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"  # the body is larger than max_body (413)
     TOO_MANY_OPERATIONS = "TOO_MANY_OPERATIONS"  # a batch of more operations than max_operations
     INTROSPECTION_DISABLED = "INTROSPECTION_DISABLED"  # __schema / __type refused to this client
+    VERIFY_LIMIT = "VERIFY_LIMIT"  # more verify claims than a request, or a subject's field per window, allows
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     NOT_ACCEPTABLE = "NOT_ACCEPTABLE"

@@ -14,6 +14,9 @@ max_operations = 1        # operations in one batched request (a JSON array); 1:
 introspection = true      # __schema and __type queries
 failed_auth_rate = 1      # requests with a bad token per second per address, sustained ...
 failed_auth_burst = 20    # ... and at once: beyond, 429 before the token is even checked
+verify_claims = 5         # yes/no claims one request may make (a claim.in of N values is N claims) ...
+verify_budget = 10        # ... and per client, data subject and field within verify_window hours
+verify_window = 24
 
 [limits.clients."street-office-app"]   # any of the keys above but rate_store, for one client
 rate = 200
@@ -52,6 +55,12 @@ class Limits:
     max_body: int = 1 << 20
     max_operations: int = 1
     introspection: bool = True
+    # verify(...) answers one yes/no question, but many of them rebuild the value (40 aliased `eq`
+    # claims found a birth date; `lt` claims bisect it in about 15). A request may make verify_claims
+    # claims; each subject's field answers verify_budget claims to one client per verify_window hours.
+    verify_claims: int = 5
+    verify_budget: int = 10
+    verify_window: float = 24.0
 
     @property
     def rate_limited(self) -> bool:

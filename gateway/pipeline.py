@@ -39,10 +39,12 @@ from gateway.executor import execute as execute_plan
 from gateway.limits import Limits, LimitSettings
 from gateway.plan import Const, Meta, Plan, RootEntity, RootPage, RootVerify, Withheld
 from gateway.planner import Planner
+from gateway.rate_limit import MemoryRateLimiter, RateLimiter
 from gateway.schema import BuiltSchema, build_schema
 from gateway.shape import Shaper
 from gateway.shape_compiled import CompiledShapes
 from gateway.stream import StreamedAnswer, streamable
+from gateway.verify_limits import check_claims, claims_of, spend_claims
 from policies.admin import PolicyAdmin, ensure_seeded
 from policies.consent.settings import ConsentSettings
 from policies.consent.store import ConsentStore
@@ -103,6 +105,8 @@ class Gateway:
         self.limits = LimitSettings.from_settings(settings)
         self.cursors = CursorCodec(self.policy.mask_key)
         self.subjects = SubjectHasher(self.policy.mask_key)
+        # verify claims' budgets (gateway/verify_limits.py); the app shares its rate-limit store here.
+        self.claim_budgets: RateLimiter = MemoryRateLimiter()
         self.audit_store: Any = None  # set by the app: the audit log the auditor queries read
         self.audit_writer: Any = None  # set by the app: consent changes are recorded through it
         self.clients: Any = None  # set by the app: the client store (explain and simulate name clients)
@@ -206,6 +210,11 @@ class Gateway:
             audit.update(query=normalised, query_hash=digest,
                          operation=prep.operation.name.value if prep.operation.name else None)
             plan = self.planner.plan(prep, limits.max_depth)
+            claims = claims_of(plan)
+            if claims:
+                # Whatever the answer, a claim tells something about its subject: recorded as read.
+                audit["claimed"] = sorted({self.subjects(c.subject) for c in claims})
+                check_claims(claims, limits)
             self._check_limits(plan, limits, audit)
             requested = plan.requested()  # before authorisation trims what it withholds
             audit["datasets"] = plan.datasets
@@ -227,6 +236,8 @@ class Gateway:
                 finally:
                     audit["fields"] = field_dispositions(requested, auth)
                     audit["row_rules"] = auth.row_rules
+                if claims:
+                    await spend_claims(claims, self.claim_budgets, ctx.subject.client_id, self.subjects, limits)
             page = streamable(plan, self.settings, debug) if stream and plan.fetches else None
             if page is not None:
                 answer = StreamedAnswer(plan, page, plan.fetches[0], self._shaper(plan, {}), self.sources,
@@ -246,6 +257,8 @@ class Gateway:
                 audit.update(consent.record())
                 audit["fields"] = field_dispositions(requested, auth, consent)
             audit.update(returned(results, self.catalog, self.subjects))
+            if claims:
+                audit["subjects"] = sorted(set(audit["subjects"]) | set(audit["claimed"]))
             shaper = self._shaper(plan, results)
             data: dict[str, Any] = {}
             meta = [r.key for r in plan.roots if isinstance(r, Meta)]
