@@ -27,6 +27,7 @@ from gateway.config import Settings, load_settings
 from gateway.console.accounts import AccountStore
 from gateway.console.app import create_console
 from gateway.console.settings import ConsoleSettings
+from gateway.cutoffs import Cutoffs
 from gateway.explorer import explorer_routes
 from gateway.http import graphql_endpoint, json_response
 from gateway.pipeline import Gateway
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
             await _check_limit_clients(gw, identity)
             stack.push_async_callback(accounts.close)
             stack.push_async_callback(app.state.rate_limiter.close)
+            stack.push_async_callback(app.state.cutoffs.close)  # before the trail closes (LIFO)
             await accounts.init()
             if settings.demo:
                 added = await accounts.ensure_demo()
@@ -142,6 +144,7 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
     app.state.rate_limiter = open_rate_limiter(gw.limits.rate_store)
     gw.claim_budgets = app.state.rate_limiter  # verify budgets shared like the rate (gateway/verify_limits.py)
     app.state.auth_failures = MemoryRateLimiter()  # per caller address: bad tokens only (gateway/http.py)
+    app.state.cutoffs = Cutoffs(trail.append)  # what those addresses send meanwhile: counted, recorded
     gw.audit_store = getattr(trail, "store", None)
     gw.audit_writer = trail
     gw.clients = getattr(identity, "store", None)

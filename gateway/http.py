@@ -28,6 +28,7 @@ from gateway.audit.errors import AuditUnavailable
 from gateway.auth.bearer import auth_error_response
 from gateway.auth.errors import AuthError
 from gateway.context import RequestContext, context_from_headers
+from gateway.cutoffs import Cutoffs
 from gateway.errors import Code, GraphQLErrorOut, RequestError
 from gateway.explorer import explorer_page, wants_explorer
 from gateway.limits import Limits
@@ -130,31 +131,45 @@ async def graphql_endpoint(request: Request) -> Response:
     # The same URL answers HTML (explorer) or JSON depending on Accept: caches must know.
     headers = {"X-Request-Id": request_id, "Vary": "Accept"}
 
-    if request.method not in ("GET", "POST"):
-        err = GraphQLErrorOut(f"{request.method} is not supported: send queries with GET or POST",
-                              Code.METHOD_NOT_ALLOWED)
-        return json_response({"errors": [err.to_dict()]}, 405, JSON, {**headers, "Allow": "GET, POST"})
-    if wants_explorer(request):
+    explorer = request.method == "GET" and wants_explorer(request)
+    if explorer:
         return explorer_page(request, request.query_params.get("query") or EXPLORER_QUERY)
-
     media = best_of(request.headers.get("accept"), (GRAPHQL_RESPONSE, JSON))
-    if media is None:
-        err = GraphQLErrorOut(f"cannot answer in any type the Accept header allows: accept {GRAPHQL_RESPONSE} "
-                              f"or {JSON}", Code.NOT_ACCEPTABLE)
-        return json_response({"errors": [err.to_dict()]}, 406, JSON, headers)
 
     record = _Recorder(request, request_id, started)
     address = f"address:{request.client.host if request.client else '-'}"
     failures: MemoryRateLimiter = request.app.state.auth_failures
+    cutoffs: Cutoffs = request.app.state.cutoffs
     wait = failures.wait_now(address, gateway.limits.failed_auth_rate, gateway.limits.failed_auth_burst)
-    if wait > 0:  # this address keeps sending bad tokens: refused before any check, and not recorded again
+    if wait > 0:  # this address keeps sending junk: refused before any check, counted (gateway/cutoffs.py)
+        await cutoffs.refused(address)
         return _rate_limited("too many requests with an invalid access token from this address (send a valid "
-                             "one)", wait, media, headers)[1]
+                             "one)", wait, media or JSON, headers)[1]
+    if cutoffs.cut_off(address):
+        await cutoffs.let_through(address)
+
+    def junk() -> None:
+        """A request no endpoint can answer spends the address's bucket, as a bad token does."""
+        failures.take_now(address, gateway.limits.failed_auth_rate, gateway.limits.failed_auth_burst)
+
+    if request.method not in ("GET", "POST"):
+        junk()
+        err = GraphQLErrorOut(f"{request.method} is not supported: send queries with GET or POST",
+                              Code.METHOD_NOT_ALLOWED)
+        body = {"errors": [err.to_dict()]}
+        return await record.then(json_response(body, 405, JSON, {**headers, "Allow": "GET, POST"}), status=405,
+                                 body=body, audit={}, media=JSON, headers=headers)
+    if media is None:
+        junk()
+        err = GraphQLErrorOut(f"cannot answer in any type the Accept header allows: accept {GRAPHQL_RESPONSE} "
+                              f"or {JSON}", Code.NOT_ACCEPTABLE)
+        body = {"errors": [err.to_dict()]}
+        return await record.then(json_response(body, 406, JSON, headers), status=406, body=body, audit={},
+                                 media=JSON, headers=headers)
     try:
         identity = await request.app.state.auth.authenticate(request)
     except AuthError as exc:
-        if failures.take_now(address, gateway.limits.failed_auth_rate, gateway.limits.failed_auth_burst) > 0:
-            log.warning("%s: too many requests with invalid tokens; refusing it until its bucket refills", address)
+        junk()
         response = auth_error_response(exc, media)
         response.headers.update(headers)
         refused = {"errors": [{"extensions": {"code": Code.UNAUTHENTICATED.value}}]}

@@ -199,17 +199,33 @@ async def test_a_batch_is_answered_operation_by_operation_each_recorded(make_set
         assert r.status_code == 400 and code(r) == "TOO_MANY_OPERATIONS" and "1 to 3 operations" in r.text
 
 
-async def test_a_flood_of_bad_tokens_is_refused_before_it_is_checked_or_recorded(make_settings: Any,
-                                                                                   tmp_path: Path) -> None:
-    s = settings_with(make_settings, tmp_path, "[limits]\nfailed_auth_rate = 0.5\nfailed_auth_burst = 3\n")
+async def test_a_flood_of_bad_tokens_is_refused_before_it_is_checked_and_recorded_as_a_count(
+        make_settings: Any, tmp_path: Path) -> None:
+    s = settings_with(make_settings, tmp_path, "[limits]\nfailed_auth_rate = 0.5\nfailed_auth_burst = 4\n")
     async with served(s, PURPOSE) as (client, gw):
         assert gw.audit_store is not None
         _, before = await gw.audit_store.search({"kind": "request"}, 1)
         statuses = [(await client.post("/graphql", json={"query": "{ __typename }"},
-                                       headers={"authorization": "Bearer junk"})).status_code for _ in range(6)]
-        assert statuses == [401, 401, 401, 429, 429, 429]
-        _, after = await gw.audit_store.search({"kind": "request"}, 1)
-        assert after - before == 3  # the refused flood costs no audit write
+                                       headers={"authorization": "Bearer junk"})).status_code for _ in range(3)]
+        # Junk of other kinds spends the same bucket: a method no endpoint answers, an impossible Accept.
+        statuses.append((await client.put("/graphql")).status_code)
+        statuses += [(await client.post("/graphql", json={"query": "{ __typename }"},
+                                        headers={"authorization": "Bearer junk"})).status_code for _ in range(5)]
+        # A valid token from a cut-off address is refused too, before it is checked: counted with the rest.
+        statuses.append((await client.post("/graphql", json={"query": "{ __typename }"})).status_code)
+        assert statuses == [401, 401, 401, 405, *[429] * 6], statuses
+        records, after = await gw.audit_store.search({"kind": "request"}, 50)
+        # 4 requests recorded one by one, then the first refusal's record; the other 5 wait for the next.
+        assert after - before == 5
+        assert [r["body"]["status"] for r in records[:5]][::-1] == [401, 401, 401, 405, 429]
+        assert records[0]["body"]["refused"] == 1 and records[0]["body"]["outcome"] == "rejected"
+        # Once the bucket has a token again the address is served, and what was pending is recorded first.
+        await asyncio.sleep(2.1)
+        r = await client.post("/graphql", json={"query": "{ __typename }"})
+        assert r.status_code == 200
+        records, total = await gw.audit_store.search({"kind": "request"}, 50)
+        assert total - before == 7 and records[1]["body"]["refused"] == 5 and records[1]["body"]["status"] == 429
+        assert sum(r["body"].get("refused", 1) for r in records[:7]) == 11  # every request of the flood, and this
 
 
 # --- the limiters on their own ---------------------------------------------------------------------

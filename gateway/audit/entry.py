@@ -212,4 +212,6 @@ def request_record(*, request_id: str, ip: str | None, client_id: str | None, de
         "cost": audit.get("cost"),  # the plan's estimated rows (gateway/cost.py), refused or not
         # A streamed answer (gateway/stream.py): this record is its part 1; request-part records follow.
         **({"part": 1, "final": False} if audit.get("stream") else {}),
+        # Requests refused from a cut-off address (gateway/cutoffs.py): this record stands for that many.
+        **({"refused": audit["refused"]} if audit.get("refused") else {}),
     }
