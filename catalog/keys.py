@@ -117,3 +117,31 @@ KEY_KINDS: dict[str, KeyKind] = {
     "id_number": KeyKind("id_number", "resident ID number (GB 11643)", normalise_id_number),
     "credit_code": KeyKind("credit_code", "unified social credit code (GB 32100)", normalise_credit_code),
 }
+
+
+_RUN = re.compile(r"[0-9A-Za-z]{18,}")
+
+
+def scrub_keys(text: str, pseudonym: Callable[[str], str]) -> str:
+    """``text`` with every valid ID number or credit code in it replaced by ``kind:pseudonym``.
+
+    For free text that ends up in records (aliases, operation names, case ids): a key may hide in
+    any run of letters and digits (``P990111198009303439`` as an alias), so every 18-character
+    window of every such run is tried; only windows that pass the checksum are replaced."""
+    def scrub_run(m: re.Match[str]) -> str:
+        run, i = m.group(0), 0
+        while i <= len(run) - 18:
+            for kind in KEY_KINDS.values():
+                try:
+                    key = kind.normalise(run[i:i + 18])
+                except InvalidKey:
+                    continue
+                tag = f"[{kind.code}:{pseudonym(key)[:16]}]"
+                run = run[:i] + tag + run[i + 18:]
+                i += len(tag)
+                break
+            else:
+                i += 1
+        return run
+
+    return _RUN.sub(scrub_run, text)

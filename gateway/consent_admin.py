@@ -51,7 +51,7 @@ class ConsentAdmin:
         action = "consent.grant" if terms.kind is Kind.CONSENT else "legal_basis.record"
 
         async def audit(grant: Grant) -> None:
-            await self.record(admin_event(action, grant.id, by=terms.recorded_by, after=grant.describe(now),
+            await self.record(admin_event(action, grant.id, by=terms.recorded_by, after=_for_audit(grant, now),
                                           detail={"via": terms.recorded_via}))
 
         return await self.store.add(terms, by=terms.recorded_by, then=audit)
@@ -63,8 +63,8 @@ class ConsentAdmin:
 
         async def audit(before: Grant, after: Grant) -> None:
             kind = "consent" if after.terms.kind is Kind.CONSENT else "legal_basis"
-            await self.record(admin_event(f"{kind}.{action}", grant_id, by=by, before=before.describe(now),
-                                          after=after.describe(now), detail={"via": via, "reason": reason}))
+            await self.record(admin_event(f"{kind}.{action}", grant_id, by=by, before=_for_audit(before, now),
+                                          after=_for_audit(after, now), detail={"via": via, "reason": reason}))
 
         _, after = await self.store.change(grant_id, action, by=by, reason=reason, now=now, then=audit)
         return after
@@ -75,3 +75,11 @@ class ConsentAdmin:
             return self.pseudonym(KEY_KINDS[kind].normalise(value))
         except InvalidKey as exc:
             raise ConsentInputError([str(exc)]) from None
+
+
+def _for_audit(grant: Grant, now: datetime) -> dict[str, Any]:
+    """A grant as the audit log keeps it: its subject by pseudonym only. The masked key people see in
+    lists (region and last four digits: 10 of 18) is personal data the log does not need."""
+    out = grant.describe(now)
+    out.pop("subject_hint", None)
+    return out

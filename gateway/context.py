@@ -72,9 +72,12 @@ def context_from_headers(headers: dict[str, str] | object, subject: Subject, cat
             raise RequestError(Code.ACTING_USER_REQUIRED, "name the official acting in the X-Acting-User header")
         if case is None:
             raise RequestError(Code.CASE_ID_REQUIRED, "name the case this request serves in the X-Case-Id header")
-    reject = get("x-reject-unauthorized")
+    reject = _clean("X-Reject-Unauthorized", get("x-reject-unauthorized"))
+    if reject is not None and reject.lower() not in ("true", "false"):
+        # Anything else silently meaning "false" would override a server default of reject.
+        raise RequestError(Code.BAD_REQUEST, "the X-Reject-Unauthorized header must be true or false")
     return RequestContext(subject, purpose, acting, case,
-                          reject_default if reject is None else str(reject).lower() == "true", request_id)
+                          reject_default if reject is None else reject.lower() == "true", request_id)
 
 
 def require_role(context: Mapping[str, Any], *roles: str) -> Subject:

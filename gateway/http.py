@@ -22,6 +22,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from catalog.keys import scrub_keys
 from gateway.accept import best_of
 from gateway.audit.entry import part_record, request_record
 from gateway.audit.errors import AuditUnavailable
@@ -177,6 +178,7 @@ async def graphql_endpoint(request: Request) -> Response:
                                  headers=headers)
     subject = Subject(identity.client_id, identity.department, identity.roles)
     record.subject = subject
+    record.token_id = getattr(identity, "jti", None)
     limits = gateway.limits.of(identity.client_id)
     if limits.rate_limited:
         wait = await request.app.state.rate_limiter.take(identity.client_id, limits.rate, limits.burst)
@@ -232,7 +234,7 @@ async def _batch(request: Request, first: _Recorder, operations: list[Operation]
     bodies: list[dict[str, Any]] = []
     for i, (query, operation_name, variables) in enumerate(operations, 1):
         recorder = _Recorder(request, f"{first.request_id}-{i}", time.perf_counter())
-        recorder.subject = subject
+        recorder.subject, recorder.token_id = subject, first.token_id
         audit: dict[str, Any] = {}
         try:
             async with asyncio.timeout(limits.request_timeout) as deadline:
@@ -283,6 +285,7 @@ class _Recorder:
         self.started = started
         self.subject: Subject | None = None
         self.context: RequestContext | None = None
+        self.token_id: str | None = None  # the access token's jti: which token asked (RFC 9068)
 
     def context_of(self, data_request: bool) -> RequestContext:
         """The request's context from its headers (``Gateway.run`` asks once it knows whether data is
@@ -341,13 +344,25 @@ class _Recorder:
         gateway: Gateway = self.request.app.state.gateway
         ctx, subject = self.context, self.subject
         purpose = ctx.purpose if ctx else None
-        return request_record(
+        entry = request_record(
             request_id=self.request_id, ip=self.request.client.host if self.request.client else None,
             client_id=subject.client_id if subject else None, department=subject.department if subject else None,
             acting_user=ctx.acting_user if ctx else None, case_id=ctx.case_id if ctx else None, purpose=purpose,
             legal_basis=gateway.catalog.purposes[purpose].legal_basis if purpose in gateway.catalog.purposes else None,
-            status=status, body=body, audit=audit, latency_ms=(time.perf_counter() - self.started) * 1000)
+            status=status, body=body, audit=audit, latency_ms=(time.perf_counter() - self.started) * 1000,
+            token_id=self.token_id)
+        # Text the caller chose (aliases, operation and variable names, the case and official headers)
+        # may carry an ID number: never kept raw, only as its pseudonym (kind:HMAC prefix).
+        for name in _FREE_TEXT:
+            if isinstance(entry.get(name), str):
+                entry[name] = scrub_keys(entry[name], gateway.subjects)
+        for f in entry["fields"]:  # response paths hold the aliases
+            if isinstance(f.get("path"), str):
+                f["path"] = scrub_keys(f["path"], gateway.subjects)
+        return entry
 
+
+_FREE_TEXT = ("query", "operation", "acting_user", "case_id")
 
 # Refusals of the HTTP request itself, not of a GraphQL operation: 400 whatever the client accepts.
 _HTTP_LEVEL = (Code.BAD_REQUEST.value, Code.TOO_MANY_OPERATIONS.value)

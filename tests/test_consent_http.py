@@ -104,6 +104,9 @@ async def test_a_counter_records_consent_and_the_household_check_uses_it(http: G
     assert request["consents"] == [grant["id"]] and request["consent_withheld"] == {"CONSENT_REQUIRED": 1}
     text = json.dumps([rec["body"] for rec in records], ensure_ascii=False)
     assert not ID.search(text), "no raw ID number in the audit log"
+    # Nor the masked form people see in consent lists (region and last four: 10 of its 18 digits).
+    assert "subject_hint" not in event["after"] and mine[:6] + "********" not in text
+    assert event["after"]["subject_hash"]
 
 
 async def test_the_citizen_revokes_and_the_next_request_is_refused(http: Gw, city: City) -> None:

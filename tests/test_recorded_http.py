@@ -54,6 +54,36 @@ async def test_requests_are_recorded_and_the_chain_verifies(make_settings: Any, 
     assert not ID.search(text) and "Bearer" not in text and "secret" not in text
 
 
+async def test_keys_hidden_in_free_text_are_kept_only_as_pseudonyms(make_settings: Any, city: City) -> None:
+    """Aliases, operation and variable names and the context headers are the caller's text: an ID
+    number put there is recorded as its pseudonym, never raw nor masked (10 of its 18 digits)."""
+    settings = make_settings(policy=TEST_POLICY)
+    applicant = city.showcase["applicant_id_number"]
+    query = (f"query P{applicant}($v{applicant}: String!) {{ _{applicant}: person(idNumber: $v{applicant}) "
+             "{ resident { name } } }")
+    async with served(settings) as (c, gw):
+        r = await c.post("/graphql", json={"query": query, "variables": {f"v{applicant}": applicant}},
+                         headers={"x-case-id": applicant, "x-acting-user": f"clerk {applicant.lower()}"})
+        assert r.status_code == 200 and r.json()["data"][f"_{applicant}"]["person" if False else "resident"]
+        records, _ = await trail(c).store.search({"client_id": "tester"}, limit=1)
+    rec = records[0]["body"]
+    text = json.dumps(rec, ensure_ascii=False)
+    assert applicant not in text and applicant[-4:] + '"' not in text and applicant[:10] not in text
+    tag = f"[id_number:{gw.subjects(applicant)[:16]}]"
+    assert rec["case_id"] == tag and rec["acting_user"] == f"clerk {tag}"
+    assert rec["operation"] == f"P{tag}" and text.count(tag) >= 5  # case, official, operation, alias, variable
+    assert rec["subjects"] == [gw.subjects(applicant)]
+    assert rec["token_id"]  # which access token asked (its jti)
+
+
+async def test_reject_unauthorized_is_true_or_false_or_refused(make_settings: Any) -> None:
+    async with served(make_settings(policy=TEST_POLICY)) as (c, _):
+        r = await c.post("/graphql", json={"query": "{ residents(limit: 1) { nodes { name } } }"},
+                         headers={"x-reject-unauthorized": "yes"})
+    assert r.status_code == 400 and r.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+    assert "must be true or false" in r.json()["errors"][0]["message"]
+
+
 async def test_no_record_no_answer(make_settings: Any, city_dir: Path) -> None:
     settings = make_settings(policy=TEST_POLICY)
     async with served(settings) as (c, _):

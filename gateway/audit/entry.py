@@ -177,7 +177,8 @@ def outcome_of(status: int, body: dict[str, Any]) -> str:
 
 def request_record(*, request_id: str, ip: str | None, client_id: str | None, department: str | None,
                    acting_user: str | None, case_id: str | None, purpose: str | None, legal_basis: str | None,
-                   status: int, body: dict[str, Any], audit: dict[str, Any], latency_ms: float) -> dict[str, Any]:
+                   status: int, body: dict[str, Any], audit: dict[str, Any], latency_ms: float,
+                   token_id: str | None = None) -> dict[str, Any]:
     """The body of the audit record of one request (the store adds time, sequence and chain hashes)."""
     codes = sorted({e.get("extensions", {}).get("code", "") for e in body.get("errors", [])} - {""})
     returned_data = bool(audit.get("rows"))
@@ -185,6 +186,7 @@ def request_record(*, request_id: str, ip: str | None, client_id: str | None, de
         "request_id": request_id,
         "ip": ip,
         "client_id": client_id,
+        **({"token_id": token_id} if token_id else {}),  # the access token's jti
         "department": department,
         "acting_user": acting_user,
         "case_id": case_id,
