@@ -266,6 +266,7 @@ class ConsentQuery(graphene.ObjectType):
         subject_hash = None
         if subject is not None:
             subject_hash = admin.subject_hash("id_number" if given.get("id_number") else "credit_code", subject)
+            info.context.get("looked_up", set()).add(subject_hash)  # recorded: whose consents were read
         grants = await admin.store.search(subject_hash=subject_hash, requester=given.get("requester"),
                                           purpose=given.get("purpose"), kind=Kind(kind) if kind else None,
                                           limit=size, after=after)

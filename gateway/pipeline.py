@@ -262,7 +262,7 @@ class Gateway:
             shaper = self._shaper(plan, results)
             data: dict[str, Any] = {}
             meta = [r.key for r in plan.roots if isinstance(r, Meta)]
-            meta_result = await self._meta(prep, ctx) if meta else None
+            meta_result = await self._meta(prep, ctx, audit) if meta else None
             for root in plan.roots:
                 if isinstance(root, Const):
                     data[root.key] = root.value
@@ -371,16 +371,19 @@ class Gateway:
         return await apply_consent(plan, results, ctx, self.catalog, self.consents, self.consents.signer,
                                    self.subjects, datetime.now(UTC))
 
-    async def _meta(self, prep: Prepared, ctx: RequestContext | Unrestricted) -> ExecutionResult:
+    async def _meta(self, prep: Prepared, ctx: RequestContext | Unrestricted,
+                    audit: dict[str, Any]) -> ExecutionResult:
         """Introspection and ``catalog`` run through graphql-core. With no root value, graphene's
         default resolvers give null for the data roots (the plan answers those), so graphql-core
-        never walks data."""
+        never walks data. The people the audit and consent queries look up by key are recorded
+        (``looked_up``, pseudonyms): reading the log about someone leaves a trace too."""
+        looked_up: set[str] = set()
         result = execute(self.built.graphql, prep.document, root_value=None,
                          context_value={"catalog": self.catalog, "decider": self.decider, "audit": self.audit_store,
                                         "subjects": self.subjects, "consent_admin": self.consent_admin,
                                         "policy_admin": self.policy_admin, "policy_refresh": self._policy_refresh,
                                         "clients": self.clients, "plan_fields": self._plan_fields,
-                                        "share_service": self.sharing,
+                                        "share_service": self.sharing, "looked_up": looked_up,
                                         "subject": ctx.subject if isinstance(ctx, RequestContext) else None,
                                         "acting_user": ctx.acting_user if isinstance(ctx, RequestContext) else None},
                          variable_values=prep.raw_variables,
@@ -388,6 +391,8 @@ class Gateway:
         if isawaitable(result):  # the audit queries read the store asynchronously
             result = await result
         assert isinstance(result, ExecutionResult)
+        if looked_up:
+            audit["looked_up"] = sorted(looked_up)
         return result
 
     async def close(self) -> None:

@@ -117,7 +117,7 @@ async def token_for(c: httpx.AsyncClient, client_id: str, secret: str) -> dict[s
 async def test_auditors_search_and_citizens_see_who_looked(make_settings: Any, city: City) -> None:
     settings = make_settings(policy=TEST_POLICY)
     applicant = city.showcase["applicant_id_number"]
-    async with served(settings) as (c, _):
+    async with served(settings) as (c, gw):
         r = await c.post("/graphql", json={"query": "query($id: String!) { person(idNumber: $id) { resident { name } "
                                                     "} }", "variables": {"id": applicant}})
         assert r.status_code == 200
@@ -139,6 +139,13 @@ async def test_auditors_search_and_citizens_see_who_looked(make_settings: Any, c
             data = (await bare.post("/graphql", json={"query": "{ residents(limit: 1) { nodes { name } } }"},
                                     headers={**auditor, "x-purpose": "citizen-self-service",
                                              "x-acting-user": "auditor-1", "x-case-id": "AUDIT-1"})).json()
+            # Reading the log about someone leaves a trace of whom: the auditor's search, the portal's tracker.
+            lookups, _ = await trail(c).store.search({"client_id": "auditor"}, limit=5)
+            tracker, _ = await trail(c).store.search({"client_id": "citizen-portal"}, limit=5)
+    pseudonym = gw.subjects(applicant)
+    assert any(rec["body"].get("looked_up") == [pseudonym] for rec in lookups)
+    assert any(rec["body"].get("looked_up") == [pseudonym] for rec in tracker)
+    assert applicant not in json.dumps([rec["body"] for rec in lookups + tracker])
     records = found["data"]["auditLog"]["records"]
     assert found["data"]["auditLog"]["total"] >= 1
     assert any(rec["requestId"] == looked and rec["actingUser"] == "official-007" for rec in records)

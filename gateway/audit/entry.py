@@ -216,4 +216,6 @@ def request_record(*, request_id: str, ip: str | None, client_id: str | None, de
         **({"part": 1, "final": False} if audit.get("stream") else {}),
         # Requests refused from a cut-off address (gateway/cutoffs.py): this record stands for that many.
         **({"refused": audit["refused"]} if audit.get("refused") else {}),
+        # People an audit or consent query looked up by key (pseudonyms): reading about someone is traced.
+        **({"looked_up": audit["looked_up"]} if audit.get("looked_up") else {}),
     }

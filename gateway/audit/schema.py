@@ -149,9 +149,11 @@ def _covert_until(catalog: Any, record: dict[str, Any], subject: str) -> datetim
 
 def _hmac(info: Any, kind: str, value: str) -> str:
     try:
-        return info.context["subjects"].of_input(kind, value)
+        pseudonym: str = info.context["subjects"].of_input(kind, value)
     except InvalidKey as exc:
         raise ValueError(str(exc)) from None
+    info.context.get("looked_up", set()).add(pseudonym)  # this request's record says whom it looked up
+    return pseudonym
 
 
 class AuditQuery(graphene.ObjectType):
