@@ -46,11 +46,18 @@ def validate_policy(enforcer: casbin.Enforcer, catalog: Catalog, origin: str) ->
         raise PolicyError(problems)
 
 
+# What may stand before ":" in a policy name: a client id has no ":" at all.
+PREFIXES = ("dept", "role", "group", "idp")
+
+
 def _subject(catalog: Catalog, sub: str) -> list[str]:
     if not sub:
         return ["the subject is empty"]
-    if sub.startswith("dept:") and sub[5:] not in catalog.departments:
-        return [f"unknown department {sub[5:]!r}; known: {', '.join(sorted(catalog.departments))}"]
+    prefix, colon, name = sub.partition(":")
+    if colon and (prefix not in PREFIXES or not name):
+        return [f"{sub!r}: a name is a client id, or {', '.join(p + ':NAME' for p in PREFIXES)}"]
+    if prefix == "dept" and name not in catalog.departments:
+        return [f"unknown department {name!r}; known: {', '.join(sorted(catalog.departments))}"]
     return []
 
 
@@ -126,5 +133,11 @@ def check_row_rule(catalog: Catalog, line: list[str]) -> list[str]:
 def check_grouping(catalog: Catalog, line: list[str]) -> list[str]:
     if len(line) != 2:
         return ["expected 2 values: member, role or group"]
-    return _subject(catalog, line[0]) + _subject(catalog, line[1])
+    out = _subject(catalog, line[0]) + _subject(catalog, line[1])
+    if ":" not in line[1]:
+        # A bare name in a policy is a client id (client ids never hold ":"): a group named so would
+        # hand its grants to any client later registered under that name.
+        out.append(f"{line[1]!r} is a bare name, which policies read as a client id: name the group "
+                   f"group:{line[1]} (or the role role:{line[1]})")
+    return out
 
