@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from catalog.loader import load_catalog
 from demo.build import City
 from gateway.context import RequestContext
 from gateway.pipeline import Gateway
@@ -26,6 +28,7 @@ STREET = Subject("street-office-app", "civil", frozenset({"street-office"}))
 HEALTH = Subject("health-app", "health", frozenset({"clinician"}))
 MARKET = Subject("market-app", "mr", frozenset({"market-inspector"}))
 NOBODY = Subject("citizen-portal", "civil", frozenset({"citizen-portal"}))
+REVIEW = "subsistence-allowance-review"
 
 
 def ctx(subject: Subject, purpose: str, reject: bool = False) -> RequestContext:
@@ -424,3 +427,29 @@ async def test_relations_on_withheld_join_columns_are_not_followed(gateway: Gate
                      ctx(HEALTH, "public-health-followup"))
     assert all(n["householdMembers"] is None for n in body["data"]["residents"]["nodes"])
     assert "psb.resident.household_id" in body["errors"][0]["message"]
+
+
+async def test_a_denied_non_null_field_nulls_its_nearest_nullable_parent(make_settings: Any, city: City,
+                                                                         tmp_path: Path) -> None:
+    """Person.idNumber is non-null. Reached from an employment record, its value is that record's
+    id_number; verify-only on it cannot be answered as null in place, so the person is null, with the
+    error at the field's own path (GraphQL's null bubbling), and the rest is answered."""
+    policy = tmp_path / "policy.csv"
+    # The clear read reaches down to verify; the deny on read_masked reaches up to read: verify only.
+    policy.write_text(f"p, tester, hrss.employment.*, read, {REVIEW}, allow, default\n"
+                      f"p, tester, psb.resident.*, read, {REVIEW}, allow, default\n"
+                      f"p, tester, hrss.employment.id_number, read_masked, {REVIEW}, deny, default\n")
+    settings = make_settings(policy=policy)
+    gw = Gateway(load_catalog(*settings.catalog), settings)
+    await gw.start()
+    try:
+        out = await gw.run("{ employments(limit: 1) { nodes { position person { idNumber resident { name } } } } }",
+                           context=ctx(Subject("tester", "civil"), REVIEW))
+    finally:
+        await gw.close()
+    assert out.status == 200, out.body
+    node = out.body["data"]["employments"]["nodes"][0]
+    assert node["person"] is None and node["position"]  # the nearest nullable parent, and the rest answered
+    assert errors_by_path(out.body) == {("employments", "nodes", 0, "person", "idNumber"): "FORBIDDEN_FIELD"}
+    employed = {r["id_number"] for r in rows(city, "hrss", "employment")}
+    assert not any(i in json.dumps(out.body) for i in employed)
