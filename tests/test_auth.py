@@ -112,6 +112,8 @@ async def test_client_secret_basic_token_verifies_with_the_published_jwks(any_ha
     who = r.json()
     assert who["client_id"] == "street-office-app" and who["department"] == "civil"
     assert who["roles"] == ["street-office"] and who["token_id"] == claims["jti"] and who["issuer"] == ISSUER
+    assert who["jti"] == claims["jti"], "identity.jti is the token's jti, for the audit trail"
+    assert claims["attributes"] == {} and who["attributes"] == {}
 
 
 async def test_client_secret_post(any_harness: Harness) -> None:
@@ -158,6 +160,73 @@ async def test_private_key_jwt_with_ed25519_and_rsa_keys(harness: Harness) -> No
         assert r.status_code == 200, (alg, r.text)
 
 
+def _sign_assertion(client_id: str, key: Any, alg: str) -> str | None:
+    """A client assertion, or None when the key cannot sign with ``alg`` at all."""
+    try:
+        return assertion(client_id, key, alg)
+    except Exception:  # joserfc refuses a key of another type or curve
+        return None
+
+
+@pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
+async def test_assertion_algorithms_follow_the_key_type_and_the_metadata_lists_exactly_them(
+        harness: Harness) -> None:
+    keys = {
+        "rsa-app": (RSAKey.generate_key(2048, private=True), {"RS256", "PS256"}),
+        "p256-app": (ECKey.generate_key("P-256", private=True), {"ES256"}),
+        "p384-app": (ECKey.generate_key("P-384", private=True), {"ES384"}),
+        "p521-app": (ECKey.generate_key("P-521", private=True), {"ES512"}),
+        "ed-app": (OKPKey.generate_key("Ed25519", private=True), {"EdDSA", "Ed25519"}),
+    }
+    every = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "ES256K",
+             "EdDSA", "Ed25519", "Ed448"]
+    accepted: set[str] = set()
+    for client_id, (key, expected) in keys.items():
+        await harness.register(client_id, public_key=public_jwk(key.as_pem(private=False)))
+        works = set()
+        for alg in every:
+            signed = _sign_assertion(client_id, key, alg)
+            if signed is None:
+                continue
+            r = await harness.token_request({**GRANT, "client_assertion_type": ASSERTION_TYPE,
+                                             "client_assertion": signed})
+            assert r.status_code in (200, 401), r.text
+            if r.status_code == 200:
+                works.add(alg)
+        assert works == expected, client_id
+        accepted |= works
+    meta = (await harness.http.get("/.well-known/oauth-authorization-server")).json()
+    assert sorted(meta["token_endpoint_auth_signing_alg_values_supported"]) == sorted(accepted)
+
+
+async def test_an_rsa_key_registered_before_ps256_was_accepted_signs_ps256(harness: Harness) -> None:
+    rsa = RSAKey.generate_key(2048, private=True)
+    # Registrations made before this fix stored "alg": "RS256" with every RSA key.
+    await harness.register("rsa-app", public_key={**public_jwk(rsa.as_pem(private=False)), "alg": "RS256"})
+    for alg in ("PS256", "RS256"):
+        r = await harness.token_request({**GRANT, "client_assertion_type": ASSERTION_TYPE,
+                                         "client_assertion": assertion("rsa-app", rsa, alg)})
+        assert r.status_code == 200, (alg, r.text)
+
+
+async def test_alg_none_and_hmac_with_the_clients_public_key_are_refused(harness: Harness) -> None:
+    rsa = RSAKey.generate_key(2048, private=True)
+    jwk = public_jwk(rsa.as_pem(private=False))
+    await harness.register("rsa-app", public_key=jwk)
+    now = int(harness.clock())
+    claims = {"iss": "rsa-app", "sub": "rsa-app", "aud": f"{ISSUER}/oauth/token", "exp": now + 60}
+    forged = []
+    for alg in ("none", "None"):
+        forged.append(f"{b64({'alg': alg})}.{b64({**claims, 'jti': uuid.uuid4().hex})}.")
+    for secret in (rsa.as_pem(private=False), json.dumps(jwk).encode()):
+        for alg, digest in (("HS256", hashlib.sha256), ("HS512", hashlib.sha512)):
+            signing_input = f"{b64({'alg': alg})}.{b64({**claims, 'jti': uuid.uuid4().hex})}"
+            forged.append(f"{signing_input}.{b64(hmac.new(secret, signing_input.encode(), digest).digest())}")
+    for token in forged:
+        r = await harness.token_request({**GRANT, "client_assertion_type": ASSERTION_TYPE, "client_assertion": token})
+        assert r.status_code == 401 and r.json()["error"] == "invalid_client", token[:40]
+
+
 async def test_bad_client_assertions_are_invalid_client(harness: Harness) -> None:
     key = ECKey.generate_key("P-256", private=True)
     other = ECKey.generate_key("P-256", private=True)
@@ -194,6 +263,9 @@ async def test_demo_mode_serves_the_documented_clients(tmp_path: Path) -> None:
         for demo in DEMO_CLIENTS:
             who = (await h.call(await h.token(demo.client_id, demo.secret))).json()
             assert (who["department"], tuple(who["roles"])) == (demo.department, demo.roles)
+            assert who["attributes"] == dict(demo.attributes)
+        assert dict(next(c for c in DEMO_CLIENTS if c.client_id == "street-office-app").attributes) == {
+            "district": "北苑区"}
     finally:
         await h.close()
 
@@ -390,6 +462,53 @@ async def test_tokens_signed_before_a_key_rotation_stay_valid(tmp_path: Path) ->
         assert json.loads(base64.urlsafe_b64decode(new_token.split(".")[0] + "=="))["kid"] == new_kid
     finally:
         await rotated.close()
+
+
+# --- attributes ---------------------------------------------------------------------------------
+
+
+async def test_attributes_travel_in_the_access_token(any_harness: Harness) -> None:
+    h = any_harness
+    secret = await h.register("street-office-app", attributes={"district": "北苑区", "street": "北苑街道"})
+    token = await h.token("street-office-app", secret)
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert claims["attributes"] == {"district": "北苑区", "street": "北苑街道"}
+    who = (await h.call(token)).json()
+    assert who["attributes"] == {"district": "北苑区", "street": "北苑街道"} and who["jti"] == claims["jti"]
+
+    # A change reaches the next token; a token already issued keeps what it was issued with.
+    await h.service.store.set_attributes("street-office-app", {"district": "南湖区"}, unset=["street"])
+    newer = await h.token("street-office-app", secret)
+    assert (await h.call(newer)).json()["attributes"] == {"district": "南湖区"}
+    assert (await h.call(token)).json()["attributes"] == {"district": "北苑区", "street": "北苑街道"}
+
+
+async def test_the_attributes_claim_is_checked(harness: Harness) -> None:
+    await harness.register("street-office-app")
+    r = await harness.call(harness.forge())  # issued before attributes existed: none
+    assert r.status_code == 200 and r.json()["attributes"] == {}
+    r = await harness.call(harness.forge(attributes={"district": "北苑区"}))
+    assert r.json()["attributes"] == {"district": "北苑区"}
+    for bad in (["北苑区"], "district=北苑区", {"District": "x"}, {"district": ""}, {"district": 7},
+                {"district": "x" * 201}, {"district": {"nested": "x"}}):
+        assert refusal(await harness.call(harness.forge(attributes=bad))) == "malformed", bad
+
+
+def test_identity_attributes_are_an_immutable_mapping() -> None:
+    from datetime import UTC, datetime
+
+    from gateway.auth.identity import Identity
+
+    plain = Identity("a", "civil", frozenset(), None, ISSUER, datetime.now(UTC))
+    assert dict(plain.attributes) == {} and plain.jti is None
+    who = Identity("a", "civil", frozenset(), "j1", ISSUER, datetime.now(UTC), attributes={"district": "北苑区"})
+    assert who.attributes["district"] == "北苑区" and who.jti == "j1"
+    assert hash(who) == hash(Identity("a", "civil", frozenset(), "j1", ISSUER, who.expires_at,
+                                      attributes={"district": "北苑区"}))
+    with pytest.raises(TypeError):
+        who.attributes["district"] = "南湖区"  # type: ignore[index]
+    with pytest.raises(ValueError, match="attribute name"):
+        Identity("a", "civil", frozenset(), None, ISSUER, who.expires_at, attributes={"Bad Name": "x"})
 
 
 # --- metadata -----------------------------------------------------------------------------------

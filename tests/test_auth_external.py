@@ -60,8 +60,8 @@ def idp() -> Iterator[tuple[FakeIdP, str]]:
 
 
 def external_config(tmp_path: Path, jwks_url: str, **external: Any) -> Any:
-    raw = {"external": {"issuer": IDP, "jwks_url": jwks_url, "department_claim": "org.department",
-                        "roles_claim": "realm_access.roles",
+    raw = {"external": {"issuer": IDP, "jwks_url": jwks_url, "client_id_claim": "azp",
+                        "department_claim": "org.department", "roles_claim": "realm_access.roles",
                         "department_map": {"/gov/health": "health", "/gov/civil": "civil"},
                         "role_map": {"doctor": ["clinician"], "clerk": "street-office"}, **external}}
     return parse_auth(raw, base_dir=tmp_path, demo=False, default_issuer="http://gw.test", environ={})
@@ -88,19 +88,20 @@ async def test_claims_are_mapped_by_configuration(ext: tuple[Harness, FakeIdP]) 
     r = await h.call(fake.token())
     assert r.status_code == 200, r.text
     who = r.json()
-    assert who["client_id"] == "hospital-his"  # no client_id claim: azp
+    assert who["client_id"] == "idp:hospital-his"  # the configured claim, namespaced
     assert who["department"] == "health" and who["roles"] == ["clinician"]  # offline_access maps to nothing
-    assert who["issuer"] == IDP and who["token_id"]
-    r = await h.call(fake.token(client_id="his-2", realm_access={"roles": ["clerk", "doctor"]},
+    assert who["issuer"] == IDP and who["token_id"] and who["jti"] == who["token_id"]
+    assert who["attributes"] == {}
+    r = await h.call(fake.token(azp="his-2", realm_access={"roles": ["clerk", "doctor"]},
                                 org={"department": "/gov/civil"}))
-    assert r.json()["client_id"] == "his-2" and r.json()["department"] == "civil"
+    assert r.json()["client_id"] == "idp:his-2" and r.json()["department"] == "civil"
     assert r.json()["roles"] == ["clinician", "street-office"]
 
 
 async def test_namespaced_claims_and_unmapped_values(tmp_path: Path, idp: tuple[FakeIdP, str]) -> None:
     fake, url = idp
     h = await Harness.start(external_config(tmp_path, url, department_claim="https://city.test/department",
-                                            roles_claim="scope", department_map={}, role_map={}))
+                                            roles_claim="scope", department_map={}, role_map={}, trust_roles=True))
     try:
         r = await h.call(fake.token(**{"https://city.test/department": "mr", "scope": "market-inspector read"}))
         assert r.status_code == 200, r.text
@@ -199,3 +200,97 @@ async def test_idp_unreachable_is_503_not_401(tmp_path: Path, idp: tuple[FakeIdP
         assert (await h.call()).status_code == 401, "no token is still a plain 401"
     finally:
         await h.close()
+
+
+# --- hardening: client ids, roles, attributes ---------------------------------------------------
+
+
+async def test_the_client_id_comes_from_one_claim_and_is_namespaced(tmp_path: Path, idp: tuple[FakeIdP, str]
+                                                                    ) -> None:
+    fake, url = idp
+    h = await Harness.start(external_config(tmp_path, url, client_id_claim="client_id"))
+    try:
+        # No fallback to azp or sub: a token without the configured claim names no client.
+        assert reason(await h.call(fake.token())) == "unmapped_claims"
+        assert reason(await h.call(fake.token(azp=None, sub="street-office-app"))) == "unmapped_claims"
+        # An IdP client named like a local client (or a policy group) is not that client here.
+        await h.service.store.add("street-office-app", "civil", ["street-office"], secret="local-secret")
+        r = await h.call(fake.token(client_id="street-office-app"))
+        assert r.status_code == 200, r.text
+        assert r.json()["client_id"] == "idp:street-office-app"
+        for bad in ("role:policy-admin", "dept:civil", "idp:x", "a b", ""):
+            assert reason(await h.call(fake.token(client_id=bad))) == "unmapped_claims", bad
+        # The kill switch still works: the store entry of the IdP's own name, disabled, refuses it.
+        await h.service.store.disable("street-office-app")
+        h.monotonic.advance(6)
+        assert reason(await h.call(fake.token(client_id="street-office-app"))) == "revoked_client"
+    finally:
+        await h.close()
+
+
+async def test_idp_roles_count_only_when_mapped_or_explicitly_trusted(tmp_path: Path, idp: tuple[FakeIdP, str]
+                                                                     ) -> None:
+    fake, url = idp
+    roles = {"roles": ["policy-admin", "doctor", "Policy Admin", "x:y"]}
+    untrusted = await Harness.start(external_config(tmp_path, url, role_map={}))
+    try:
+        r = await untrusted.call(fake.token(realm_access=roles))
+        assert r.status_code == 200 and r.json()["roles"] == [], "without a role_map the IdP's roles are not trusted"
+    finally:
+        await untrusted.close()
+    trusted = await Harness.start(external_config(tmp_path, url, role_map={}, trust_roles=True))
+    try:
+        r = await trusted.call(fake.token(realm_access=roles))
+        assert r.json()["roles"] == ["doctor", "policy-admin"], "trusted, but only names of a role's shape"
+    finally:
+        await trusted.close()
+    mapped = await Harness.start(external_config(tmp_path, url))  # role_map: doctor -> clinician, clerk
+    try:
+        r = await mapped.call(fake.token(realm_access=roles))
+        assert r.json()["roles"] == ["clinician"], "a role_map maps only the roles it lists"
+    finally:
+        await mapped.close()
+
+
+async def test_attributes_are_mapped_from_claims(tmp_path: Path, idp: tuple[FakeIdP, str]) -> None:
+    fake, url = idp
+    h = await Harness.start(external_config(tmp_path, url, attributes={"district": "org.district",
+                                                                       "division": "division_code"}))
+    try:
+        r = await h.call(fake.token(org={"department": "/gov/civil", "district": "北苑区"}, division_code=110105))
+        assert r.status_code == 200, r.text
+        assert r.json()["attributes"] == {"district": "北苑区", "division": "110105"}
+        r = await h.call(fake.token())  # claims absent: no attributes, the token is still fine
+        assert r.status_code == 200 and r.json()["attributes"] == {}
+        for bad in ("", "x" * 201, ["北苑区"], {"a": 1}, True, "a\nb"):
+            token = fake.token(org={"department": "/gov/civil", "district": bad})
+            assert reason(await h.call(token)) == "unmapped_claims", bad
+    finally:
+        await h.close()
+
+
+def test_external_configuration_is_checked(tmp_path: Path) -> None:
+    from gateway.config import ConfigError
+
+    url = "https://idp.city.test/certs"
+    assert external_config(tmp_path, url).external.client_id_prefix == "idp:"
+    default = parse_auth({"external": {"issuer": IDP, "jwks_url": url}}, base_dir=tmp_path, demo=False,
+                         default_issuer="http://gw.test", environ={}).external
+    assert (default.client_id_claim, default.trust_roles, default.role_map, default.attributes) == (
+        "client_id", False, {}, {})
+    for bad, match in (
+            ({"trust_roles": True}, "exclude each other"),  # with the role_map external_config sets
+            ({"role_map": {}, "trust_roles": "yes"}, "true or false"),
+            ({"client_id_prefix": "role:"}, "client_id_prefix"),
+            ({"client_id_prefix": "dept:"}, "client_id_prefix"),
+            ({"client_id_prefix": "ext"}, "client_id_prefix"),
+            ({"client_id_prefix": "Ext:"}, "client_id_prefix"),
+            ({"role_map": {"doctor": "Clinician"}}, "role_map.doctor"),
+            ({"role_map": {"doctor": "role:x"}}, "role_map.doctor"),
+            ({"attributes": {"District": "district"}}, "attribute name"),
+            ({"attributes": {"district": ""}}, "attributes must be"),
+            ({"department_map": {"/gov/x": "Not A Code"}}, "department_map"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            external_config(tmp_path, url, **bad)
+    assert external_config(tmp_path, url, client_id_prefix="keycloak:").external.client_id_prefix == "keycloak:"

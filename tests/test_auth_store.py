@@ -7,6 +7,7 @@ import asyncio
 import stat
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,14 @@ from joserfc.jwk import ECKey, OctKey, OKPKey, RSAKey
 
 from gateway.auth.bearer import ClientStatusCache
 from gateway.auth.client_secrets import hash_secret, new_secret, verify_secret
-from gateway.auth.clients import ClientExists, ClientStore, UnknownClient, clients_table, public_jwk
+from gateway.auth.clients import (
+    ClientExists,
+    ClientStore,
+    UnknownClient,
+    check_department,
+    clients_table,
+    public_jwk,
+)
 from gateway.auth.demo import DEMO_CLIENTS, DemoSecretsError, ensure_demo_clients, refuse_demo_secrets
 from gateway.auth.errors import AuthError
 from gateway.auth.service import AuthService
@@ -118,11 +126,102 @@ async def test_field_checks(store: ClientStore) -> None:
             ("x" * 65, "civil", [], "client id"),
             ("ok", "Civil Affairs", [], "department"),
             ("ok", "civil", ["bad role"], "role"),
+            ("ok", "civil", ["Street-Office"], "role"),
+            ("ok", "civil", ["role:x"], "role"),
+            ("ok", "civil", ["a.b"], "role"),
+            ("ok", "civil", ["-x"], "role"),
     ):
         with pytest.raises(ValueError, match=match):
             await store.add(client_id, department, roles, secret="s")
     with pytest.raises(ValueError, match="secret or a public key"):
         await store.add("ok", "civil", [])
+
+
+def test_departments_are_checked_against_the_known_ones() -> None:
+    assert check_department("civil", ["civil", "health"]) == "civil"
+    with pytest.raises(ValueError, match="unknown department 'nosuchdept'; known: civil, health"):
+        check_department("nosuchdept", ["health", "civil"])
+
+
+# --- attributes ---------------------------------------------------------------------------------
+
+
+async def test_attributes_are_stored_set_and_unset(store: ClientStore) -> None:
+    added = await store.add("street-office-app", "civil", ["street-office"], secret=new_secret(),
+                            attributes={"district": "北苑区"})
+    assert dict(added.attributes) == {"district": "北苑区"}
+    assert dict((await store.get("street-office-app")).attributes) == {"district": "北苑区"}  # type: ignore[union-attr]
+    await store.add("health-app", "health", ["clinician"], secret=new_secret())
+    assert dict((await store.get("health-app")).attributes) == {}  # type: ignore[union-attr]
+    assert {c.client_id: dict(c.attributes) for c in await store.list()} == {
+        "health-app": {}, "street-office-app": {"district": "北苑区"}}
+
+    changed = await store.set_attributes("street-office-app", {"district": "南湖区", "street": "南湖街道"})
+    assert dict(changed.attributes) == {"district": "南湖区", "street": "南湖街道"}
+    changed = await store.set_attributes("street-office-app", unset=["street"])
+    assert dict(changed.attributes) == {"district": "南湖区"}
+    assert (await store.get("street-office-app")).secret_hash == added.secret_hash  # type: ignore[union-attr]
+
+    with pytest.raises(ValueError, match="has no attribute street; it has: district"):
+        await store.set_attributes("street-office-app", unset=["street"])
+    with pytest.raises(ValueError, match="both set and unset"):
+        await store.set_attributes("street-office-app", {"district": "x"}, unset=["district"])
+    with pytest.raises(UnknownClient):
+        await store.set_attributes("ghost", {"district": "x"})
+    for bad, match in (({"District": "x"}, "attribute name"), ({"1st": "x"}, "attribute name"),
+                       ({"dis-trict": "x"}, "attribute name"), ({"district": ""}, "non-empty"),
+                       ({"district": "x" * 201}, "201 characters"), ({"district": "a\nb"}, "control character"),
+                       ({"district": 5}, "non-empty string"),
+                       ({f"a{i}": "x" for i in range(33)}, "at most 32"),
+                       ({f"a{i}": "北" * 200 for i in range(5)}, "bytes in an access token")):
+        with pytest.raises(ValueError, match=match):
+            await store.set_attributes("street-office-app", bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=match):
+            await store.add("x-app", "civil", [], secret="s", attributes=bad)  # type: ignore[arg-type]
+    assert dict((await store.get("street-office-app")).attributes) == {"district": "南湖区"}  # type: ignore[union-attr]
+    assert await store.get("x-app") is None
+    assert dict((await store.set_attributes("street-office-app", {"district": "x" * 200})).attributes) == {
+        "district": "x" * 200}
+
+
+async def test_a_store_made_before_attributes_is_upgraded_in_place(store: ClientStore) -> None:
+    """The store as the previous release created it (no attributes column), with a client in it:
+    init() adds the column and the client keeps everything, including its secret."""
+    url = store.url
+    await store.close()
+    await drop_store_tables(url)
+    old = sa.MetaData()  # hutong_clients as the release before attributes defined it
+    old_clients = sa.Table(
+        "hutong_clients", old,
+        sa.Column("client_id", sa.String(64), primary_key=True),
+        sa.Column("department", sa.String(32), nullable=False),
+        sa.Column("roles", sa.Text, nullable=False),
+        sa.Column("secret_hash", sa.String(255)),
+        sa.Column("public_jwk", sa.Text),
+        sa.Column("disabled", sa.Boolean, nullable=False, default=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("rotated_at", sa.DateTime(timezone=True)),
+        sa.Column("disabled_at", sa.DateTime(timezone=True)),
+    )
+    secret = new_secret()
+    engine = store.engine
+    async with engine.begin() as conn:
+        await conn.run_sync(old.create_all)
+        await conn.execute(old_clients.insert().values(
+            client_id="street-office-app", department="civil", roles='["street-office"]',
+            secret_hash=hash_secret(secret), disabled=False, created_at=datetime.now(UTC)))
+    upgraded = ClientStore(url)
+    try:
+        await asyncio.gather(upgraded.init(), upgraded.init())  # workers racing at start-up
+        client = await upgraded.get("street-office-app")
+        assert client is not None and client.roles == ("street-office",) and client.department == "civil"
+        assert verify_secret(secret, client.secret_hash) and dict(client.attributes) == {}
+        changed = await upgraded.set_attributes("street-office-app", {"district": "北苑区"})
+        assert dict(changed.attributes) == {"district": "北苑区"}
+        await upgraded.init()  # a later start changes nothing
+        assert dict((await upgraded.get("street-office-app")).attributes) == {"district": "北苑区"}  # type: ignore[union-attr]
+    finally:
+        await upgraded.close()
 
 
 async def test_assertion_ids_are_used_once_and_pruned(store: ClientStore) -> None:
@@ -138,8 +237,15 @@ async def test_assertion_ids_are_used_once_and_pruned(store: ClientStore) -> Non
 def test_public_keys_only() -> None:
     ec = ECKey.generate_key("P-256", private=True)
     jwk = public_jwk(ec.as_pem(private=False))
-    assert jwk["kty"] == "EC" and jwk["alg"] == "ES256" and "d" not in jwk and jwk["kid"] == ec.thumbprint()
-    assert public_jwk(OKPKey.generate_key("Ed25519").as_dict(private=False))["alg"] == "EdDSA"
+    assert jwk["kty"] == "EC" and "d" not in jwk and jwk["kid"] == ec.thumbprint()
+    # No "alg": what a key may sign with follows from its type (an RSA key signs RS256 and PS256).
+    assert "alg" not in jwk and "alg" not in public_jwk(RSAKey.generate_key(2048, private=True).as_pem(private=False))
+    assert public_jwk(OKPKey.generate_key("Ed25519").as_dict(private=False))["crv"] == "Ed25519"
+    assert public_jwk(ECKey.generate_key("P-521", private=True).as_pem(private=False))["crv"] == "P-521"
+    # Keys no assertion algorithm fits are refused at registration, not registered to fail later.
+    for key in (ECKey.generate_key("secp256k1", private=True), OKPKey.generate_key("Ed448", private=True)):
+        with pytest.raises(ValueError, match=r"unsupported key type.*P-256"):
+            public_jwk(key.as_dict(private=False))
     with pytest.raises(ValueError, match="private key"):
         public_jwk(ec.as_pem(private=True))
     with pytest.raises(ValueError, match="too weak"):
@@ -195,6 +301,8 @@ async def test_demo_clients_and_the_refusal_outside_demo_mode(store: ClientStore
     assert sorted(await ensure_demo_clients(store)) == sorted(c.client_id for c in DEMO_CLIENTS)
     assert await ensure_demo_clients(store) == [], "registered once"
     by_id = {c.client_id: c for c in await store.list()}
+    assert dict(by_id["street-office-app"].attributes) == {"district": "北苑区"}
+    assert all(not c.attributes for c in by_id.values() if c.client_id != "street-office-app")
     assert (by_id["street-office-app"].department, by_id["street-office-app"].roles) == ("civil", ("street-office",))
     assert (by_id["health-app"].department, by_id["health-app"].roles) == ("health", ("clinician",))
     assert (by_id["market-app"].department, by_id["market-app"].roles) == ("mr", ("market-inspector",))
@@ -212,6 +320,21 @@ async def test_demo_clients_and_the_refusal_outside_demo_mode(store: ClientStore
     assert isinstance(exc.value, ConfigError)
     assert "street-office-app" in str(exc.value) and "rotate-secret" in str(exc.value)
     assert "demo-secret" not in str(exc.value), "the message names clients, never secrets"
+
+
+async def test_a_demo_client_registered_before_attributes_gets_them(tmp_path: Path) -> None:
+    store = ClientStore(f"sqlite+aiosqlite:///{tmp_path / 'c.sqlite'}")
+    await store.init()
+    try:
+        await store.add("street-office-app", "civil", ["street-office"], secret="street-office-demo-secret")
+        assert "street-office-app" not in await ensure_demo_clients(store)
+        assert dict((await store.get("street-office-app")).attributes) == {"district": "北苑区"}  # type: ignore[union-attr]
+        await store.set_attributes("street-office-app", {"district": "南湖区"})
+        await ensure_demo_clients(store)
+        assert dict((await store.get("street-office-app")).attributes) == {"district": "南湖区"}, \
+            "attributes an operator set are left alone"  # type: ignore[union-attr]
+    finally:
+        await store.close()
 
 
 async def test_a_demo_secret_under_another_client_id_is_found(tmp_path: Path) -> None:

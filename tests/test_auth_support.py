@@ -61,8 +61,9 @@ class Harness:
             except AuthError as exc:
                 return auth_error_response(exc)
             return JSONResponse({"client_id": who.client_id, "department": who.department,
-                                 "roles": sorted(who.roles), "token_id": who.token_id, "issuer": who.issuer,
-                                 "expires_at": who.expires_at.isoformat()})
+                                 "roles": sorted(who.roles), "token_id": who.token_id, "jti": who.jti,
+                                 "issuer": who.issuer, "expires_at": who.expires_at.isoformat(),
+                                 "attributes": dict(who.attributes)})
 
         app = Starlette(routes=[*service.routes(), Route("/graphql", protected, methods=["GET", "POST"])])
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER)
@@ -79,9 +80,11 @@ class Harness:
         await self.service.close()
 
     async def register(self, client_id: str, department: str = "civil", roles: tuple[str, ...] = ("street-office",),
-                       secret: str | None = None, public_key: dict[str, Any] | None = None) -> str:
+                       secret: str | None = None, public_key: dict[str, Any] | None = None,
+                       attributes: dict[str, str] | None = None) -> str:
         secret = secret or (None if public_key else f"{client_id}-{uuid.uuid4().hex}")
-        await self.service.store.add(client_id, department, roles, secret=secret, public_key=public_key)
+        extra = {"attributes": attributes} if attributes else {}
+        await self.service.store.add(client_id, department, roles, secret=secret, public_key=public_key, **extra)
         return secret or ""
 
     async def token_request(self, data: dict[str, str], auth: tuple[str, str] | None = None,

@@ -21,10 +21,10 @@ from policies.consent.model import Kind
 from policies.consent.terms import GrantRequest
 from policies.decide import Access, Subject
 from policies.masks import Masker
-from tests.conftest import consent_admin
+from tests.conftest import consent_admin, demo_subject
 from tests.oracle import rows
 
-STREET = Subject("street-office-app", "civil", frozenset({"street-office"}))
+STREET = demo_subject("street-office-app")
 HEALTH = Subject("health-app", "health", frozenset({"clinician"}))
 MARKET = Subject("market-app", "mr", frozenset({"market-inspector"}))
 NOBODY = Subject("citizen-portal", "civil", frozenset({"citizen-portal"}))
@@ -453,3 +453,20 @@ async def test_a_denied_non_null_field_nulls_its_nearest_nullable_parent(make_se
     assert errors_by_path(out.body) == {("employments", "nodes", 0, "person", "idNumber"): "FORBIDDEN_FIELD"}
     employed = {r["id_number"] for r in rows(city, "hrss", "employment")}
     assert not any(i in json.dumps(out.body) for i in employed)
+
+
+async def test_row_rules_bind_the_clients_own_attributes(gateway: Gateway, city: City) -> None:
+    """`district eq ${claim.district}`: each street office sees its own district's residents; one
+    without the attribute is refused, never given every district."""
+    query = "{ residents(limit: 1000) { nodes { district } } }"
+    own = await ask(gateway, query, ctx(STREET, REVIEW))
+    assert {n["district"] for n in own["data"]["residents"]["nodes"]} == {"北苑区"}
+    other = Subject.of("street-office-app", "civil", {"street-office"}, {"district": "东湖区"})
+    theirs = await ask(gateway, query, ctx(other, REVIEW))
+    assert {n["district"] for n in theirs["data"]["residents"]["nodes"]} == {"东湖区"}
+    (plan_sql,) = [f.query for f in gateway.plan(query).fetches]
+    assert plan_sql.conditions == ()  # the rule is added per caller at authorisation, as a bound parameter
+    bare = Subject("street-office-app", "civil", frozenset({"street-office"}))
+    out = await gateway.run(query, context=ctx(bare, REVIEW))
+    assert out.status == 403 and out.body["errors"][0]["extensions"]["code"] == "FORBIDDEN_FIELD"
+    assert "row rule on psb.resident cannot be applied to this client" in out.body["errors"][0]["message"]

@@ -92,6 +92,8 @@ class BearerAuth:
     ``require_registered``: for the gateway's own tokens the client must be in the store; for an
     external IdP's, clients the store does not know are accepted (the IdP vouches for them) and a
     client registered there and disabled is refused: the gateway's own kill switch.
+    ``registered_id`` gives the store id of an identity (an IdP's client ``idp:his`` is ``his``
+    in the store); by default its client id.
 
     A client sends the same token with every request for minutes: a token that verified is
     remembered (exact string, at most ``VERIFIED_MAX_AGE`` seconds, never past its ``exp``), which
@@ -99,14 +101,16 @@ class BearerAuth:
     """
 
     def __init__(self, verifier: Verifier, statuses: ClientStatusCache, *, require_registered: bool,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 registered_id: Callable[[Identity], str] | None = None) -> None:
         self.verifier, self.statuses, self.require_registered = verifier, statuses, require_registered
+        self.registered_id = registered_id or (lambda identity: identity.client_id)
         self.clock, self.monotonic = clock, monotonic
         self._verified: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
 
     async def authenticate(self, request: Request) -> Identity:
         identity = await self._verify(bearer_token(request))
-        client = await self.statuses.get(identity.client_id)
+        client = await self.statuses.get(self.registered_id(identity))
         if (client is None and self.require_registered) or (client is not None and client.disabled):
             raise AuthError(Reason.REVOKED_CLIENT)
         return identity

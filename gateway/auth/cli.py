@@ -1,7 +1,9 @@
 """``hutong client ...``: register, list, rotate and disable the clients that may get tokens.
 
 Secrets are generated here (256 random bits) and printed once; the store keeps only their
-hash, so a lost secret is replaced (``rotate-secret``), never recovered.
+hash, so a lost secret is replaced (``rotate-secret``), never recovered. A client's department
+must be one of the catalogue's (or ``[auth] extra_departments``); its attributes (``--attr
+district=北苑区``, ``set-attr``) go into its access tokens for row rules.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from rich.measure import Measurement
 from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
+from catalog.loader import CatalogError, load_catalog
 from gateway.audit.admin import actor, admin_event, append_admin
 from gateway.audit.errors import AuditUnavailable
 from gateway.auth.client_secrets import new_secret
-from gateway.auth.clients import ClientStore, ClientStoreError, public_jwk
+from gateway.auth.clients import ClientStore, ClientStoreError, check_department, public_jwk
 from gateway.auth.settings import AuthSettings
 from gateway.cli_support import ConfigOpt, err, error, out
 from gateway.config import ConfigError, load_settings
@@ -40,8 +43,8 @@ def _view(client: Any) -> dict[str, Any] | None:
     if client is None:
         return None
     return {"client_id": client.client_id, "department": client.department, "roles": list(client.roles),
-            "disabled": client.disabled, "has_secret": bool(client.secret_hash),
-            "key_id": (client.public_jwk or {}).get("kid")}
+            "attributes": dict(client.attributes), "disabled": client.disabled,
+            "has_secret": bool(client.secret_hash), "key_id": (client.public_jwk or {}).get("kid")}
 
 
 def _run(config: Path | None, action: Callable[[ClientStore], Awaitable[T]], change: str | None = None,
@@ -84,6 +87,42 @@ def _run(config: Path | None, action: Callable[[ClientStore], Awaitable[T]], cha
         raise typer.Exit(1) from None
 
 
+def _check_department(config: Path | None, department: str) -> None:
+    """Exit unless ``department`` is the catalogue's (or [auth] extra_departments): 2 when the
+    configuration or the catalogue cannot be read, 1 for an unknown department."""
+    try:
+        settings = load_settings(config)
+        extra = AuthSettings.from_settings(settings).extra_departments
+        known = [*load_catalog(*settings.catalog).departments, *extra]
+    except (ConfigError, CatalogError) as exc:
+        error(f"cannot check the department against the catalogue: {exc}")
+        raise typer.Exit(2) from None
+    try:
+        check_department(department, known)
+    except ValueError as exc:
+        error(str(exc))
+        raise typer.Exit(1) from None
+
+
+def _assignments(values: list[str], option: str) -> dict[str, str]:
+    """NAME=VALUE arguments as a dict; exit 2 for one without "=" or a name given twice."""
+    out_: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep:
+            error(f"{option} {item!r}: give NAME=VALUE, e.g. district=北苑区")
+            raise typer.Exit(2)
+        if name in out_:
+            error(f"attribute {name} given twice")
+            raise typer.Exit(2)
+        out_[name] = value
+    return out_
+
+
+def _show_attributes(client: Any) -> str:
+    return ", ".join(f"{k}={v}" for k, v in client.attributes.items())
+
+
 def _read_key(path: Path) -> dict[str, Any]:
     try:
         return public_jwk(path.read_bytes())
@@ -107,12 +146,17 @@ def add(client_id: ClientId,
         config: ConfigOpt = None,
         role: Annotated[list[str] | None, typer.Option("--role", help="A role (repeat for several).")] = None,
         public_key: Annotated[Path | None, typer.Option(
-            help="The client's public key (PEM or JWK) for private_key_jwt; then no secret is made.")] = None
+            help="The client's public key (PEM or JWK) for private_key_jwt; then no secret is made.")] = None,
+        attr: Annotated[list[str] | None, typer.Option(
+            "--attr", help="An attribute NAME=VALUE for row rules, e.g. district=北苑区 (repeat for several).")] = None
         ) -> None:
     """Register a client. Prints its generated secret once (or uses --public-key instead)."""
+    attributes = _assignments(attr or [], "--attr")
+    _check_department(config, department)
     jwk = _read_key(public_key) if public_key else None
     secret = None if jwk else new_secret()
-    _run(config, lambda store: store.add(client_id, department, role or [], secret=secret, public_key=jwk),
+    _run(config, lambda store: store.add(client_id, department, role or [], secret=secret, public_key=jwk,
+                                         attributes=attributes),
          "client.add", client_id)
     if secret:
         _show_secret(client_id, secret)
@@ -124,10 +168,11 @@ def add(client_id: ClientId,
 def list_clients(config: ConfigOpt = None) -> None:
     """List the registered clients (never their secrets)."""
     clients = _run(config, lambda store: store.list())
-    table = Table("client", "department", "roles", "authenticates with", "status", "created", "rotated")
+    table = Table("client", "department", "roles", "attributes", "authenticates with", "status", "created",
+                  "rotated")
     for c in clients:
         methods = ["secret"] * bool(c.secret_hash) + ["private_key_jwt"] * bool(c.public_jwk)
-        table.add_row(c.client_id, c.department, ", ".join(c.roles), ", ".join(methods),
+        table.add_row(c.client_id, c.department, ", ".join(c.roles), _show_attributes(c), ", ".join(methods),
                       "disabled" if c.disabled else "active",
                       f"{c.created_at:%Y-%m-%d %H:%M}" if c.created_at else "",
                       f"{c.rotated_at:%Y-%m-%d %H:%M}" if c.rotated_at else "")
@@ -154,6 +199,27 @@ def set_key(client_id: ClientId, public_key: Annotated[Path, typer.Argument(help
     jwk = _read_key(public_key)
     _run(config, lambda store: store.set_public_key(client_id, jwk), "client.set_key", client_id)
     out.print(f"client {client_id} now authenticates with key {jwk['kid']}")
+
+
+@client_app.command("set-attr")
+def set_attr(client_id: ClientId,
+             assignments: Annotated[list[str] | None, typer.Argument(
+                 help="Attributes to set (add or replace), NAME=VALUE, e.g. district=北苑区.",
+                 show_default=False)] = None,
+             unset: Annotated[list[str] | None, typer.Option(
+                 "--unset", help="An attribute NAME to remove (repeat for several).")] = None,
+             config: ConfigOpt = None) -> None:
+    """Set or remove a client's attributes. Tokens already issued keep theirs until they expire."""
+    values = _assignments(assignments or [], "set-attr")
+    if not values and not unset:
+        error("nothing to change: give NAME=VALUE to set, or --unset NAME to remove")
+        raise typer.Exit(2)
+    client = _run(config, lambda store: store.set_attributes(client_id, values, unset or []), "client.set_attr",
+                  client_id)
+    shown = _show_attributes(client)
+    out.print(f"client {client_id} attributes: {shown}" if shown else f"client {client_id} has no attributes")
+    err.print("Tokens already issued keep the attributes they carry until they expire ([auth] token_ttl); "
+              "disable the client to cut them off at once.")
 
 
 @client_app.command("disable")

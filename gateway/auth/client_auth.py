@@ -7,7 +7,10 @@ Three methods, exactly one per request:
 - ``private_key_jwt``: ``client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer``
   and ``client_assertion``, a JWT the client signed with its private key: ``iss`` = ``sub`` =
   client id, ``aud`` = the token endpoint URL (or the issuer), ``exp`` at most 10 minutes ahead,
-  a ``jti`` never used before (recorded in the store until the assertion expires).
+  a ``jti`` never used before (recorded in the store until the assertion expires). It is signed
+  with an algorithm the registered key's type fits (``keys.client_key_algorithms``: RS256 or
+  PS256 for RSA, ES256/ES384/ES512 for EC P-256/P-384/P-521, EdDSA or Ed25519 for Ed25519);
+  ``none``, HS* and any other algorithm are refused before the key is used.
 
 Every failure (unknown client, wrong secret, disabled client, bad assertion, replay) answers
 the same ``invalid_client`` message, and an unknown client costs the same scrypt run as a known
@@ -36,6 +39,7 @@ from gateway.auth.client_secrets import verify_secret
 from gateway.auth.clients import Client, ClientStore
 from gateway.auth.demo import DEMO_SECRETS
 from gateway.auth.errors import AuthError
+from gateway.auth.keys import ASSERTION_ALGORITHMS, client_key_algorithms
 from gateway.auth.tokens import LEEWAY, peek_header
 
 __all__ = ["ASSERTION_ALGORITHMS", "ASSERTION_TYPE", "ClientAuthenticator", "Credentials", "OAuthError",
@@ -44,7 +48,6 @@ __all__ = ["ASSERTION_ALGORITHMS", "ASSERTION_TYPE", "ClientAuthenticator", "Cre
 log = logging.getLogger("hutong.auth")
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ASSERTION_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA", "Ed25519")
 MAX_ASSERTION_LIFETIME = 600  # seconds: its jti is remembered that long
 MAX_SECRET_CHARS = 512
 # scrypt runs at once: a flood of token requests with wrong secrets queues here instead of
@@ -176,16 +179,20 @@ class ClientAuthenticator:
         return client
 
     def _verify_assertion(self, assertion: str, header: dict[str, Any], client: Client) -> dict[str, Any] | None:
-        jwk = dict(client.public_jwk or {})
-        registered_alg = jwk.get("alg")
-        # An Ed25519 key signs "EdDSA" (RFC 8037) or its RFC 9864 name "Ed25519": the same signature.
-        allowed = ("EdDSA", "Ed25519") if registered_alg == "EdDSA" else (registered_alg,)
+        # The algorithms follow from the key's type, never from the "alg" a stored JWK may hold
+        # (older registrations stored "RS256" for every RSA key, which refused PS256).
+        jwk = {k: v for k, v in (client.public_jwk or {}).items() if k not in ("alg", "kid", "use", "key_ops")}
         alg = header["alg"]
+        try:
+            key = import_key(jwk)
+            allowed = client_key_algorithms(key)
+        except Exception:  # a stored key no algorithm fits (registered before the check), or a damaged row
+            log.warning("client %r has a registered key that cannot verify assertions: register a new one "
+                        "(hutong client set-key)", client.client_id)
+            return None
         if alg not in allowed or alg not in ASSERTION_ALGORITHMS:
             return None
         try:
-            # Without "alg": joserfc would refuse "Ed25519" for a key registered as "EdDSA".
-            key = import_key({k: v for k, v in jwk.items() if k not in ("alg", "kid")})
             obj = jws.deserialize_compact(assertion, key, algorithms=[alg])
             claims = json.loads(obj.payload or b"")
         except (JoseError, ValueError, RecursionError):

@@ -2,14 +2,18 @@
 
 Their secrets are public (README, docs/identity.md), so a gateway outside demo mode refuses to
 start while any registered client's secret is one of them: ``refuse_demo_secrets``.
+
+The street office carries the attribute ``district = 北苑区``: row rules limit it to the
+residents of its own district through that attribute.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.auth.client_secrets import verify_secret
 from gateway.auth.clients import ClientExists, ClientStore
@@ -26,11 +30,12 @@ class DemoClient:
     department: str
     roles: tuple[str, ...]
     purpose: str
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 DEMO_CLIENTS = (
     DemoClient("street-office-app", "street-office-demo-secret", "civil", ("street-office",),
-               "a street office (街道办) checking subsistence-allowance claims"),
+               "a street office (街道办) checking subsistence-allowance claims", {"district": "北苑区"}),
     DemoClient("health-app", "health-demo-secret", "health", ("clinician",), "a hospital's clinical system"),
     DemoClient("market-app", "market-demo-secret", "mr", ("market-inspector",), "Market Regulation inspectors"),
     DemoClient("citizen-portal", "citizen-portal-demo-secret", "service", ("citizen-portal", "consent-recorder"),
@@ -58,15 +63,20 @@ class DemoSecretsError(ConfigError):
 
 async def ensure_demo_clients(store: ClientStore) -> list[str]:
     """Register the demo clients that are missing; returns the ids added. Existing ones are left
-    as they are (an operator may have rotated or disabled them)."""
+    as they are (an operator may have rotated or disabled them), except that a demo client
+    registered before clients had attributes (it has none) gets the demo's attributes."""
     added = []
     for demo in DEMO_CLIENTS:
-        if await store.get(demo.client_id) is None:
+        existing = await store.get(demo.client_id)
+        if existing is None:
             try:
-                await store.add(demo.client_id, demo.department, demo.roles, secret=demo.secret)
+                await store.add(demo.client_id, demo.department, demo.roles, secret=demo.secret,
+                                attributes=demo.attributes)
                 added.append(demo.client_id)
             except ClientExists:  # another worker registered it meanwhile
                 pass
+        elif demo.attributes and not existing.attributes:
+            await store.set_attributes(demo.client_id, demo.attributes)
     return added
 
 

@@ -5,6 +5,22 @@ The JWKS is fetched on first use and again after ``JWKS_TTL``; a token naming a 
 does not hold triggers one refetch, at most once per ``MIN_REFETCH`` (an IdP that rotated its
 keys is picked up at once; a flood of made-up kids costs the IdP one request a minute). If the
 IdP cannot be reached, the keys already held keep working.
+
+What an IdP's token may claim is limited by configuration, because an IdP lets many people
+create clients and roles the gateway's policy never heard of:
+
+- the client id is read from exactly one claim (``client_id_claim``), never from a chain of
+  fallbacks, and is **namespaced** with ``client_id_prefix`` (``idp:``): a client the IdP calls
+  ``street-office-app`` is ``idp:street-office-app`` here, so it can never be a local client, a
+  policy group, a ``role:`` or a ``dept:`` and get their grants. Local client ids hold no ``:``.
+  (Refusing IdP ids that are registered locally would not do: the store does not know the
+  policy's groups, and a client registered later would silently change who is who.)
+- roles: with a ``role_map``, only the roles it lists count, mapped to the roles it names;
+  without one, the IdP's roles are ignored (no roles) unless ``trust_roles = true`` says to take
+  them as they are (then only names of the roles' shape);
+- attributes: only those ``[auth.external.attributes]`` maps, each from its claim; a claim that
+  is present but not a valid value refuses the token (``unmapped_claims``) rather than dropping
+  a value a row rule depends on.
 """
 
 from __future__ import annotations
@@ -18,9 +34,9 @@ from typing import Any
 import httpx
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 
-from gateway.auth.clients import CLIENT_ID, DEPARTMENT
+from gateway.auth.clients import CLIENT_ID, DEPARTMENT, ROLE
 from gateway.auth.errors import AuthError, Reason
-from gateway.auth.identity import Identity
+from gateway.auth.identity import Attributes, Identity, check_attributes
 from gateway.auth.keys import PublicKey
 from gateway.auth.settings import ExternalIdP
 from gateway.auth.tokens import expiry, peek_header, verify_jwt
@@ -134,29 +150,50 @@ class ExternalVerifier:
         key = await self.jwks.key(header.get("kid"), header["alg"])
         claims = verify_jwt(token, header, key, issuer=self.idp.issuer, audience=self.idp.audience,
                             now=self.clock(), token_types=self.idp.token_types)
-        client_id = _first_str(claims, self.idp.client_id_claim, "azp", "sub")
+        client_id = _claim(claims, self.idp.client_id_claim)
         department = _claim(claims, self.idp.department_claim)
         if self.idp.department_map:
             department = self.idp.department_map.get(department) if isinstance(department, str) else None
-        if not client_id or not isinstance(department, str) or not department:
+        if not isinstance(client_id, str) or not isinstance(department, str):
             raise AuthError(Reason.UNMAPPED_CLAIMS)
         # The same shapes as registered clients: an IdP-issued "dept:health" or "a|b" must not turn
         # into policy subject names or row-rule values.
         if not CLIENT_ID.fullmatch(client_id) or not DEPARTMENT.fullmatch(department):
             raise AuthError(Reason.UNMAPPED_CLAIMS)
-        return Identity(client_id=client_id, department=department, roles=self._roles(claims),
+        return Identity(client_id=self.idp.client_id_prefix + client_id, department=department,
+                        roles=self._roles(claims),
                         token_id=claims.get("jti") if isinstance(claims.get("jti"), str) else None,
-                        issuer=self.idp.issuer, expires_at=expiry(claims))
+                        issuer=self.idp.issuer, expires_at=expiry(claims), attributes=self._attributes(claims))
+
+    def registered_id(self, identity: Identity) -> str:
+        """The client store entry that can disable this IdP client: its id without the prefix."""
+        return identity.client_id.removeprefix(self.idp.client_id_prefix)
 
     def _roles(self, claims: dict[str, Any]) -> frozenset[str]:
         raw = _claim(claims, self.idp.roles_claim)
         if isinstance(raw, str):
             raw = raw.split()  # a space-separated list, like "scope"
         values = [r for r in raw if isinstance(r, str)] if isinstance(raw, list) else []
-        if not self.idp.role_map:
-            return frozenset(values)
-        # Only roles the configuration maps count: an IdP role nobody mapped grants nothing here.
-        return frozenset(mapped for r in values for mapped in self.idp.role_map.get(r, ()))
+        if self.idp.role_map:
+            # Only roles the configuration maps count: an IdP role nobody mapped grants nothing here.
+            return frozenset(mapped for r in values for mapped in self.idp.role_map.get(r, ()))
+        if self.idp.trust_roles:
+            return frozenset(r for r in values if ROLE.fullmatch(r))
+        return frozenset()  # neither mapped nor trusted: an IdP's role names mean nothing here
+
+    def _attributes(self, claims: dict[str, Any]) -> Attributes:
+        found = {}
+        for name, claim in self.idp.attributes.items():
+            value = _claim(claims, claim)
+            if value is None:
+                continue  # absent: the identity has no such attribute
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)  # a numeric code, e.g. an administrative division code
+            found[name] = value
+        try:
+            return check_attributes(found)
+        except ValueError:
+            raise AuthError(Reason.UNMAPPED_CLAIMS) from None
 
 
 def _claim(claims: dict[str, Any], name: str) -> Any:
@@ -170,11 +207,3 @@ def _claim(claims: dict[str, Any], name: str) -> Any:
             return None
         value = value[part]
     return value
-
-
-def _first_str(claims: dict[str, Any], *names: str) -> str | None:
-    for name in names:
-        value = _claim(claims, name)
-        if isinstance(value, str) and value:
-            return value
-    return None

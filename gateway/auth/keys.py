@@ -5,6 +5,11 @@ accepted, so that rotating the signing key never invalidates tokens already issu
 ``kid`` is its RFC 7638 thumbprint, and its algorithm follows from its type: EC P-256 signs
 ES256 (the default: compact, fast, understood by every JOSE library), P-384 ES384, RSA (2048
 bits or more) RS256. A token is verified only with the algorithm of the key its ``kid`` names.
+
+Clients' keys (``private_key_jwt``) follow the same idea: ``client_key_algorithms`` says which
+algorithms a registered key may sign client assertions with, from its type alone (RSA: RS256 and
+PS256; EC P-256, P-384, P-521: ES256, ES384, ES512; Ed25519: EdDSA or its RFC 9864 name Ed25519).
+``ASSERTION_ALGORITHMS`` is their union: exactly what the token endpoint accepts and advertises.
 """
 
 from __future__ import annotations
@@ -22,11 +27,23 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from gateway.config import ConfigError
 
-__all__ = ["KeyRing", "PublicKey", "generate_key_file", "key_algorithm", "load_key_file"]
+__all__ = ["ASSERTION_ALGORITHMS", "KeyRing", "PublicKey", "client_key_algorithms", "generate_key_file",
+           "key_algorithm", "load_key_file"]
 
 log = logging.getLogger("hutong.auth")
 
 Key = ECKey | RSAKey | OKPKey
+MIN_RSA_BITS = 2048
+# The algorithms a client's registered key may sign its assertions with, by key type and curve.
+# Never HS* (a shared secret: keyed with a public key it is the HS/RS confusion attack), never "none".
+CLIENT_KEY_ALGORITHMS: dict[tuple[str, str | None], tuple[str, ...]] = {
+    ("EC", "P-256"): ("ES256",),
+    ("EC", "P-384"): ("ES384",),
+    ("EC", "P-521"): ("ES512",),
+    ("RSA", None): ("RS256", "PS256"),
+    ("OKP", "Ed25519"): ("EdDSA", "Ed25519"),  # one signature, two names (RFC 8037, RFC 9864)
+}
+ASSERTION_ALGORITHMS: tuple[str, ...] = tuple(a for algs in CLIENT_KEY_ALGORITHMS.values() for a in algs)
 
 
 @dataclass(frozen=True)
@@ -44,12 +61,32 @@ def key_algorithm(key: Key, *, allow_eddsa: bool = False) -> str:
     if isinstance(key, ECKey) and key.curve_name in ("P-256", "P-384", "P-521"):
         return {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}[key.curve_name]
     if isinstance(key, RSAKey):
-        if key.raw_value.key_size < 2048:
-            raise ValueError(f"an RSA key of {key.raw_value.key_size} bits is too weak: use 2048 bits or more")
+        _check_rsa_size(key)
         return "RS256"
     if allow_eddsa and isinstance(key, OKPKey) and key.curve_name == "Ed25519":
         return "EdDSA"
     raise ValueError("unsupported key type: use an EC P-256 key (recommended) or an RSA key of 2048 bits or more")
+
+
+def client_key_algorithms(key: Key) -> tuple[str, ...]:
+    """The algorithms a client's public key may sign client assertions with (``private_key_jwt``),
+    or ValueError saying which keys are accepted."""
+    if isinstance(key, RSAKey):
+        _check_rsa_size(key)
+        return CLIENT_KEY_ALGORITHMS[("RSA", None)]
+    curve = key.curve_name if isinstance(key, ECKey | OKPKey) else None
+    algs = CLIENT_KEY_ALGORITHMS.get((key.key_type, curve)) if curve else None
+    if algs is None:
+        kind = f"{key.key_type} {curve}" if curve else key.key_type
+        raise ValueError(f"unsupported key type ({kind}): register an EC P-256 (recommended), P-384 or P-521 key, "
+                         f"an RSA key of {MIN_RSA_BITS} bits or more, or an Ed25519 key")
+    return algs
+
+
+def _check_rsa_size(key: RSAKey) -> None:
+    bits = key.raw_value.key_size
+    if bits < MIN_RSA_BITS:
+        raise ValueError(f"an RSA key of {bits} bits is too weak: use {MIN_RSA_BITS} bits or more")
 
 
 def load_key_file(path: Path, *, private: bool) -> Key:

@@ -55,11 +55,13 @@ class AuthService:
         self.clients: ClientAuthenticator | None = None
         self._http: httpx.AsyncClient | None = None  # only an HTTP client this service created is closed by it
         verifier: Verifier
+        registered_id = None
         if config.external is not None:
             client = http or httpx.AsyncClient(timeout=JWKS_TIMEOUT, follow_redirects=False)
             self._http = None if http else client
             jwks = RemoteJWKS(config.external.jwks_url, client, config.external.algorithms, clock=monotonic)
             verifier = ExternalVerifier(config.external, jwks, clock=clock)
+            registered_id = verifier.registered_id
         else:
             self.keys = KeyRing.load(config.signing_key, config.previous_keys)
             verifier = LocalVerifier(self.keys, config.issuer, config.audience, clock=clock)
@@ -67,7 +69,7 @@ class AuthService:
             self.clients = ClientAuthenticator(self.store, issuer=config.issuer,
                                                token_endpoint=config.token_endpoint, demo=config.demo, clock=clock)
         self.bearer = BearerAuth(verifier, self.statuses, require_registered=config.external is None,
-                                 clock=clock, monotonic=monotonic)
+                                 clock=clock, monotonic=monotonic, registered_id=registered_id)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, clock: Callable[[], float] = time.time,

@@ -8,19 +8,29 @@ token_ttl = 300                             # seconds, at most 3600
 signing_key = "run/signing-key.pem"         # EC P-256 or RSA private key (PEM), relative to this file
 previous_keys = ["run/signing-key-2025.pem"]  # still published and accepted while their tokens live
 client_store = "sqlite+aiosqlite:///run/clients.sqlite"   # or postgresql+asyncpg://...${PASSWORD}...
+extra_departments = ["audit", "admin"]      # offices that call the gateway but are not in the catalogue
 
 [auth.external]                             # trust this identity provider instead of issuing tokens
 issuer = "https://idp.city.gov.cn/realms/gov"
 audience = "hutong"
 jwks_url = "https://idp.city.gov.cn/realms/gov/protocol/openid-connect/certs"
+client_id_claim = "azp"                     # exactly this claim; no fallback to other claims
+client_id_prefix = "idp:"                   # the IdP's clients are "idp:NAME" here, never a local name
 department_claim = "department"
 roles_claim = "realm_access.roles"
+
+[auth.external.role_map]                    # without it the IdP's roles grant nothing (or trust_roles = true)
+street-clerk = "street-office"
+
+[auth.external.attributes]                  # attribute name = the claim holding it
+district = "district"
 ```
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +41,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from catalog.loader import expand_env
+from gateway.auth.clients import DEPARTMENT, ROLE
+from gateway.auth.identity import ATTRIBUTE_NAME
 from gateway.config import ConfigError, Settings
 
 __all__ = ["ASYMMETRIC_ALGORITHMS", "AuthSettings", "ExternalIdP"]
@@ -40,9 +52,15 @@ MAX_TOKEN_TTL = 3600
 # becomes the HS/RS confusion attack) and never "none".
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512",
                          "EdDSA", "Ed25519")
-AUTH_KEYS = {"issuer", "audience", "token_ttl", "signing_key", "previous_keys", "client_store", "external"}
+AUTH_KEYS = {"issuer", "audience", "token_ttl", "signing_key", "previous_keys", "client_store", "external",
+             "extra_departments"}
 EXTERNAL_KEYS = {"issuer", "audience", "jwks_url", "department_claim", "roles_claim", "client_id_claim",
-                 "algorithms", "token_types", "department_map", "role_map"}
+                 "client_id_prefix", "algorithms", "token_types", "department_map", "role_map", "trust_roles",
+                 "attributes"}
+# The namespace of an external IdP's client ids: lower-case, ending in ":" (which no local client id
+# holds), and not one of the policy's own subject namespaces.
+CLIENT_ID_PREFIX = re.compile(r"[a-z][a-z0-9_-]{0,15}:")
+RESERVED_PREFIXES = ("role:", "dept:")
 
 
 @dataclass(frozen=True)
@@ -54,11 +72,17 @@ class ExternalIdP:
     jwks_url: str
     department_claim: str = "department"  # a claim name, or a dotted path into nested claims
     roles_claim: str = "roles"
-    client_id_claim: str = "client_id"  # falls back to azp, then sub
+    # Exactly this claim names the client (RFC 9068 §2.2: client_id); no fallback to azp or sub, whose
+    # meaning differs between IdPs (a sub may name a user, or anything the IdP lets someone create).
+    client_id_claim: str = "client_id"
+    # Prepended to the IdP's client id, so that it can never be a local client's or a policy group's name.
+    client_id_prefix: str = "idp:"
     algorithms: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA", "Ed25519")
     token_types: tuple[str, ...] = ("at+jwt", "application/at+jwt")  # add "JWT" for IdPs not following RFC 9068
     department_map: Mapping[str, str] = field(default_factory=dict)  # IdP value -> department code
     role_map: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # IdP role -> hutong roles
+    trust_roles: bool = False  # without a role_map: take the IdP's role names as they are (else no roles)
+    attributes: Mapping[str, str] = field(default_factory=dict)  # attribute name -> claim (or dotted path)
 
 
 @dataclass(frozen=True)
@@ -71,6 +95,8 @@ class AuthSettings:
     client_store: str  # SQLAlchemy async URL, relative SQLite paths resolved
     demo: bool
     external: ExternalIdP | None = None
+    # Departments a client may act for besides the catalogue's: offices that hold no data (audit, admin).
+    extra_departments: tuple[str, ...] = ()
 
     @property
     def token_endpoint(self) -> str:
@@ -112,6 +138,10 @@ def parse_auth(raw: Mapping[str, Any], *, base_dir: Path, demo: bool, default_is
     external = raw.get("external")
     if external is not None and not isinstance(external, dict):
         raise ConfigError(f"{at}: external must be a table: [auth.external]")
+    extra = raw.get("extra_departments", [])
+    if not isinstance(extra, list) or not all(isinstance(d, str) and DEPARTMENT.fullmatch(d) for d in extra):
+        raise ConfigError(f"{at}: extra_departments must be a list of department codes (lower-case letters, "
+                          "digits, '_' or '-'), e.g. [\"audit\", \"admin\"]")
     return AuthSettings(
         issuer=issuer,
         audience=text("audience", "hutong"),
@@ -123,6 +153,7 @@ def parse_auth(raw: Mapping[str, Any], *, base_dir: Path, demo: bool, default_is
         demo=demo,
         external=None if external is None else _external(external, text, text("audience", "hutong"),
                                                          f"{where}: [auth.external]"),
+        extra_departments=tuple(dict.fromkeys(extra)),
     )
 
 
@@ -144,23 +175,51 @@ def _external(raw: Mapping[str, Any], text: Any, default_audience: str, at: str)
     dept_map = raw.get("department_map", {})
     if not isinstance(dept_map, dict) or not all(isinstance(v, str) for v in dept_map.values()):
         raise ConfigError(f"{at}: department_map must be a table of IdP value = \"department code\"")
+    if not all(isinstance(v, str) and DEPARTMENT.fullmatch(v) for v in dept_map.values()):
+        raise ConfigError(f"{at}: department_map values must be department codes (lower-case letters, digits, "
+                          "'_' or '-')")
+    raw_role_map = raw.get("role_map", {})
+    if not isinstance(raw_role_map, dict):
+        raise ConfigError(f"{at}: role_map must be a table of IdP role = \"role\" or [\"role\", ...]")
     role_map: dict[str, tuple[str, ...]] = {}
-    for k, v in raw.get("role_map", {}).items():
+    for k, v in raw_role_map.items():
         roles = [v] if isinstance(v, str) else v
-        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-            raise ConfigError(f"{at}: role_map.{k} must be a role name or a list of role names")
+        if not isinstance(roles, list) or not all(isinstance(r, str) and ROLE.fullmatch(r) for r in roles):
+            raise ConfigError(f"{at}: role_map.{k} must be a role name or a list of role names (lower-case "
+                              "letters, digits, '_' or '-')")
         role_map[str(k)] = tuple(roles)
+    trust_roles = raw.get("trust_roles", False)
+    if not isinstance(trust_roles, bool):
+        raise ConfigError(f"{at}: trust_roles must be true or false")
+    if trust_roles and role_map:
+        raise ConfigError(f"{at}: trust_roles and role_map exclude each other: with a role_map only the roles it "
+                          "lists count; trust_roles = true takes every IdP role as it is")
+    attributes = raw.get("attributes", {})
+    if not isinstance(attributes, dict) or not all(isinstance(c, str) and c for c in attributes.values()):
+        raise ConfigError(f"{at}: attributes must be a table of attribute name = \"claim name\"")
+    bad = [n for n in attributes if not ATTRIBUTE_NAME.fullmatch(n)]
+    if bad:
+        raise ConfigError(f"{at}: attribute name(s) {', '.join(map(repr, bad))}: use a lower-case letter, then "
+                          "lower-case letters, digits or '_'")
+    prefix = text("client_id_prefix", ExternalIdP.client_id_prefix, raw, at)
+    if not CLIENT_ID_PREFIX.fullmatch(prefix) or prefix in RESERVED_PREFIXES:
+        raise ConfigError(f"{at}: client_id_prefix {prefix!r}: use a short lower-case name ending in ':' "
+                          "(default \"idp:\"), not role: or dept:, so the IdP's client ids can never be a local "
+                          "client's or a policy group's name")
     return ExternalIdP(
         issuer=_url(text("issuer", "", raw, at), f"{at} issuer"),  # compared exactly: IdPs differ on a final /
         audience=text("audience", default_audience, raw, at),
         jwks_url=jwks_url,
         department_claim=text("department_claim", "department", raw, at),
         roles_claim=text("roles_claim", "roles", raw, at),
-        client_id_claim=text("client_id_claim", "client_id", raw, at),
+        client_id_claim=text("client_id_claim", ExternalIdP.client_id_claim, raw, at),
+        client_id_prefix=prefix,
         algorithms=algorithms,
         token_types=tuple(t.lower() for t in _strings(raw, "token_types", ExternalIdP.token_types, at)),
         department_map={str(k): v for k, v in dept_map.items()},
         role_map=role_map,
+        trust_roles=trust_roles,
+        attributes={str(k): v for k, v in attributes.items()},
     )
 
 

@@ -10,6 +10,9 @@ Verification is in a fixed order, and the claims are judged only once the signat
 4. ``typ`` is ``at+jwt`` (``unsupported_token_type``: an ID token or a client assertion signed
    by the same key is not an access token), then ``iss``, ``aud``, ``exp``, ``nbf``/``iat``,
    then the claims the gateway needs (``malformed`` when absent).
+
+The gateway's tokens carry the client's ``attributes`` (a JSON object of string -> string, ``{}``
+when it has none); a token without the claim (issued before attributes existed) has none.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from joserfc.errors import JoseError
 
 from gateway.auth.clients import Client
 from gateway.auth.errors import AuthError, Reason
-from gateway.auth.identity import Identity
+from gateway.auth.identity import EMPTY, Attributes, Identity, check_attributes
 from gateway.auth.keys import KeyRing, PublicKey
 
 __all__ = ["LEEWAY", "MAX_TOKEN_BYTES", "IssuedToken", "LocalVerifier", "TokenIssuer", "expiry", "peek_header",
@@ -63,7 +66,7 @@ class TokenIssuer:
         header = {"alg": signing.alg, "typ": "at+jwt", "kid": signing.kid}
         claims = {"iss": self.issuer, "aud": self.audience, "sub": client.client_id, "client_id": client.client_id,
                   "department": client.department, "roles": list(client.roles),
-                  "iat": now, "nbf": now, "exp": now + self.ttl, "jti": jti}
+                  "attributes": dict(client.attributes), "iat": now, "nbf": now, "exp": now + self.ttl, "jti": jti}
         token = jwt.encode(header, claims, signing.key, algorithms=[signing.alg])
         return IssuedToken(token, self.ttl, jti)
 
@@ -85,7 +88,19 @@ class LocalVerifier:
                 and isinstance(roles, list) and all(isinstance(r, str) for r in roles)):
             raise AuthError(Reason.MALFORMED)
         return Identity(client_id=client_id, department=department, roles=frozenset(roles), token_id=jti,
-                        issuer=self.issuer, expires_at=expiry(claims))
+                        issuer=self.issuer, expires_at=expiry(claims), attributes=_attributes(claims))
+
+
+def _attributes(claims: Mapping[str, Any]) -> Attributes:
+    raw = claims.get("attributes")
+    if raw is None:
+        return EMPTY
+    if not isinstance(raw, dict):
+        raise AuthError(Reason.MALFORMED)
+    try:
+        return check_attributes(raw)
+    except ValueError:
+        raise AuthError(Reason.MALFORMED) from None
 
 
 def peek_header(token: str) -> dict[str, Any]:
