@@ -64,7 +64,7 @@ SQL_SOURCES = ("psb_registry", "hrss_db", "mr_register", "civil_db", "health_db"
 PURPOSE = "subsistence-allowance-review"
 # The demo's street office (demo/policies/policy.csv, demo client street-office-app): row rules keep
 # it to its own district's residents and its own subsistence cases.
-STREET_OFFICE = Subject("street-office-app", "civil", frozenset({"street-office"}))
+STREET_OFFICE = Subject.of("street-office-app", "civil", {"street-office"}, {"district": "北苑区"})  # as its token says
 STREET_OFFICE_SECRET = "street-office-demo-secret"  # the published demo secret (gateway/auth/demo.py)
 # The bulk reader: a registry analyst of Civil Affairs who may read every resident column the registry
 # shares unconditionally, three of them only masked (ID number: region and last four; name: surname;

@@ -252,13 +252,14 @@ class _Stage:
         conds = []
         for r in rules:
             data_type = ds.field(r.column).type
-            value = r.bind(self.ctx.subject)
             op = Op(r.op)
             try:
+                value = r.bind(self.ctx.subject)
                 conds.append(Condition(r.column, op, [coerce(v, data_type) for v in value.split("|")]
                                        if op is Op.IN else coerce(value, data_type)))
-            except (ValueError, ArithmeticError):
-                # A rule this client's identity cannot satisfy: refuse rather than widen or crash.
+            except (ValueError, ArithmeticError, LookupError):
+                # A rule this client's identity cannot satisfy (a value of the wrong type, an attribute it
+                # does not have): refuse rather than widen or crash.
                 message = f"a row rule on {f.dataset} cannot be applied to this client; ask the policy administrator"
                 raise RequestError(Code.FORBIDDEN_FIELD, message, 403,
                                    errors=[GraphQLErrorOut(message, Code.FORBIDDEN_FIELD)]) from None

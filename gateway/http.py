@@ -176,7 +176,7 @@ async def graphql_endpoint(request: Request) -> Response:
         refused = {"errors": [{"extensions": {"code": Code.UNAUTHENTICATED.value}}]}
         return await record.then(response, status=exc.status, body=refused, audit={}, media=media,
                                  headers=headers)
-    subject = Subject(identity.client_id, identity.department, identity.roles)
+    subject = Subject.of(identity.client_id, identity.department, identity.roles, identity.attributes)
     record.subject = subject
     record.token_id = getattr(identity, "jti", None)
     limits = gateway.limits.of(identity.client_id)

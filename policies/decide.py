@@ -16,7 +16,9 @@ then every field of a plan is decided against that short list with Casbin's own
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -79,6 +81,14 @@ class Subject:
     client_id: str
     department: str
     roles: frozenset[str] = frozenset()
+    # The client's attributes (name, value), sorted: row rules bind ${claim.NAME} to them. A tuple, so
+    # that a Subject stays hashable (it keys the decision cache).
+    attributes: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, client_id: str, department: str, roles: Iterable[str],
+           attributes: Mapping[str, str] | None = None) -> Subject:
+        return cls(client_id, department, frozenset(roles), tuple(sorted((attributes or {}).items())))
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -93,14 +103,32 @@ class Decision:
     reason: str = ""  # for DENIED: why, naming the field and purpose, never a value
 
 
+_PLACEHOLDER = re.compile(r"\$\{(client_id|department|claim\.[a-z][a-z0-9_]*)\}")
+
+
 @dataclass(frozen=True, slots=True)
 class RowRule:
     column: str
     op: str
-    value: str  # may hold ${client_id} or ${department}
+    value: str  # may hold ${client_id}, ${department} or ${claim.NAME} (one of the client's attributes)
 
     def bind(self, subject: Subject) -> str:
-        return self.value.replace("${client_id}", subject.client_id).replace("${department}", subject.department)
+        """The value for this client. LookupError when it names an attribute the client does not have:
+        the rule cannot be met, and the request is refused rather than the rule dropped."""
+        attributes = dict(subject.attributes)
+
+        def value(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name == "client_id":
+                return subject.client_id
+            if name == "department":
+                return subject.department
+            attribute = name.removeprefix("claim.")
+            if attribute not in attributes:
+                raise LookupError(f"the client has no attribute {attribute!r}")
+            return attributes[attribute]
+
+        return _PLACEHOLDER.sub(value, self.value)
 
 
 @dataclass

@@ -213,7 +213,11 @@ def explain_query(enforcer: casbin.Enforcer, catalog: Catalog, subject: Subject,
         sub, dataset, p2_purpose, column, op, value = line
         if sub in names and p2_purpose in (purpose, "*"):
             rule = RowRule(column, op, value)
-            rows.setdefault(dataset, []).append(RowRuleMatch(("p2", *line), paths[sub], rule, rule.bind(subject)))
+            try:
+                bound = rule.bind(subject)
+            except LookupError as exc:
+                bound = f"(unbound: {exc}; its requests are refused)"
+            rows.setdefault(dataset, []).append(RowRuleMatch(("p2", *line), paths[sub], rule, bound))
     return [_explain(subject, pur, obj, spec, rules, paths, rows) for obj, spec in fields]
 
 

@@ -7,6 +7,8 @@ not exist is an error naming the line; so is a grant of a field whose share type
 
 from __future__ import annotations
 
+import re
+
 import casbin
 
 from catalog.model import Catalog, DataType, ShareType
@@ -17,6 +19,7 @@ from resolvers.query import Op
 __all__ = ["ACTIONS", "PolicyError", "validate_policy"]
 
 ACTIONS = ("read", "read_masked", "verify")
+PLACEHOLDER = re.compile(r"\$\{(client_id|department|claim\.[a-z][a-z0-9_]*)\}")
 ROW_OPS = {op.value for op in Op} - {Op.IS_NULL.value}
 
 
@@ -118,8 +121,12 @@ def check_row_rule(catalog: Catalog, line: list[str]) -> list[str]:
         out.append(f"unknown column {column!r} of {code}")
     if op not in ROW_OPS:
         out.append(f"unknown operator {op!r}; known: {', '.join(sorted(ROW_OPS))}")
+    elif unknown := [p for p in re.findall(r"\$\{[^}]*\}?", _value) if not PLACEHOLDER.fullmatch(p)]:
+        out.append(f"unknown placeholder {unknown[0]!r}: use ${{client_id}}, ${{department}} or ${{claim.NAME}} "
+                   "(a client attribute)")
     elif spec is not None and "${" in _value and spec.type is not DataType.STRING:
-        out.append(f"placeholders (${{client_id}}, ${{department}}) bind text: {code}.{column} is a {spec.type.value}")
+        out.append(f"placeholders (${{client_id}}, ${{department}}, ${{claim.NAME}}) bind text: {code}.{column} is "
+                   f"a {spec.type.value}")
     elif spec is not None and "${" not in _value:
         # A value the column's type cannot hold would fail every matching request at run time.
         try:

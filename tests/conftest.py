@@ -25,6 +25,7 @@ from demo.housing_service import create_app as housing_app
 from demo.server_thread import ServerThread
 from gateway.config import REPO_ROOT, Settings, load_settings
 from gateway.pipeline import Gateway
+from policies.decide import Subject
 
 DEMO_CATALOG = REPO_ROOT / "demo" / "catalog"
 TEST_RESIDENTS = 1_500
@@ -267,3 +268,11 @@ def mariadb_url(city: City) -> Iterator[str]:
         yield url
     finally:
         arun(admin(f"DROP DATABASE IF EXISTS `{name}`"))
+
+
+def demo_subject(client_id: str) -> Subject:
+    """A demo client as its access token presents it: department, roles and attributes."""
+    from gateway.auth.demo import DEMO_CLIENTS
+
+    c = next(c for c in DEMO_CLIENTS if c.client_id == client_id)
+    return Subject.of(c.client_id, c.department, c.roles, c.attributes)

@@ -21,10 +21,10 @@ from gateway.pipeline import Gateway
 from policies.consent.model import Kind
 from policies.consent.terms import ConsentInputError, GrantRequest
 from policies.decide import Subject
-from tests.conftest import consent_admin
+from tests.conftest import consent_admin, demo_subject
 from tests.oracle import rows
 
-STREET = Subject("street-office-app", "civil", frozenset({"street-office"}))
+STREET = demo_subject("street-office-app")
 INVESTIGATOR = Subject("investigation-app", "civil", frozenset({"investigator"}))
 REVIEW = "subsistence-allowance-review"
 PENSIONS = "{ pensions(limit: 1000) { nodes { id idNumber monthlyAmount } } }"

@@ -34,7 +34,7 @@ from policies.store import FilePolicySource, PolicyStore, Snapshot, index_by_sub
 CATALOG: Catalog = load_catalog(REPO_ROOT / "demo" / "catalog")
 POLICY_FILE = REPO_ROOT / "demo" / "policies" / "policy.csv"
 DEMO_LINES = parse_csv(POLICY_FILE.read_text(encoding="utf-8"))
-SUBJECTS = [Subject(c.client_id, c.department, frozenset(c.roles)) for c in DEMO_CLIENTS]
+SUBJECTS = [Subject.of(c.client_id, c.department, c.roles, c.attributes) for c in DEMO_CLIENTS]
 FIELDS = [f"{ds.code}.{f.name}" for ds in CATALOG.datasets.values() for f in ds.fields]
 REVIEW = "subsistence-allowance-review"
 
@@ -454,9 +454,10 @@ async def test_explain_access_for_a_whole_query(context: dict[str, Any]) -> None
     assert [x["field"] for x in found] == context["plan_fields"](query)
     assert {"psb.resident.district", "psb.resident.name"} <= {x["field"] for x in found}
     assert {x["access"] for x in found} == {"CLEAR"}
-    assert found[0]["rowRules"] == [{"line": f"p2, {STREET}, psb.resident, {REVIEW}, district, eq, 北苑区",
-                                     "rolePath": [STREET], "column": "district", "op": "eq", "value": "北苑区",
-                                     "boundValue": "北苑区"}]
+    # The demo's rule names the street office's own district through its attribute (its token's claim).
+    assert found[0]["rowRules"] == [{"line": f"p2, {STREET}, psb.resident, {REVIEW}, district, eq, ${{claim.district}}",
+                                     "rolePath": [STREET], "column": "district", "op": "eq",
+                                     "value": "${claim.district}", "boundValue": "北苑区"}]
 
 
 async def test_explain_access_errors_name_what_is_wrong(context: dict[str, Any]) -> None:
@@ -489,7 +490,7 @@ async def test_simulate_policy_through_graphql(context: dict[str, Any]) -> None:
     sim = result.data["simulatePolicy"]
     assert sim["changes"] == [] and sim["rowRulesChanged"] == 1
     assert sim["rowRuleChanges"] == [{"clientId": "street-office-app", "purpose": REVIEW, "dataset": "psb.resident",
-                                      "before": [{"column": "district", "op": "eq", "value": "北苑区"}],
+                                      "before": [{"column": "district", "op": "eq", "value": "${claim.district}"}],
                                       "after": []}]
 
     # Disabled clients are left out: they get nothing under any policy.

@@ -30,13 +30,13 @@ from policies.lines import format_line, parse_csv
 from policies.repository import PolicyConflict, PolicyRepository
 from policies.store import PolicyStore, RepositorySource
 from policies.validate import PolicyError
-from tests.conftest import served, throwaway_pg_database
+from tests.conftest import demo_subject, served, throwaway_pg_database
 from tests.test_recorded_http import token_for
 from tests.test_recorded_processes import start, wait_ready
 
 CATALOG = load_catalog(REPO_ROOT / "demo" / "catalog")
 DEMO_LINES = parse_csv((REPO_ROOT / "demo" / "policies" / "policy.csv").read_text(encoding="utf-8"))
-STREET = Subject("street-office-app", "civil", frozenset({"street-office"}))
+STREET = demo_subject("street-office-app")
 REVIEW = "subsistence-allowance-review"
 GRANT = ("p", "role:street-office", "psb.resident.*", "read", REVIEW, "allow", "default")
 

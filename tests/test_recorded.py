@@ -10,8 +10,9 @@ from gateway.audit.entry import normalise_query
 from gateway.context import RequestContext
 from gateway.pipeline import Gateway
 from policies.decide import Subject
+from tests.conftest import demo_subject
 
-STREET = Subject("street-office-app", "civil", frozenset({"street-office"}))
+STREET = demo_subject("street-office-app")
 HEALTH = Subject("health-app", "health", frozenset({"clinician"}))
 ID = re.compile(r"\b99\d{15}[\dX]\b")
 

@@ -23,11 +23,11 @@ from gateway.plan import Const, ObjShape, Scalar, Withheld
 from gateway.shape_compiled import CompiledShapes
 from policies.decide import Subject
 from policies.masks import Masker
-from tests.conftest import consent_admin
+from tests.conftest import consent_admin, demo_subject
 from tests.oracle import rows
 from tests.test_consent import REVIEW, consent
 
-STREET = Subject("street-office-app", "civil", frozenset({"street-office"}))
+STREET = demo_subject("street-office-app")
 CLINIC = Subject("health-app", "health", frozenset({"clinician"}))
 MARKET = Subject("market-app", "mr", frozenset({"market-inspector"}))
 

@@ -280,7 +280,7 @@ async def policy_explain(request: Request) -> Response:
         return render(request, "policy_explain.html", 400, flash=f"No client {asked['client']!r} is registered.",
                       flash_kind="error", **context)
     enforcer, version = await _in_force(gw)
-    subject = Subject(client.client_id, client.department, frozenset(client.roles))
+    subject = Subject.of(client.client_id, client.department, client.roles, client.attributes)
     try:
         found = explain(enforcer, gw.catalog, subject, asked["purpose"], asked["field"])
     except ValueError as exc:
@@ -321,7 +321,8 @@ async def policy_simulate(request: Request) -> Response:
                       flash_kind="error", **context)
     purposes = [asked["purpose"]] if asked["purpose"] else None
     before, version = await _in_force(gw)
-    subjects = [Subject(c.client_id, c.department, frozenset(c.roles)) for c in await _clients(gw) if not c.disabled]
+    subjects = [Subject.of(c.client_id, c.department, c.roles, c.attributes)
+                for c in await _clients(gw) if not c.disabled]
     try:
         lines = proposed(lines_of(before), add=add, remove=remove)
         # Building, validating and comparing a large policy takes a while: off the event loop.
