@@ -18,7 +18,17 @@ $(BIN)/hutong: pyproject.toml
 
 venv: $(BIN)/hutong
 
-demo/data/showcase.json: $(BIN)/hutong demo/build.py demo/schema.py
+# The city is rebuilt when its generator changes or when RESIDENTS differs from the size it was
+# built with: demo/data/.residents-N records that size (`make demo RESIDENTS=2000` after a
+# default build serves a city of 2,000, and plain `make demo` afterwards one of 10,000 again).
+RESIDENTS_STAMP := demo/data/.residents-$(RESIDENTS)
+
+$(RESIDENTS_STAMP):
+	@mkdir -p demo/data
+	@rm -f demo/data/.residents-*
+	@touch $@
+
+demo/data/showcase.json: $(BIN)/hutong demo/build.py demo/schema.py $(RESIDENTS_STAMP)
 	$(BIN)/hutong demo build --residents $(RESIDENTS)
 
 demo-data: demo/data/showcase.json

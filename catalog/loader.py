@@ -18,13 +18,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from catalog.model import Catalog, Dataset, Department, Entity, EntityGraphQL, Purpose, Source
-from catalog.validate import Problems, cross_validate
+from catalog.validate import Broken, Problems, cross_validate
 
 __all__ = ["DEFAULT_ENTITIES", "CatalogError", "catalog_files", "expand_env", "load_catalog"]
 
 M = TypeVar("M", bound=BaseModel)
 
 SECTIONS = ("department", "departments", "sources", "datasets", "entities", "purposes")
+KINDS = ("department", "source", "dataset", "entity", "purpose")
 
 DEFAULT_ENTITIES = (
     Entity(
@@ -68,60 +69,77 @@ def load_catalog(*paths: Path | str) -> Catalog:
     entities: dict[str, Entity] = {}
     purposes: dict[str, Purpose] = {}
     origin: dict[str, str] = {}
+    broken = Broken()  # declared but not parsed: references to them are not "unknown" too
 
     files = [f for p in paths for f in catalog_files(Path(p))]
     if not files:
         raise CatalogError([f"no catalogue files (*.yaml, *.yml, *.toml) found in {', '.join(map(str, paths))}"])
 
-    def add(kind: str, store: dict[str, Any], entry: BaseModel, where: str) -> None:
+    def add(kind: str, store: dict[str, Any], entry: BaseModel, file: Path, section: str) -> None:
         code = entry.code  # type: ignore[attr-defined]
         key = f"{kind} {code!r}"
         if code in store:
-            problems.add(where, f"duplicate {kind} code {code!r} (first defined in {origin[key]})")
+            problems.add(f"{file}: {section}[{code}]",
+                         f"duplicate {kind} code {code!r} (first defined in {origin[key]}): codes must be unique "
+                         "across the catalogue")
             return
         store[code] = entry
-        origin[key] = where
+        origin[key] = str(file)
 
     for file in files:
         raw = _read(file, problems)
-        if raw is None:
+        if raw is None:  # unreadable: whatever it declares is unknown, so nothing is "unknown" because of it
+            for kind in KINDS:
+                broken.add(kind, "*")
             continue
         unknown = sorted(set(raw) - set(SECTIONS))
         if unknown:
             problems.add(str(file), f"unknown section(s) {', '.join(unknown)}; expected {', '.join(SECTIONS)}")
         home: str | None = None
-        dept_entries = ([raw["department"]] if "department" in raw else []) + list(raw.get("departments") or [])
+        if "department" in raw and not isinstance(raw["department"], dict):
+            problems.add(f"{file}: department", "expected one department (a mapping with code, name, contact); "
+                                                "use 'departments' for a list")
+            broken.add("home", str(file))
+            broken.add("department", raw["department"] if isinstance(raw["department"], str) else "*")
+            dept_entries = list(_list(raw, "departments", file, problems, broken, "department"))
+        else:
+            dept_entries = ([raw["department"]] if "department" in raw else []) + list(
+                _list(raw, "departments", file, problems, broken, "department"))
         for i, item in enumerate(dept_entries):
-            dep = _parse(Department, item, f"{file}: department[{_ident(item, i)}]", problems)
+            dep = _parse(Department, item, f"{file}: department[{_ident(item, i)}]", problems, broken, "department")
+            if i == 0 and "department" in raw and isinstance(item, dict):
+                # The file's department is the default of what follows, even when it has a mistake
+                # of its own (reported once, above), so its sources are not "without department" too.
+                home = dep.code if dep else item.get("code") if isinstance(item.get("code"), str) else None
+                if home is None:  # its own error says so: no "no department" for each entry of the file
+                    broken.add("home", str(file))
             if dep:
-                add("department", departments, dep, str(file))
-                if i == 0 and "department" in raw:
-                    home = dep.code
-        for i, item in enumerate(_list(raw, "sources", file, problems)):
+                add("department", departments, dep, file, "department")
+        for i, item in enumerate(_list(raw, "sources", file, problems, broken, "source")):
             item = _default(item, "department", home)
-            src = _parse(Source, item, f"{file}: sources[{_ident(item, i)}]", problems)
+            src = _parse(Source, item, f"{file}: sources[{_ident(item, i)}]", problems, broken, "source")
             if src:
-                add("source", sources, src, str(file))
-        for i, item in enumerate(_list(raw, "datasets", file, problems)):
+                add("source", sources, src, file, "sources")
+        for i, item in enumerate(_list(raw, "datasets", file, problems, broken, "dataset")):
             item = _default(item, "provider", home)
-            ds = _parse(Dataset, item, f"{file}: datasets[{_ident(item, i)}]", problems)
+            ds = _parse(Dataset, item, f"{file}: datasets[{_ident(item, i)}]", problems, broken, "dataset")
             if ds:
-                add("dataset", datasets, ds, str(file))
-        for i, item in enumerate(_list(raw, "entities", file, problems)):
-            ent = _parse(Entity, item, f"{file}: entities[{_ident(item, i)}]", problems)
+                add("dataset", datasets, ds, file, "datasets")
+        for i, item in enumerate(_list(raw, "entities", file, problems, broken, "entity")):
+            ent = _parse(Entity, item, f"{file}: entities[{_ident(item, i)}]", problems, broken, "entity")
             if ent:
-                add("entity", entities, ent, str(file))
-        for i, item in enumerate(_list(raw, "purposes", file, problems)):
-            pur = _parse(Purpose, item, f"{file}: purposes[{_ident(item, i)}]", problems)
+                add("entity", entities, ent, file, "entities")
+        for i, item in enumerate(_list(raw, "purposes", file, problems, broken, "purpose")):
+            pur = _parse(Purpose, item, f"{file}: purposes[{_ident(item, i)}]", problems, broken, "purpose")
             if pur:
-                add("purpose", purposes, pur, str(file))
+                add("purpose", purposes, pur, file, "purposes")
 
     for ent in DEFAULT_ENTITIES:
         entities.setdefault(ent.code, ent)
 
     catalog = Catalog(departments, sources, datasets, entities, links=[], purposes=purposes, origin=origin)
-    if not problems:
-        catalog.links = cross_validate(catalog, problems)
+    # Always: a parse error in one entry must not hide the cross-reference problems of the others.
+    catalog.links = cross_validate(catalog, problems, broken)
     if problems:
         raise CatalogError(problems.items)
     return catalog
@@ -132,7 +150,7 @@ def _read(file: Path, problems: Problems) -> dict[str, Any] | None:
         text = file.read_text(encoding="utf-8")
         data = tomllib.loads(text) if file.suffix == ".toml" else yaml.safe_load(text)
     except FileNotFoundError:
-        problems.add(str(file), "file not found")
+        problems.add(str(file), "file not found (check the catalog setting of the configuration)")
         return None
     except (yaml.YAMLError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         problems.add(str(file), f"not valid {'TOML' if file.suffix == '.toml' else 'YAML'}: {exc}")
@@ -145,12 +163,19 @@ def _read(file: Path, problems: Problems) -> dict[str, Any] | None:
     return data
 
 
-def _list(raw: dict[str, Any], section: str, file: Path, problems: Problems) -> list[Any]:
+def _list(raw: dict[str, Any], section: str, file: Path, problems: Problems, broken: Broken, kind: str
+          ) -> list[Any]:
     value = raw.get(section) or []
     if not isinstance(value, list):
-        problems.add(f"{file}: {section}", "expected a list of entries")
+        problems.add(f"{file}: {section}", f"expected a list of entries (- code: ...), not a {_kind_of(value)}")
+        broken.add(kind, "*")
         return []
     return value
+
+
+def _kind_of(value: Any) -> str:
+    return {dict: "mapping", str: "string", int: "number", float: "number", bool: "boolean"}.get(
+        type(value), type(value).__name__)
 
 
 def _default(item: Any, key: str, value: str | None) -> Any:
@@ -165,12 +190,14 @@ def _ident(item: Any, index: int) -> str:
     return f"#{index + 1}"
 
 
-def _parse(model: type[M], item: Any, where: str, problems: Problems) -> M | None:
+def _parse(model: type[M], item: Any, where: str, problems: Problems, broken: Broken, kind: str) -> M | None:
     try:
         return model.model_validate(item)
     except ValidationError as exc:
         for err in exc.errors():
             problems.add(where, _describe(item, err))
+        code = item.get("code") if isinstance(item, dict) else None
+        broken.add(kind, code if isinstance(code, str) else "*")
         return None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from catalog.keys import KEY_KINDS
 from catalog.model import DataType, EntityLink, ShareType
@@ -33,6 +33,24 @@ RESERVED_ROOTS = {"catalog", "node", "nodes", "myAccess", "verify", "auditLog", 
 
 
 @dataclass
+class Broken:
+    """Entries that were declared but could not be parsed (``kind -> codes``; ``"*"``: a whole
+    section or file was unreadable, so any code of that kind may have been declared there; kind
+    ``home``: files whose own ``department`` is unusable). References to them are not reported
+    again as unknown: the parse error already names them."""
+
+    codes: dict[str, set[str | None]] = field(default_factory=dict)
+
+    def add(self, kind: str, code: str | None) -> None:
+        self.codes.setdefault(kind, set()).add(code)
+
+    def __contains__(self, ref: tuple[str, str | None]) -> bool:
+        kind, code = ref
+        declared = self.codes.get(kind, set())
+        return "*" in declared or code in declared
+
+
+@dataclass
 class Problems:
     items: list[str] = field(default_factory=list)
 
@@ -43,21 +61,28 @@ class Problems:
         return bool(self.items)
 
 
-def cross_validate(cat: Catalog, problems: Problems) -> list[EntityLink]:
-    """Check references between entries; return the resolved entity links."""
+def cross_validate(cat: Catalog, problems: Problems, broken: Broken | None = None) -> list[EntityLink]:
+    """Check references between entries; return the resolved entity links.
+
+    ``broken`` names entries that were declared but failed to parse: references to them are
+    not reported as unknown (their own parse errors are), so one mistake gives one message."""
     where = cat.origin
+    broken = broken or Broken()
 
     for src in cat.sources.values():
         at = f"{where[f'source {src.code!r}']}: sources[{src.code}]"
         if src.department is None:
-            problems.add(at, "no department: set 'department' or put the source in a file with a 'department'")
-        elif src.department not in cat.departments:
+            if ("home", where[f'source {src.code!r}']) not in broken:
+                problems.add(at, "no department: set 'department' or put the source in a file with a 'department'")
+        elif src.department not in cat.departments and ("department", src.department) not in broken:
             problems.add(at, f"unknown department {src.department!r}; known: {_known(cat.departments)}")
-        _check_url(src.kind, src.url, at, problems)
+        _check_url(src.kind, src.url, at, problems, src.code)
+        _check_headers(src.code, src.headers, at, problems)
 
     types: dict[str, str] = {}
     roots: dict[str, str] = {}
-    for ent in cat.entities.values():
+    # Built-in entities claim their names first: a clash is the declared entry's to fix.
+    for ent in sorted(cat.entities.values(), key=lambda e: f"entity {e.code!r}" in where):
         at = f"{where.get(f'entity {ent.code!r}', 'built-in')}: entities[{ent.code}]"
         if ent.key not in KEY_KINDS:
             problems.add(at, f"unknown key kind {ent.key!r}; known: {', '.join(KEY_KINDS)}")
@@ -71,27 +96,29 @@ def cross_validate(cat: Catalog, problems: Problems) -> list[EntityLink]:
         for name in (ds.graphql.type, f"{ds.graphql.type}Page", f"{ds.graphql.type}Filter"):
             _claim(types, name, at, "GraphQL type", problems, RESERVED_TYPES)
         _claim(roots, ds.graphql.list, at, "root field", problems, RESERVED_ROOTS)
-        _check_dataset(cat, ds, at, problems)
+        _check_dataset(cat, ds, at, problems, broken)
 
     for pur in cat.purposes.values():
-        _check_purpose(cat, pur, f"{where[f'purpose {pur.code!r}']}: purposes[{pur.code}]", problems)
+        _check_purpose(cat, pur, f"{where[f'purpose {pur.code!r}']}: purposes[{pur.code}]", problems, broken)
 
     links: list[EntityLink] = []
     for ds in cat.datasets.values():
         at = f"{where[f'dataset {ds.code!r}']}: datasets[{ds.code}]"
-        links.extend(_links(cat, ds, at, problems))
+        links.extend(_links(cat, ds, at, problems, broken))
     _check_member_names(cat, links, problems)
     return links
 
 
-def _check_dataset(cat: Catalog, ds: Dataset, at: str, problems: Problems) -> None:
+def _check_dataset(cat: Catalog, ds: Dataset, at: str, problems: Problems, broken: Broken) -> None:
     if ds.provider is None:
-        problems.add(at, "no provider: set 'provider' or put the dataset in a file with a 'department'")
-    elif ds.provider not in cat.departments:
+        if ("home", cat.origin[f'dataset {ds.code!r}']) not in broken:
+            problems.add(at, "no provider: set 'provider' or put the dataset in a file with a 'department'")
+    elif ds.provider not in cat.departments and ("department", ds.provider) not in broken:
         problems.add(at, f"unknown provider department {ds.provider!r}; known: {_known(cat.departments)}")
     src = cat.sources.get(ds.source)
     if src is None:
-        problems.add(at, f"unknown source {ds.source!r}; known: {_known(cat.sources)}")
+        if ("source", ds.source) not in broken:
+            problems.add(at, f"unknown source {ds.source!r}; known: {_known(cat.sources)}")
     elif src.kind == "sql" and not ds.table:
         problems.add(at, f"source {src.code!r} is SQL: set 'table'")
     elif src.kind == "rest" and not ds.endpoint:
@@ -137,7 +164,8 @@ def _check_dataset(cat: Catalog, ds: Dataset, at: str, problems: Problems) -> No
         gql.add(rel.name)
         target = cat.datasets.get(rel.target)
         if target is None:
-            problems.add(rat, f"unknown target dataset {rel.target!r}; known: {_known(cat.datasets)}")
+            if ("dataset", rel.target) not in broken:
+                problems.add(rat, f"unknown target dataset {rel.target!r}; known: {_known(cat.datasets)}")
             continue
         if len(rel.join) != 1:
             problems.add(rat, "'join' must map exactly one column to one column (composite joins are not supported)")
@@ -182,17 +210,19 @@ def _check_consent_terms(ds: Dataset, at: str, problems: Problems) -> None:
                             else "give the field naming the person or organisation key: id_number or credit_code"))
 
 
-def _check_purpose(cat: Catalog, pur: Purpose, at: str, problems: Problems) -> None:
+def _check_purpose(cat: Catalog, pur: Purpose, at: str, problems: Problems, broken: Broken) -> None:
     bounds = pur.consent
     if (bounds.max_uses is None) != (bounds.per_days is None):
         problems.add(at, "consent: give max_uses and per_days together (at most max_uses uses per per_days days)")
     for code in pur.datasets:
-        if code not in cat.datasets:
+        if code not in cat.datasets and ("dataset", code) not in broken:
             problems.add(at, f"unknown dataset {code!r}; known: {_known(cat.datasets)}")
     for ref in pur.none_fields:
         code, _, name = ref.rpartition(".")
         ds = cat.datasets.get(code)
         spec = next((f for f in ds.fields if f.name == name), None) if ds else None
+        if ds is None and ("dataset", code) in broken:
+            continue
         if spec is None:
             problems.add(at, f"none_fields: {ref!r} is not a dataset.field of the catalogue")
         elif spec.share is not ShareType.NONE:
@@ -201,7 +231,7 @@ def _check_purpose(cat: Catalog, pur: Purpose, at: str, problems: Problems) -> N
             problems.add(at, f"none_fields: {ref!r} is outside the purpose's datasets")
 
 
-def _links(cat: Catalog, ds: Dataset, at: str, problems: Problems) -> list[EntityLink]:
+def _links(cat: Catalog, ds: Dataset, at: str, problems: Problems, broken: Broken) -> list[EntityLink]:
     out: list[EntityLink] = []
     by_kind = {e.key: e for e in cat.entities.values()}
     for f in ds.fields:
@@ -211,6 +241,8 @@ def _links(cat: Catalog, ds: Dataset, at: str, problems: Problems) -> list[Entit
         entity = cat.entities.get(spec.entity) if spec and spec.entity else by_kind.get(f.key)
         fat = f"{at}.fields[{f.name}].link"
         if entity is None:
+            if spec and spec.entity and ("entity", spec.entity) in broken:
+                continue
             wanted = f"named {spec.entity!r}" if spec and spec.entity else f"has key {f.key!r}"
             problems.add(fat, f"no entity {wanted}; known: {_known(cat.entities)}")
             continue
@@ -248,17 +280,78 @@ def _check_member_names(cat: Catalog, links: list[EntityLink], problems: Problem
         on_dataset[dkey] = lk.field
 
 
-def _check_url(kind: str, url: str, at: str, problems: Problems) -> None:
+# Credentials never go in the catalogue (it is reviewed, versioned and published as metadata):
+# a header or URL query parameter that carries one must take its value from the environment.
+_CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "cookie"}
+_CREDENTIAL_HEADER_WORDS = ("key", "token", "secret", "auth", "password", "passwd", "signature", "session")
+_CREDENTIAL_PARAMS = {"password", "pass", "passwd", "pwd", "secret", "token", "key", "api_key", "apikey",
+                      "access_token", "refresh_token", "id_token", "auth", "auth_token", "sig", "signature",
+                      "client_secret", "private_key", "sessionid", "session", "credential", "credentials",
+                      "sslpassword"}
+_CREDENTIAL_PARAM_WORDS = ("password", "passwd", "secret", "token", "apikey", "api_key", "signature", "credential")
+# File paths, not secrets (PostgreSQL and MySQL TLS options).
+_PATH_PARAMS = {"sslkey", "sslcert", "sslrootcert", "sslcrl", "ssl_key", "ssl_cert", "ssl_ca", "ssl_capath"}
+_REF = r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-)?\}"  # ${VAR} (an empty default is no secret; a non-empty one is)
+# A credential value from the environment: "${VAR}", "Bearer ${VAR}" (an auth scheme word first),
+# "name=${VAR}" or several "a=${A}; b=${B}" (cookies).
+_FROM_ENV = re.compile(rf"\s*(?:[A-Za-z][A-Za-z0-9_.-]*\s+|[A-Za-z0-9_.-]+=)?{_REF}"
+                       rf"(?:\s*;\s*[A-Za-z0-9_.-]+={_REF})*\s*;?\s*")
+
+
+def credential_header(name: str) -> bool:
+    """True for a header that carries a credential (Authorization, Cookie, X-Api-Key, ...)."""
+    low = name.strip().lower()
+    return low in _CREDENTIAL_HEADERS or any(word in low for word in _CREDENTIAL_HEADER_WORDS)
+
+
+def credential_param(name: str) -> bool:
+    """True for a URL query parameter that carries a credential (password, api_key, token, sig, ...)."""
+    low = unquote(name).strip().lower().replace("-", "_")
+    if low in _PATH_PARAMS:
+        return False
+    return low in _CREDENTIAL_PARAMS or any(word in low for word in _CREDENTIAL_PARAM_WORDS)
+
+
+def from_env(value: str) -> bool:
+    """True when a credential value comes from the environment (``${VAR}``, ``Bearer ${VAR}``), or is empty."""
+    return not value.strip() or _FROM_ENV.fullmatch(value) is not None
+
+
+def _env_name(source: str, what: str) -> str:
+    """A suggested environment variable name: ``housing_api`` + ``X-Api-Key`` -> ``HOUSING_API_X_API_KEY``."""
+    return re.sub(r"[^A-Z0-9]+", "_", f"{source}_{what}".upper()).strip("_")
+
+
+def _check_url(kind: str, url: str, at: str, problems: Problems, source: str = "source") -> None:
     if kind == "rest" and not re.match(r"^(https?://|\$\{)", url):
         problems.add(at, f"REST url must start with http:// or https:// (got {url[:40]!r})")
-    # A literal password in the file would be a secret committed to the catalogue.
+    # A literal password in the file would be a secret committed to the catalogue. The value is
+    # never repeated in the message: it is a secret, and messages end up in logs and CI output.
     parts = urlsplit(url)
     try:
         password = parts.password
     except ValueError:
         password = None
-    if password and not password.startswith("${"):
-        problems.add(at, "url contains a literal password: write ${SOME_ENV_VAR} and set it in the environment")
+    if password and not from_env(password):
+        problems.add(at, f"url contains a literal password: write ${{{_env_name(source, 'password')}}} in its "
+                         "place and set that environment variable where the gateway runs")
+    for pair in parts.query.split("&") if parts.query else ():
+        name, has_value, value = pair.partition("=")
+        if has_value and value and credential_param(name) and not from_env(unquote(value)):
+            var = _env_name(source, unquote(name))
+            problems.add(at, f"url query parameter {unquote(name)!r} has a literal value, a credential in the "
+                             f"catalogue: write {unquote(name)}=${{{var}}} and set {var} where the gateway runs")
+
+
+def _check_headers(source: str, headers: dict[str, str], at: str, problems: Problems) -> None:
+    for name, value in headers.items():
+        if credential_header(name) and not from_env(value):
+            var = _env_name(source, "token" if name.lower() in ("authorization", "proxy-authorization") else name)
+            example = (f'"Bearer ${{{var}}}"' if name.lower() in ("authorization", "proxy-authorization")
+                       else f'"${{{var}}}"')
+            problems.add(at, f"header {name!r} has a literal value, a credential in the catalogue: write "
+                             f"{name}: {example} (the scheme word, if any, then a ${{VAR}} reference) "
+                             f"and set {var} where the gateway runs")
 
 
 def _claim(taken: dict[str, str], name: str, at: str, what: str, problems: Problems, reserved: set[str]) -> None:

@@ -352,6 +352,22 @@ def create_app(data_path: Path) -> Starlette:
     return app
 
 
+def _exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """Stop this service (gracefully, as on SIGTERM) once ``parent_pid`` is no longer its parent:
+    the gateway that started it died without stopping it, and the port must not stay taken."""
+    import os
+    import signal
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m demo.housing_service",
@@ -362,12 +378,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8001, help="port (default 8001)")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                        help="server log level (default info)")
+    parser.add_argument("--parent-pid", type=int, default=None,
+                        help="exit when this process (the gateway that started the service) is gone")
     args = parser.parse_args(argv)
     if not args.data.is_file():
         parser.error(f"--data: no such file: {args.data} (build it with: python -m demo.build)")
     import uvicorn  # imported here: only the command line needs a server, not create_app's users
 
-    uvicorn.run(create_app(args.data), host=args.host, port=args.port)
+    app = create_app(args.data)
+    if args.parent_pid is not None:
+        _exit_with_parent(args.parent_pid)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                access_log=args.log_level in ("info", "debug"))
 
 
 if __name__ == "__main__":

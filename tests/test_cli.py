@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from gateway.cli import app
-from tests.conftest import DEMO_CATALOG, write_config
+from tests.conftest import DEMO_CATALOG, arun, throwaway_pg_database, write_config
 
 runner = CliRunner()
 
@@ -29,11 +30,31 @@ def test_catalog_check_offline_and_live(city_dir: Path, housing_url: str) -> Non
     assert r.exit_code == 0 and "live sources" not in r.output
 
 
-def test_catalog_check_reports_unreachable_sources(city_dir: Path) -> None:
+def test_catalog_check_reports_unreachable_sources_as_warnings(city_dir: Path) -> None:
+    """A department service that is down (say Housing, after `make demo` stopped) is not a catalogue
+    error: it is reported as not checked, and the check passes unless --strict."""
     cfg = write_config(city_dir, {"housing_api": "http://127.0.0.1:9"})
     r = run("catalog", "check", "--config", str(cfg))
-    assert r.exit_code == 1
-    assert "source housing_api: cannot reach /properties" in r.output
+    assert r.exit_code == 0, r.output
+    housing = DEMO_CATALOG / "housing.yaml"
+    assert f"warning: {housing}: sources[housing_api]: not checked: source housing_api unreachable " \
+           "(ConnectError on /properties)" in r.stderr, r.stderr
+    assert "1 source(s) not checked because unreachable; 5 reachable source(s) match the catalogue " \
+           "(--strict makes this an error)" in r.stderr
+    assert "live sources match the catalogue" not in r.output
+    r = run("catalog", "check", "--strict", "--config", str(cfg))
+    assert r.exit_code == 1, r.output
+    assert "not checked: source housing_api unreachable" in r.stderr
+
+
+def test_catalog_check_fails_when_a_reachable_source_does_not_match(city_dir: Path, housing_url: str) -> None:
+    # The registry's URL pointed at Civil Affairs' file: reachable, but without the registry's tables.
+    cfg = write_config(city_dir, {"housing_api": housing_url, "psb_registry": "sqlite+aiosqlite:///data/civil.sqlite"})
+    r = run("catalog", "check", "--config", str(cfg))
+    assert r.exit_code == 1, r.output
+    assert f"- {DEMO_CATALOG / 'psb.yaml'}: datasets[psb.resident]: table 'resident' does not exist in source " \
+           "psb_registry; the default schema (main) has: subsistence_case" in r.stderr, r.stderr
+    assert "1 problem(s) with the live sources" in r.stderr
 
 
 def test_invalid_catalogue_exits_1_with_the_problems(tmp_path: Path) -> None:
@@ -90,6 +111,46 @@ def test_discover_from_a_url(city_dir: Path, tmp_path: Path) -> None:
     assert "table: subsistence_case" in text and "key: id_number" in text and "TODO" in text
 
 
+def test_discover_a_named_schema(tmp_path: Path) -> None:
+    """Tables outside the default schema: found with --schema or --table schema.table and drafted
+    schema-qualified; when nothing is found, it says so (naming the schemas there) and fails."""
+    from tests.test_catalog import _pg_schema_database
+
+    for url in throwaway_pg_database("hutong_discover"):
+        arun(_pg_schema_database(url))
+        r = run("catalog", "discover", url)
+        assert r.exit_code == 1, r.output
+        assert "datasets" not in r.stdout
+        assert "error: no tables or views in the default schema (public) of the source; its schemas: public " \
+               "(default), reg. Name one with --schema NAME, or tables with --table SCHEMA.TABLE" in r.stderr, r.stderr
+        r = run("catalog", "discover", url, "--schema", "reg")
+        assert r.exit_code == 0, r.output
+        drafts = yaml.safe_load(r.stdout)["datasets"]
+        assert [d["table"] for d in drafts] == ["reg.district", "reg.resident"]
+        r = run("catalog", "discover", url, "--table", "reg.resident")
+        assert r.exit_code == 0, r.output
+        assert [d["table"] for d in yaml.safe_load(r.stdout)["datasets"]] == ["reg.resident"]
+        r = run("catalog", "discover", url, "--table", "resident")
+        assert r.exit_code == 1
+        assert "error: no such table or view: resident (not in the default schema (public), which has: (none))" \
+            in r.stderr, r.stderr
+        r = run("catalog", "discover", url, "--schema", "census")
+        assert r.exit_code == 1 and "schema 'census' does not exist in the source; its schemas: public (default), " \
+            "reg" in r.stderr, r.stderr
+
+
+def test_plan_reads_the_query_from_stdin(city_dir: Path, housing_url: str) -> None:
+    cfg = write_config(city_dir, {"housing_api": housing_url})
+    r = runner.invoke(app, ["plan", "--config", str(cfg), "-"], input="{ residents(limit: 2) { nodes { name } } }\n")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["levels"][0][0]["dataset"] == "psb.resident"
+    r = runner.invoke(app, ["plan", "--config", str(cfg), "-"], input="")
+    assert r.exit_code == 2 and "no query on standard input" in r.stderr
+    r = run("plan", "--help", env={"COLUMNS": "240"})
+    assert "- (read from standard input)" in r.output
+    assert "- to read it from standard input (e.g. `hutong plan - < query.graphql`)" in r.output
+
+
 @pytest.mark.parametrize(("toml", "words"), [
     ('[gateway]\ncatalog = "CAT"\n[source.psb_registry]\nurl = "x"\n', "unknown section(s) source"),
     ('[gateway]\ncatalog = "CAT"\n[sources.hrss]\nurl = "sqlite+aiosqlite:///x"\n',
@@ -104,3 +165,128 @@ def test_configuration_typos_are_refused(tmp_path: Path, toml: str, words: str) 
     r = run("catalog", "check", "--offline", "--config", str(cfg))
     assert r.exit_code == 2, r.output
     assert words in r.output
+
+
+# --- hutong demo serve: the gateway and, as its own process, the Housing service ---------------------------
+
+
+class _DemoServe:
+    """`hutong demo serve` over the test city, in its own process group, its output collected."""
+
+    def __init__(self, city_dir: Path, tmp_path: Path) -> None:
+        import os
+        import subprocess
+        import sys
+        import threading
+
+        from demo.server_thread import free_port
+
+        self.port, self.housing_port = free_port(), free_port()
+        cfg = write_config(city_dir, stores=tmp_path / "stores")
+        env = {**os.environ, "HUTONG_CONFIG": str(cfg), "COLUMNS": "200"}
+        env.pop("HUTONG_HOUSING_PORT", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "demo", "serve", "--port", str(self.port), "--housing-port",
+             str(self.housing_port), "--data", str(city_dir / "data")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+            cwd=Path(__file__).resolve().parent.parent)
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def ready(self, timeout: float = 90) -> dict[str, Any]:
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "".join(self.lines)
+            try:
+                r = httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2)
+                if r.status_code == 200:
+                    return r.json()
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("the demo did not become ready:\n" + "".join(self.lines))
+
+    def housing_pid(self) -> int:
+        line = next(li for li in self.lines if li.startswith("Housing REST"))
+        return int(line.rsplit("process ", 1)[1].rstrip(")\n"))
+
+    def close(self) -> None:
+        import os
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _wait(condition: Any, timeout: float = 15) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return bool(condition())
+
+
+def test_demo_serve_runs_housing_as_a_separate_process_and_stops_it(city_dir: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    demo = _DemoServe(city_dir, tmp_path)
+    try:
+        ready = demo.ready()
+        assert ready["sources"]["housing_api"]["status"] == "ok"
+        pid = demo.housing_pid()
+        assert pid != demo.proc.pid
+        status = Path(f"/proc/{pid}/status").read_text()
+        assert f"\nPPid:\t{demo.proc.pid}\n" in status  # a child of the gateway, not a thread of it
+        assert _answers(f"http://127.0.0.1:{demo.housing_port}/healthz")
+        os.kill(demo.proc.pid, signal.SIGTERM)
+        assert demo.proc.wait(30) == 0, "".join(demo.lines)
+        assert _wait(lambda: _gone(pid)), "the Housing service outlived the gateway"
+        assert not _answers(f"http://127.0.0.1:{demo.housing_port}/healthz")
+        assert "demo stopped (gateway and Housing service)" in "".join(demo.lines)
+    finally:
+        demo.close()
+
+
+def test_housing_stops_when_the_demo_gateway_is_killed(city_dir: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    demo = _DemoServe(city_dir, tmp_path)
+    try:
+        demo.ready()
+        pid = demo.housing_pid()
+        os.kill(demo.proc.pid, signal.SIGKILL)  # no chance to clean up
+        demo.proc.wait(10)
+        assert _wait(lambda: _gone(pid)), "the Housing service outlived the gateway"
+        assert _wait(lambda: not _answers(f"http://127.0.0.1:{demo.housing_port}/healthz"))
+    finally:
+        demo.close()

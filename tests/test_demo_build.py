@@ -476,3 +476,139 @@ def test_malformed_data_file_fails_at_startup(tmp_path: Path) -> None:
     path.write_text(json.dumps({"items": []}), encoding="utf-8")
     with pytest.raises(ValueError, match="properties"):
         create_app(path)
+
+
+# --- Housing as its own process ---------------------------------------------------------------------------
+
+
+def _state(pid: int) -> str | None:
+    """The process's state letter (R, S, Z, ...), None once it is gone (Linux /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return next(line.split()[1] for line in status.splitlines() if line.startswith("State:"))
+
+
+def _ppid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def housing_file(tmp_path_factory: pytest.TempPathFactory, city: City) -> Path:
+    path = tmp_path_factory.mktemp("housing") / "housing.json"
+    write_housing(city, path)
+    return path
+
+
+def test_housing_process_serves_its_own_file_from_a_child_process(housing_file: Path, city: City) -> None:
+    import os
+
+    from demo.housing_process import HousingProcess
+    from demo.server_thread import free_port
+
+    with HousingProcess(housing_file, free_port()) as housing:
+        assert housing.pid is not None and housing.pid != os.getpid()
+        assert _ppid(housing.pid) == os.getpid()
+        cmdline = Path(f"/proc/{housing.pid}/cmdline").read_bytes().split(b"\0")
+        assert [b"-m", b"demo.housing_service", b"--data", str(housing_file).encode()] == cmdline[1:5]
+        items = httpx.get(f"{housing.url}/properties", params={"limit": 2}).json()["items"]
+        assert [i["property_id"] for i in items] == sorted(h["property_id"] for h in city.housing)[:2]
+        pid, url = housing.pid, housing.url
+    assert not _answers(f"{url}/healthz")
+    assert _state(pid) is None  # stopped and reaped
+
+
+def test_housing_process_says_why_it_cannot_start(housing_file: Path, tmp_path: Path) -> None:
+    import socket
+
+    from demo.housing_process import HousingProcess, HousingStartError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(HousingStartError, match=f"port {port} is in use.*HOUSING_PORT=.*--housing-port"):
+            HousingProcess(housing_file, port).start()
+    with pytest.raises(HousingStartError, match="does not exist: run `hutong demo build`"):
+        HousingProcess(tmp_path / "none.json", port).start()
+
+
+def test_housing_service_exits_when_the_process_that_started_it_dies(housing_file: Path, tmp_path: Path) -> None:
+    """`kill -9` of the gateway leaves no Housing service holding the port: it watches its parent."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from demo.server_thread import free_port
+
+    port = free_port()
+    script = ("import sys, time; from pathlib import Path; from demo.housing_process import HousingProcess\n"
+              f"h = HousingProcess(Path({str(housing_file)!r}), {port}); h.start()\n"
+              "print(h.pid, flush=True); time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert _answers(f"http://127.0.0.1:{port}/healthz")
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while _state(child) not in (None, "Z") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _state(child) in (None, "Z"), "the Housing service outlived the process that started it"
+        assert not _answers(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+# --- the Makefile rebuilds the city when RESIDENTS changes ------------------------------------------------
+
+
+def test_make_demo_data_rebuilds_when_residents_changes(tmp_path: Path) -> None:
+    """`make demo RESIDENTS=2000` after a default build must build (and so serve) a city of 2,000,
+    and a repeated `make` with the same size must not rebuild. Run on a copy of the Makefile with a
+    stand-in `hutong` that records each build."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    repo = Path(__file__).resolve().parent.parent
+    shutil.copy(repo / "Makefile", tmp_path / "Makefile")
+    for name in ("pyproject.toml", "demo/build.py", "demo/schema.py"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("#\n")
+    fake = tmp_path / ".venv" / "bin" / "hutong"
+    fake.parent.mkdir(parents=True)
+    fake.write_text('#!/bin/sh\necho "$@" >> builds.log\nmkdir -p demo/data\necho {} > demo/data/showcase.json\n')
+    fake.chmod(0o755)
+    past = fake.stat().st_mtime - 60
+    for name in ("pyproject.toml", "demo/build.py", "demo/schema.py"):
+        os.utime(tmp_path / name, (past, past))
+
+    def make(*args: str) -> list[str]:
+        subprocess.run(["make", "--no-print-directory", "-C", str(tmp_path), "demo-data", *args], check=True,
+                       capture_output=True, text=True)
+        log = tmp_path / "builds.log"
+        return log.read_text().splitlines() if log.exists() else []
+
+    assert make() == ["demo build --residents 10000"]
+    assert make() == ["demo build --residents 10000"]  # up to date: not rebuilt
+    assert make("RESIDENTS=2000") == ["demo build --residents 10000", "demo build --residents 2000"]
+    assert len(make("RESIDENTS=2000")) == 2
+    assert make()[-1] == "demo build --residents 10000"  # back to the default size
+    assert len(make()) == 3  # and up to date again
+    assert sorted(p.name for p in (tmp_path / "demo" / "data").glob(".residents-*")) == [".residents-10000"]

@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 
 from gateway.explorer import (
     DEFAULT_QUERY,
+    EXPLORER_CSP,
     EXPLORER_STATIC_DIR,
     explorer_page,
     explorer_routes,
@@ -219,3 +220,67 @@ def test_custom_static_prefix() -> None:
     assert all(src.startswith("/assets/gql/") for src in parsed.scripts + parsed.stylesheets)
     for url in parsed.scripts + parsed.stylesheets:
         assert client.get(url).status_code == 200
+
+
+# --- help on the page: where the token and headers go; in demo mode, how to get a token -------------------
+
+HEADER_NOTE = ("Requests need an access token: put an <code>Authorization: Bearer \u2026</code> header, and for data "
+               "queries <code>X-Purpose</code>, <code>X-Acting-User</code> and <code>X-Case-Id</code>, in the "
+               "<b>Headers</b> tab below the query editor (as JSON).")
+
+
+def _demo_app(tmp_path, demo: bool) -> Starlette:
+    from types import SimpleNamespace
+
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "showcase.json").write_text('{"case_id": "DB-2026-0042"}', encoding="utf-8")
+    app = make_app()
+    app.state.settings = SimpleNamespace(demo=demo, base_dir=tmp_path)
+    return app
+
+
+def test_every_explorer_says_where_the_token_and_context_headers_go(client: TestClient) -> None:
+    page = client.get("/graphql", headers={"Accept": BROWSER_ACCEPT}).text
+    assert HEADER_NOTE in page
+    assert '<details id="hutong-help">' in page  # closed: a one-line note above the editor
+    assert "/oauth/token" in page and "&quot;X-Purpose&quot;: &quot;your-declared-purpose&quot;" in page
+    # Outside demo mode nothing about the demo's published credentials.
+    assert "demo-secret" not in page and "street-office-app" not in page and "curl" not in page
+    parsed = _parse(page)
+    assert parsed.script_bodies == [] and len(parsed.scripts) == 4  # still no inline script: CSP unchanged
+    assert _foreign_urls(page) == []
+
+
+def test_demo_explorer_shows_how_to_get_a_token(tmp_path) -> None:
+    from gateway.auth.demo import DEMO_CLIENTS
+
+    client = TestClient(_demo_app(tmp_path, demo=True))
+    resp = client.get("/graphql", headers={"Accept": BROWSER_ACCEPT})
+    page = resp.text
+    assert HEADER_NOTE in page
+    assert '<details id="hutong-help" open>' in page
+    assert ("curl -s -u street-office-app:street-office-demo-secret -d grant_type=client_credentials "
+            "http://testserver/oauth/token") in page
+    assert "&quot;Authorization&quot;: &quot;Bearer PASTE_THE_ACCESS_TOKEN&quot;" in page
+    assert "&quot;X-Purpose&quot;: &quot;subsistence-allowance-review&quot;" in page
+    assert "&quot;X-Case-Id&quot;: &quot;DB-2026-0042&quot;" in page  # the demo's showcase case
+    for c in DEMO_CLIENTS:
+        assert f"<code>{c.client_id}</code></td><td><code>{c.secret}</code>" in page
+    # The only absolute URL is this gateway's own token endpoint (text to copy, nothing loaded from it).
+    assert _foreign_urls(page) == ["http://testserver/oauth/token"]
+    assert _parse(page).script_bodies == []
+    assert resp.headers["content-security-policy"] == EXPLORER_CSP
+
+
+def test_demo_help_is_only_for_demo_mode(tmp_path) -> None:
+    page = TestClient(_demo_app(tmp_path, demo=False)).get("/graphql", headers={"Accept": BROWSER_ACCEPT}).text
+    assert HEADER_NOTE in page and "demo-secret" not in page
+
+
+async def test_the_gateway_explorer_in_demo_mode_carries_the_token_help(make_settings) -> None:
+    from tests.conftest import served
+
+    async with served(make_settings()) as (client, _):
+        page = (await client.get("/graphql", headers={"Accept": BROWSER_ACCEPT, "Authorization": ""})).text
+    assert HEADER_NOTE in page
+    assert "curl -s -u street-office-app:street-office-demo-secret" in page and "http://gw/oauth/token" in page
