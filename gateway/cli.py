@@ -137,14 +137,21 @@ def serve(config: ConfigOpt = None,
     _startable(settings, _gateway(settings, _catalog(settings)))  # fail fast, with the reason, before binding
     os.environ["HUTONG_CONFIG"] = str(settings.path)
     run_server("gateway.app:create_app", host=host or settings.host, port=port or settings.port, workers=workers,
-               log_config=LOG_CONFIG, access_log=False, proxy_headers=False)
+               log_config=LOG_CONFIG, access_log=False, proxy_headers=bool(settings.trusted_proxies),
+               forwarded_allow_ips=",".join(settings.trusted_proxies) or None)
 
 
 @catalog_app.command("check")
 def catalog_check(config: ConfigOpt = None,
-                  offline: Annotated[bool, typer.Option(help="Only the files: do not connect to sources.")] = False
+                  offline: Annotated[bool, typer.Option(help="Only the files: do not connect to sources.")] = False,
+                  strict: Annotated[bool, typer.Option(help="Fail (exit 1) when a source cannot be reached, too; "
+                                                            "by default that is a warning.")] = False
                   ) -> None:
-    """Validate the catalogue files, then (unless --offline) compare them with the live sources."""
+    """Validate the catalogue files, then (unless --offline) compare them with the live sources.
+
+    Exit status: 0 when the catalogue is valid and every reachable source matches it (a source
+    that cannot be reached is reported as "not checked", a warning, unless --strict); 1 when the
+    catalogue is invalid or a reachable source does not match it; 2 for a bad configuration."""
     from catalog.discover import check_sources
     from resolvers.registry import resolve_url
 
@@ -161,22 +168,40 @@ def catalog_check(config: ConfigOpt = None,
     except KeyError as exc:
         error(f"{exc.args[0]}")
         raise typer.Exit(1) from None
-    problems = asyncio.run(check_sources(cat, urls))
-    for p in problems:
+    live = asyncio.run(check_sources(cat, urls))
+    for p in live.problems:
         err.print(Text("- ", style="red") + Text(p))
-    if problems:
-        err.print(f"{len(problems)} problem(s) with the live sources", style="red")
+    for w in live.not_checked:
+        err.print(Text("warning: ", style="yellow") + Text(w))
+    if live.problems:
+        err.print(f"{len(live.problems)} problem(s) with the live sources", style="red")
         raise typer.Exit(1)
+    if live.not_checked:
+        n = len(live.not_checked)
+        err.print(Text(f"{n} source(s) not checked because unreachable; {len(live.checked)} reachable source(s) "
+                       f"match the catalogue" + ("" if strict else " (--strict makes this an error)"),
+                       style="red" if strict else "yellow"))
+        if strict:
+            raise typer.Exit(1)
+        return
     out.print("live sources match the catalogue")
 
 
 @catalog_app.command("discover")
 def catalog_discover(source: Annotated[str, typer.Argument(help="A catalogue source code, or a SQLAlchemy async URL.")],
                      config: ConfigOpt = None,
-                     table: Annotated[list[str] | None, typer.Option(help="Only these tables.")] = None,
+                     table: Annotated[list[str] | None, typer.Option(
+                         help="Only this table or view (repeatable): NAME, or SCHEMA.NAME for one outside the "
+                              "default schema.")] = None,
+                     schema: Annotated[str | None, typer.Option(
+                         help="Reflect this database schema (e.g. reg) instead of the connection's default "
+                              "(public on PostgreSQL).")] = None,
                      output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here.")] = None) -> None:
-    """Reflect a SQL source's tables into a draft catalogue entry (YAML)."""
-    from catalog.discover import discover_sql, draft_yaml
+    """Reflect a SQL source's tables and views into a draft catalogue entry (YAML).
+
+    Tables outside the default schema are drafted as `table: schema.name`. When there is nothing
+    to draft, it says which schemas exist and exits 1."""
+    from catalog.discover import DiscoveryError, discover_sql, draft_yaml
     from resolvers.registry import resolve_url
 
     if "://" in source:
@@ -190,13 +215,22 @@ def catalog_discover(source: Annotated[str, typer.Argument(help="A catalogue sou
         if cat.sources[source].kind != "sql":
             error(f"source {source!r} is REST; discovery reflects SQL sources")
             raise typer.Exit(2)
-        url, code = resolve_url(cat.sources[source], settings.base_dir, settings.source_urls.get(source)), source
+        try:
+            url = resolve_url(cat.sources[source], settings.base_dir, settings.source_urls.get(source))
+        except KeyError as exc:
+            error(f"{exc.args[0]}")
+            raise typer.Exit(1) from None
+        code = source
+    notes: dict[str, list[str]] = {}
     try:
-        drafts = asyncio.run(discover_sql(url, table or None))
+        drafts = asyncio.run(discover_sql(url, table or None, schema=schema, notes=notes))
+    except DiscoveryError as exc:
+        error(str(exc))
+        raise typer.Exit(1) from None
     except Exception as exc:  # shown by kind, never with the URL's secrets
         error(f"cannot reflect the source: {type(exc).__name__}")
         raise typer.Exit(1) from None
-    text = draft_yaml(code, drafts)
+    text = draft_yaml(code, drafts, notes)
     if output:
         output.write_text(text, encoding="utf-8")
         out.print(f"draft with {len(drafts)} dataset(s) written to {output}")
@@ -220,19 +254,29 @@ def catalog_export(config: ConfigOpt = None,
 
 
 @app.command()
-def plan(query: Annotated[str, typer.Argument(help="The GraphQL query, or @file to read it from a file.")],
+def plan(query: Annotated[str, typer.Argument(
+             help="The GraphQL query; @FILE to read it from a file; - to read it from standard input "
+                  "(e.g. `hutong plan - < query.graphql`).")],
          config: ConfigOpt = None,
          variables: Annotated[str | None, typer.Option(help="Variables as a JSON object.")] = None,
          operation: Annotated[str | None, typer.Option(help="Operation name.")] = None,
          sql: Annotated[bool, typer.Option(help="Also show the SQL each SQL fetch runs.")] = True) -> None:
-    """Show the plan of a query: its fetches per level, columns, filters and joins."""
+    """Show the plan of a query: its fetches per level, columns, filters and joins.
+
+    The query is the argument itself, @FILE (read from a file) or - (read from standard input)."""
     from gateway.errors import RequestError
 
-    try:
-        text = Path(query[1:]).read_text(encoding="utf-8") if query.startswith("@") else query
-    except OSError as exc:
-        error(f"cannot read the query file {query[1:]}: {exc.strerror}")
-        raise typer.Exit(2) from None
+    if query == "-":
+        text = sys.stdin.read()
+        if not text.strip():
+            error("no query on standard input (hutong plan - reads it from there, e.g. < query.graphql)")
+            raise typer.Exit(2)
+    else:
+        try:
+            text = Path(query[1:]).read_text(encoding="utf-8") if query.startswith("@") else query
+        except OSError as exc:
+            error(f"cannot read the query file {query[1:]}: {exc.strerror}")
+            raise typer.Exit(2) from None
     try:
         vars_ = json.loads(variables) if variables else None
     except json.JSONDecodeError as exc:
@@ -276,53 +320,80 @@ def demo_build(residents: Annotated[int, typer.Option(help="Number of residents.
     out.print(f"demo city built in {out_dir} ({time.perf_counter() - started:.1f} s): {counts}, "
               f"property={len(city.housing)}")
     if out_dir.resolve() == DEMO_DATA.resolve():  # the demo's own consent store goes with the demo's sources
-        _seed_consents(_settings(None))
+        _seed_consents(_settings(None), DEMO_DATA)
 
 
-def _seed_consents(settings: Settings) -> None:
+def _seed_consents(settings: Settings, data: Path) -> None:
     from demo.consents import seed_consents
 
-    done = asyncio.run(seed_consents(settings, _catalog(settings), DEMO_DATA))
+    done = asyncio.run(seed_consents(settings, _catalog(settings), data))
     out.print(f"demo consents: {done['granted']} recorded" if "granted" in done else f"demo consents: {done['kept']}")
 
 
 @demo_app.command("serve")
 def demo_serve(port: Annotated[int | None, typer.Option(help="Gateway port (default $HUTONG_PORT or 8000).")] = None,
                housing_port: Annotated[int, typer.Option(envvar="HUTONG_HOUSING_PORT",
-                                                         help="Housing REST service port.")] = 8001) -> None:
-    """Start the Housing department's REST service and serve the gateway over the demo city."""
+                                                         help="Housing REST service port.")] = 8001,
+               data: Annotated[Path, typer.Option("--data", help="The built demo city's folder.")] = DEMO_DATA
+               ) -> None:
+    """Start the Housing department's REST service (a separate process over its own data file) and
+    serve the gateway over the demo city. Stopping the gateway (Ctrl-C, SIGTERM) stops Housing too;
+    if the gateway is killed outright, Housing notices and exits by itself."""
+    import signal
+
     import uvicorn
 
-    from demo.housing_service import create_app as housing_app
-    from demo.server_thread import ServerThread
+    from demo.housing_process import HousingProcess, HousingStartError
 
-    showcase_file = DEMO_DATA / "showcase.json"
+    showcase_file = data / "showcase.json"
     if not showcase_file.exists():
         error("the demo city is not built: run `make demo` or `hutong demo build`")
         raise typer.Exit(2)
     os.environ["HUTONG_HOUSING_PORT"] = str(housing_port)
     settings = _settings(None)
     gw_port = port or settings.port
-    with contextlib.ExitStack() as stack:
-        # The Housing bureau's service runs in a thread of this process, so that however the demo
-        # is stopped (Ctrl-C, SIGTERM), it stops too and never holds its port afterwards.
-        try:
-            stack.enter_context(ServerThread(housing_app(DEMO_DATA / "housing.json"), housing_port,
-                                             start_timeout=15))
-        except RuntimeError:
-            error(f"the Housing service could not start on port {housing_port}; is it in use? "
-                   "Set HOUSING_PORT=... (make) or --housing-port")
-            raise typer.Exit(1) from None
-        showcase = json.loads(showcase_file.read_text(encoding="utf-8"))
-        _seed_consents(settings)  # once: a store that holds consents is left as it is
-        _startable(settings, _gateway(settings, _catalog(settings)))
-        _banner(settings.host, gw_port, housing_port, showcase)
-        os.environ["HUTONG_CONFIG"] = str(settings.path)
-        uvicorn.run("gateway.app:create_app", factory=True, host=settings.host, port=gw_port,
-                    log_config=LOG_CONFIG, access_log=False)
+    showcase = json.loads(showcase_file.read_text(encoding="utf-8"))
+    # uvicorn re-raises the SIGTERM it handled once it has shut down; with the default action that
+    # would end this process on the spot, before Housing is stopped. As an exception it unwinds.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with HousingProcess(data / "housing.json", housing_port) as housing:
+            _seed_consents(settings, data)  # once: a store that holds consents is left as it is
+            _startable(settings, _gateway(settings, _catalog(settings)))
+            _banner(settings.host, gw_port, housing_port, showcase, housing_pid=housing.pid,
+                    residents=_residents(data))
+            os.environ["HUTONG_CONFIG"] = str(settings.path)
+            uvicorn.run("gateway.app:create_app", factory=True, host=settings.host, port=gw_port,
+                        log_config=LOG_CONFIG, access_log=False)
+    except HousingStartError as exc:
+        error(str(exc))
+        raise typer.Exit(1) from None
+    except (_Terminated, KeyboardInterrupt):
+        out.print("demo stopped (gateway and Housing service)")
+        raise typer.Exit(0) from None
 
 
-def _banner(host: str, port: int, housing_port: int, showcase: dict[str, str]) -> None:
+class _Terminated(Exception):
+    pass
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
+def _residents(data: Path) -> int | None:
+    """How many residents the built city has (None if the registry cannot be read)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{data / 'psb.sqlite'}?mode=ro", uri=True)) as con:
+            return int(con.execute("SELECT count(*) FROM resident").fetchone()[0])
+    except sqlite3.Error:
+        return None
+
+
+def _banner(host: str, port: int, housing_port: int, showcase: dict[str, str], *, housing_pid: int | None = None,
+            residents: int | None = None) -> None:
     from gateway.auth.demo import DEMO_CLIENTS
 
     base = f"http://{host}:{port}"
@@ -333,7 +404,10 @@ def _banner(host: str, port: int, housing_port: int, showcase: dict[str, str]) -
     out.print(f"Token endpoint     {base}/oauth/token   (OAuth 2.0 client credentials)")
     out.print(f"Health             {base}/healthz   readiness: {base}/readyz")
     out.print(f"Web console        {base}/console   (people: policy administrators, auditors, data owners)")
-    out.print(f"Housing REST       http://127.0.0.1:{housing_port}/properties (the Housing bureau's own service)")
+    out.print(f"Housing REST       http://127.0.0.1:{housing_port}/properties (the Housing bureau's own service, "
+              f"process {housing_pid})")
+    if residents is not None:
+        out.print(f"Demo city          {residents:,} residents (`make demo RESIDENTS=2000` for another size)")
     out.print("\nDemo client credentials (published demo secrets: accepted only in demo mode):")
     for c in DEMO_CLIENTS:
         out.print(f"  {c.client_id:<18} {c.secret:<28} {c.purpose}")

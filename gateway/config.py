@@ -7,6 +7,7 @@ live in the file: catalogue URLs and headers reference ``${ENV_VARS}``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ class Settings:
     max_nodes: int = 200_000  # objects in one response
     stream_from: int = 5000  # a flat root page of this limit or more is streamed (gateway/stream.py)
     stream_chunk: int = 2000  # rows per streamed part (and per audit record of the stream)
+    # Reverse proxies / load balancers whose X-Forwarded-For is believed (addresses or networks): the
+    # caller's address in the audit record and the bad-token buckets is then the client's, not theirs.
+    trusted_proxies: tuple[str, ...] = ()
     circuit_failures: int = 5  # a source failing this many times in a row is not asked ...
     circuit_open_seconds: int = 10  # ... for this long, then probed (resolvers/breaker.py)
     source_urls: dict[str, str] = field(default_factory=dict)  # per-source URL overrides
@@ -74,7 +78,8 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
                           "[console], [limits]")
     gw: dict[str, Any] = raw.get("gateway", {})
     known = {"catalog", "demo", "host", "port", "debug", "default_limit", "max_limit", "max_keys", "max_depth",
-             "max_rows", "max_nodes", "stream_from", "stream_chunk", "circuit_failures", "circuit_open_seconds"}
+             "max_rows", "max_nodes", "stream_from", "stream_chunk", "circuit_failures", "circuit_open_seconds",
+             "trusted_proxies"}
     unknown = sorted(set(gw) - known)
     if unknown:
         raise ConfigError(f"{cfg_path}: [gateway] has unknown key(s) {', '.join(unknown)}; "
@@ -119,6 +124,7 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         stream_chunk=num("stream_chunk", 2000),
         circuit_failures=num("circuit_failures", 5),
         circuit_open_seconds=num("circuit_open_seconds", 10),
+        trusted_proxies=_proxies(env.get("HUTONG_TRUSTED_PROXIES", gw.get("trusted_proxies", [])), cfg_path),
         source_urls=overrides,
         demo=gw.get("demo", False) is True,
         auth=dict(raw.get("auth", {})),
@@ -133,3 +139,19 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
         raise ConfigError(f"{cfg_path}: default_limit ({settings.default_limit}) exceeds max_limit "
                           f"({settings.max_limit})")
     return settings
+
+
+def _proxies(value: Any, path: Path) -> tuple[str, ...]:
+    """``trusted_proxies``: a list (or, from the environment, a comma-separated string) of IP addresses
+    or networks. ``*`` is refused: any caller could then claim any address in the audit log."""
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+        raise ConfigError(f"{path}: [gateway] trusted_proxies must be a list of IP addresses or networks")
+    out: list[str] = []
+    for item in filter(None, items):
+        try:
+            out.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{path}: [gateway] trusted_proxies: {item!r} is not an IP address or network "
+                              "(\"*\" is not accepted: every caller could then choose the address recorded)") from None
+    return tuple(out)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from demo.server_thread import free_port
 from gateway.audit.keys import AuditKeys
@@ -92,3 +93,25 @@ async def test_two_gateway_processes_keep_one_chain(make_settings: Any, tmp_path
     assert report.ok, report.detail
     assert per_official == {p: REQUESTS_EACH for p in ports}  # every answered request has its record
     assert total >= before + 2 * REQUESTS_EACH
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["behind a trusted proxy", "forwarded header ignored"])
+async def test_the_callers_address_comes_from_a_trusted_proxy_only(make_settings: Any, tmp_path: Path,
+                                                                   trusted: bool) -> None:
+    extra = {"trusted_proxies": ["127.0.0.1"]} if trusted else {}
+    settings = make_settings(policy=TEST_POLICY, stores=tmp_path / "stores", **extra)
+    port, log = free_port(), tmp_path / "gw.log"
+    proc = start(settings.path, port, log)
+    store = AuditStore(AuditSettings.from_settings(settings).url)
+    try:
+        await wait_ready(f"http://127.0.0.1:{port}", proc, log)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+            r = await c.post("/graphql", json={"query": "{ __typename }"},
+                             headers={"authorization": "Bearer junk", "x-forwarded-for": "203.0.113.7"})
+        assert r.status_code == 401
+        records, _ = await store.search({"outcome": "unauthenticated"}, limit=1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        await store.close()
+    assert records[0]["body"]["ip"] == ("203.0.113.7" if trusted else "127.0.0.1")
