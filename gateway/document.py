@@ -79,7 +79,16 @@ class DocumentCache:
         return document
 
 
+def _json_type(value: Any) -> str:
+    """How JSON calls the type of ``value`` (a message for the client, never the value itself)."""
+    return {bool: "a boolean", int: "a number", float: "a number", list: "an array", dict: "an object"}.get(
+        type(value), "a value of another type")
+
+
 def prepare(cache: DocumentCache, text: Any, operation_name: Any, variables: Any, method: str = "POST") -> Prepared:
+    if text is not None and not isinstance(text, str):
+        raise RequestError(Code.BAD_REQUEST, f"query must be a string of GraphQL, not {_json_type(text)}: send "
+                           "{\"query\": \"{ ... }\"}")
     if not isinstance(text, str) or not text.strip():
         raise RequestError(Code.BAD_REQUEST, "the request has no query: send {\"query\": \"{ ... }\"}")
     if len(text) > MAX_QUERY_CHARS:

@@ -110,8 +110,9 @@ class _Build:
         if value is None:
             return default
         top = self.p.settings.max_limit
-        if value < 0 or value > top:
-            raise self.fail(f"limit must be between 0 and {top}, got {value}", path, node)
+        # Not 0: an empty page could only say "there is more" with no cursor to continue from.
+        if value < 1 or value > top:
+            raise self.fail(f"limit must be between 1 and {top}, got {value}", path, node)
         return value
 
     def conditions(self, ds: Dataset, flt: dict[str, Any] | None, path: list[str | int],

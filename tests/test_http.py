@@ -69,6 +69,7 @@ async def test_parse_error(client: httpx.AsyncClient) -> None:
     (b"[]", "application/json", 400, "TOO_MANY_OPERATIONS", "max_operations = 1"),
     (b'"{ x }"', "application/json", 400, "BAD_REQUEST", "must be a JSON object"),
     (b"{}", "application/json", 400, "BAD_REQUEST", "has no query"),
+    (b'{"query": 5}', "application/json", 400, "BAD_REQUEST", "query must be a string of GraphQL, not a number"),
     (b'{"query": "{ __typename }", "variables": [1]}', "application/json", 400, "BAD_REQUEST", "variables must be"),
     (b"query=%7B__typename%7D", "application/x-www-form-urlencoded", 415, "UNSUPPORTED_MEDIA_TYPE",
      "Content-Type: application/json"),
@@ -94,8 +95,9 @@ async def test_wrong_variable_types(client: httpx.AsyncClient) -> None:
     ('{ organisation(creditCode: "91990106902457878I") { creditCode } }', "outside GB 32100's alphabet"),
     ('{ persons(idNumbers: ["11010519491231002X", "123"]) { idNumber } }', "idNumbers[1]: invalid ID number"),
     ('{ residents(filter: {idNumber: {in: ["x"]}}) { nodes { name } } }', "filter.idNumber.in[0]: invalid ID"),
-    ("{ residents(limit: 100000) { nodes { name } } }", "limit must be between 0 and 1000"),
-    ("{ residents(limit: -1) { nodes { name } } }", "limit must be between 0 and 1000"),
+    ("{ residents(limit: 100000) { nodes { name } } }", "limit must be between 1 and 1000"),
+    ("{ residents(limit: -1) { nodes { name } } }", "limit must be between 1 and 1000"),
+    ("{ residents(limit: 0) { nodes { name } } }", "limit must be between 1 and 1000"),
     ('{ residents(after: "bm9wZQ") { nodes { name } } }', "not a cursor this gateway returned"),
 ])
 async def test_bad_argument_values_are_clear_errors(client: httpx.AsyncClient, query: str, words: str) -> None:
