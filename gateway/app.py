@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
 
-import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
-from catalog.export import to_json
 from catalog.loader import load_catalog
-from catalog.model import Catalog
 from gateway.access_log import AccessLog
 from gateway.audit.admin import admin_event
 from gateway.audit.settings import AuditSettings
 from gateway.audit.writer import AuditWriter
 from gateway.auth.service import AuthService
+from gateway.catalogue_events import start_events
 from gateway.config import Settings, load_settings
 from gateway.console.accounts import AccountStore
 from gateway.console.app import create_console
@@ -74,9 +71,6 @@ async def _check_limit_clients(gw: Gateway, identity: AuthService) -> None:
                     "external identity provider are fine)", ", ".join(unknown))
 
 
-def catalogue_digest(catalog: Catalog) -> str:
-    """SHA-256 of the catalogue's exported form: a catalogue change shows between two start records."""
-    return hashlib.sha256(orjson.dumps(to_json(catalog), option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
@@ -119,10 +113,9 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
                 if added:
                     log.warning("demo console accounts added: %s (published demo passwords: demo mode only)",
                                 ", ".join(added))
-            await trail.append("admin", admin_event(
-                "gateway.start", str(settings.path), by="gateway",
-                after={"catalogue_digest": catalogue_digest(gw.catalog), "policy": {
-                    "version": gw.store.snapshot.version, "digest": gw.store.snapshot.digest}}))
+            policy = {"version": gw.store.snapshot.version, "digest": gw.store.snapshot.digest}
+            for event in await start_events(getattr(trail, "store", None), gw.catalog, str(settings.path), policy):
+                await trail.append("admin", event)
             yield
 
     app = Starlette(
