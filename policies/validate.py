@@ -96,6 +96,11 @@ def check_rule(catalog: Catalog, line: list[str]) -> list[str]:
             if purpose is None or obj not in purpose.none_fields:
                 out.append(f"{obj} has share type none (不予共享): it can be granted only for a purpose whose "
                            "legal basis lists it in none_fields")
+    purpose = catalog.purposes.get(pur)
+    if eft == "allow" and purpose is not None and not any(d.code in purpose.datasets for d, _ in fields):
+        # The catalogue's terms come first: such a grant could never take effect, and would mislead.
+        out.append(f"purpose {pur!r} does not cover {obj} (its datasets: {', '.join(purpose.datasets)}): "
+                   "this grant could never take effect; add the dataset to the purpose in the catalogue first")
     if act == "read_masked" and mask == "none":
         out.append("read_masked with mask none would be a clear read: grant read instead")
     if mask != "default":

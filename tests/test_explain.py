@@ -503,9 +503,9 @@ async def test_simulate_policy_refuses_what_cannot_be_applied(context: dict[str,
     result = await run(SIMULATE, context, add=["p, role:market-inspector, health.vaccination.site, read, "
                                                "market-supervision, allow, default"])
     message = result.errors[0].message
-    assert message.startswith("the proposed policy would be refused when loaded (1 problem(s)): proposed policy: p, "
+    assert message.startswith("the proposed policy would be refused when loaded (2 problem(s)): proposed policy: p, "
                               "role:market-inspector, health.vaccination.site")
-    assert "share type none" in message
+    assert "share type none" in message and "does not cover health.vaccination.site" in message
     result = await run(SIMULATE, context, remove=["p, role:nobody, psb.resident.name, read, *, allow, default"])
     assert "cannot remove 'p, role:nobody, psb.resident.name, read, *, allow, default'" in result.errors[0].message
     result = await run(SIMULATE, context, add=["p, role:x, psb.resident.name"])

@@ -190,7 +190,11 @@ async def test_the_mask_that_shows_less_is_the_stricter(tmp_path: Path, looser: 
     ("p, app, psb.resident.name, read_masked, *, allow, none", "read_masked with mask none would be a clear read"),
     ("p2, app, psb.resident, *, birth_date, lt, not-a-date", "'not-a-date' is not a date"),
     ("p2, app, psb.resident, *, birth_date, in, 1990-01-01|never", "is not a date"),
-    ("p2, app, hrss.employment, *, id, eq, ${client_id}", "placeholders (${client_id}, ${department}) bind text"),
+    ("p2, app, hrss.employment, *, id, eq, ${client_id}",
+     "placeholders (${client_id}, ${department}, ${claim.NAME}) bind text"),
+    ("p2, app, hrss.employment, *, employer_name, eq, ${claims.x}", "unknown placeholder '${claims.x}'"),
+    ("p, app, health.vaccination.*, read, market-supervision, allow, default",
+     "purpose 'market-supervision' does not cover health.vaccination.*"),
     # A bare group name would hand its grants to a client later registered under that name.
     ("g, dept:civil, street-offices", "'street-offices' is a bare name, which policies read as a client id"),
     ("p, team:x, psb.resident.name, read, *, allow, default", "a name is a client id, or dept:NAME"),
