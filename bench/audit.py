@@ -1,12 +1,13 @@
-"""What auditing costs per append: durable group commit vs commit without waiting for the disk
-vs no audit at all (a no-op writer), on SQLite and PostgreSQL, at concurrency 1 and 32.
+"""What auditing costs per append, the writer alone: durable group commit vs commit without waiting
+for the disk vs no audit at all (a no-op writer), on SQLite and PostgreSQL, at concurrency 1 and 32.
 
 ``python -m bench.audit [--records N] [--pg-url URL | --no-pg]`` appends a typical request body
 (the shape the pipeline writes) N times per configuration, ``concurrency`` appends in flight at
 once, and prints records/s, the median and 99th-percentile latency of one append, and the ratio
-of each configuration's time per record to the no-op's. The end-to-end ratio (a whole GraphQL
-request with audit on vs off) belongs with the gateway's own benchmark once the pipeline calls
-the writer. It prints, never asserts: timings belong to the machine they ran on.
+of each configuration's time per record to the no-op's. What audit adds to a whole GraphQL request
+(off / non-durable / durable, over HTTP through the real app) is measured by
+``bench/audit_requests.py``, the suite's audit workload (``python -m bench.suite --only audit``).
+It prints, never asserts: timings belong to the machine they ran on.
 """
 
 from __future__ import annotations

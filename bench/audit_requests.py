@@ -1,5 +1,5 @@
-"""Workload 5, audit cost per request: a whole GraphQL request over HTTP with the audit trail on
-(durable) against the same request with it off.
+"""Workload 5, audit cost per request: a whole GraphQL request over HTTP with the audit trail on,
+durable and non-durable, against the same request with it off.
 
 The gateway's real ASGI app (``gateway.app.create_app``) is served in process through
 ``httpx.ASGITransport``, with real access tokens: the demo client ``street-office-app`` sends the
@@ -8,9 +8,14 @@ the bulk query (bench/bulk.py, 10,000 rows: its audit record names 10,000 data s
 Gateway and one AuthService are shared by every variant; only the audit writer differs:
 
 - **off**: ``NullAuditWriter``, which checks the record body and writes nothing (the baseline);
+- **non-durable**: ``AuditWriter`` with ``durable = false``: the same group commit, chain and
+  checkpoints, but a commit does not wait for the disk (SQLite ``synchronous = OFF``; PostgreSQL
+  ``synchronous_commit = off``), so the difference to durable is the cost of the flush;
 - **durable**: ``AuditWriter`` as configured by default, every commit waits for the disk (SQLite
-  ``synchronous = FULL`` in a file of the temporary folder; PostgreSQL ``synchronous_commit`` in a
-  throwaway database).
+  ``synchronous = FULL``; PostgreSQL ``synchronous_commit = on``, set by the writer).
+
+Each audited variant has a store of its own (a SQLite file in the temporary folder, a throwaway
+PostgreSQL database), all in this one process, behind one event loop.
 
 At concurrency 1 requests go one after another (latency); above that, waves of ``concurrency``
 requests go at once (``asyncio.gather``), and time per request is a wave's time over its size.
@@ -52,7 +57,7 @@ BULK_BLOCK = 2  # the same for the bulk request
 
 @dataclass
 class Variant:
-    name: str  # off | durable
+    name: str  # off | non-durable | durable
     backend: str  # "-" for off, else sqlite | postgresql
     writer: Any
     settings: AuditSettings | None = None
@@ -122,7 +127,8 @@ async def _check_stores(variants: list[Variant]) -> list[str]:
         store = AuditStore(v.settings.url)
         try:
             grown = await requests_recorded(v.settings.url) - v.records_before
-            report = await verify_store(store, AuditKeys.load(v.settings.signing_key, generate=False))
+            report = await verify_store(store, AuditKeys.load(v.settings.signing_key, generate=False),
+                                        checkpoint_every=v.settings.checkpoint_every, head_mark=v.settings.head_mark)
         finally:
             await store.close()
         if grown != v.sent:
@@ -155,16 +161,19 @@ async def run(world: World, gw: Gateway, levels: list[int], requests: int, warmu
     key = world.root / "run" / "audit-signing-key.pem"
     variants = [Variant("off", "-", NullAuditWriter())]
     drops: list[str] = []
-    urls = {"sqlite": f"sqlite+aiosqlite:///{world.root}/run/audit-bench-{uuid.uuid4().hex[:8]}.sqlite"}
-    if any(b.name == "postgresql" for b in world.backends):
-        db = f"hutong_bench_audit_{uuid.uuid4().hex[:10]}"
-        await pg_admin(f'CREATE DATABASE "{db}"')
-        drops.append(db)
-        urls["postgresql"] = f"{PG_SERVER}/{db}"
-    for name, url in urls.items():
-        audit = AuditSettings(url=url, signing_key=key, durable=True)
-        # A generous timeout: a slow disk must show up as a slow request, not as AUDIT_UNAVAILABLE.
-        variants.append(Variant("durable", name, AuditWriter.from_settings(audit, timeout=60), audit))
+    tag = uuid.uuid4().hex[:8]
+    for name in ["sqlite"] + (["postgresql"] if any(b.name == "postgresql" for b in world.backends) else []):
+        for mode in ("non-durable", "durable"):
+            if name == "sqlite":
+                url = f"sqlite+aiosqlite:///{world.root}/run/audit-bench-{tag}-{mode}.sqlite"
+            else:
+                db = f"hutong_bench_audit_{uuid.uuid4().hex[:10]}"
+                await pg_admin(f'CREATE DATABASE "{db}"')
+                drops.append(db)
+                url = f"{PG_SERVER}/{db}"
+            audit = AuditSettings(url=url, signing_key=key, durable=mode == "durable")
+            # A generous timeout: a slow disk must show up as a slow request, not as AUDIT_UNAVAILABLE.
+            variants.append(Variant(mode, name, AuditWriter.from_settings(audit, timeout=60), audit))
     auth = AuthService.from_settings(settings)
     started: list[Any] = []
     results: dict[str, dict[str, Level]] = {}
@@ -234,7 +243,7 @@ async def run(world: World, gw: Gateway, levels: list[int], requests: int, warmu
         what = f"the bulk query ({rows_n:,} rows)" if level.startswith("bulk") else "the lookup"
         console.print(table(
             f"[bold]audit cost per request[/], {what} over HTTP (in-process ASGI), concurrency {concurrency}: "
-            "audit off vs durable",
+            "audit off vs non-durable vs durable",
             [("variant", "left"), ("median ms", "right"), ("p99 ms", "right"), ("req/s", "right"),
              ("+ms/req", "right"), ("vs off", "right")], rows,
             caption=("vs off: median latency over off's" if concurrency == 1 else

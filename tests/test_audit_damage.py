@@ -1,5 +1,7 @@
 """Every kind of damage is found by verify, with the first bad record, in the live store (SQLite
-and PostgreSQL, tampered with through a privileged connection) and in export files (edited)."""
+and PostgreSQL, tampered with through a privileged connection) and in export files (edited),
+including checkpoints deleted (with the chain rewritten or cut after them) and an export cut
+after its last checkpoint."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import orjson
 import pytest
 
 from gateway.audit.keys import AuditKeys
-from gateway.audit.record import GENESIS_HASH, chain_hash, checkpoint_message
+from gateway.audit.record import GENESIS_HASH, chain_hash, checkpoint_message, end_message
 from gateway.audit.store import AuditStore
 from gateway.audit.verify import verify_file, verify_store
 from tests.test_audit_support import (
@@ -43,7 +45,7 @@ async def chain(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     keys = new_keys(tmp_path)
     store = AuditStore(url)
     await store.init()
-    await fill(store, keys, N)
+    await fill(store, keys, N, head_mark=tmp_path / "head-mark.json")
     try:
         yield url, store, keys
     finally:
@@ -58,8 +60,8 @@ async def test_intact_chain_verifies(chain: tuple[str, AuditStore, AuditKeys]) -
     assert report.warnings == ["records 31 to 35 are after the last checkpoint: they are chained but not yet signed"]
 
 
-async def expect(store: AuditStore, keys: AuditKeys, damage: str, seq: int) -> None:
-    report = await verify_store(store, keys)
+async def expect(store: AuditStore, keys: AuditKeys, damage: str, seq: int, **kwargs: Any) -> None:
+    report = await verify_store(store, keys, **kwargs)
     assert not report.ok
     assert (report.damage, report.first_bad_seq) == (damage, seq), report
 
@@ -209,14 +211,129 @@ async def test_rewritten_chain_resigned_with_another_key(chain: tuple[str, Audit
     assert (await verify_store(store, forger)).ok  # consistent in itself: only the trusted key tells
 
 
-async def test_pruned_chain_verifies_from_its_anchor(chain: tuple[str, AuditStore, AuditKeys]) -> None:
-    _, store, keys = chain
-    assert await store.prune_through(20) == 20
-    report = await verify_store(store, keys)
-    assert report.ok, report
-    assert (report.anchor_seq, report.first_seq, report.records) == (20, 21, N - 20)
-    with pytest.raises(ValueError, match="no checkpoint at seq 25"):
-        await store.prune_through(25)
+# --- checkpoints deleted: the chain rewritten, or cut back to a checkpoint -----------------------------
+
+
+async def test_checkpoints_deleted_and_chain_rewritten(chain: tuple[str, AuditStore, AuditKeys]) -> None:
+    """Every checkpoint deleted, then every record rewritten with recomputed hashes: a chain consistent
+    in itself, but one that lacks the checkpoint due at every 10th record."""
+    url, store, keys = chain
+    await sql(url, "DELETE FROM audit_checkpoint")
+    await rewrite_chain(url, store, 5)
+    await expect(store, keys, "missing_checkpoint", 10, checkpoint_every=10)
+    store.checkpoint_every = 10  # as configured ([audit] checkpoint_every, set by AuditWriter.from_settings)
+    await expect(store, keys, "missing_checkpoint", 10)
+
+
+async def test_checkpoints_deleted_then_the_gateway_writes_on(chain: tuple[str, AuditStore, AuditKeys],
+                                                              tmp_path: Path) -> None:
+    """The gateway's next checkpoints must not hide the deleted ones: the writer does not sign the
+    multiples it finds unsigned, and each new checkpoint signs its interval."""
+    url, store, keys = chain
+    await sql(url, "DELETE FROM audit_checkpoint")
+    await rewrite_chain(url, store, 5)
+    await fill(store, keys, 10, start=N)
+    assert [c["seq"] for c in await store.checkpoints()] == [40]
+    await expect(store, keys, "missing_checkpoint", 10)  # checkpoint 40 signs "every 10": 10, 20, 30 are gone
+
+
+async def test_a_checkpoint_deleted(chain: tuple[str, AuditStore, AuditKeys]) -> None:
+    url, store, keys = chain
+    await sql(url, "DELETE FROM audit_checkpoint WHERE seq = 20")
+    await expect(store, keys, "missing_checkpoint", 20)
+
+
+async def test_the_last_checkpoint_deleted(chain: tuple[str, AuditStore, AuditKeys]) -> None:
+    url, store, keys = chain
+    await sql(url, "DELETE FROM audit_checkpoint WHERE seq = 30")
+    await expect(store, keys, "missing_checkpoint", 30)
+    await expect(store, keys, "missing_checkpoint", 30, checkpoint_every=10)
+
+
+async def test_tail_replaced_after_its_checkpoint_was_deleted(chain: tuple[str, AuditStore, AuditKeys]) -> None:
+    """Records 21..35 rewritten with recomputed hashes once checkpoint 30 is gone."""
+    url, store, keys = chain
+    await sql(url, "DELETE FROM audit_checkpoint WHERE seq = 30")
+    old = await rows(url)
+    await sql(url, "DELETE FROM audit_record WHERE seq > 20", "DELETE FROM audit_subject WHERE seq > 20",
+              "DELETE FROM audit_field WHERE seq > 20")
+    prev, new = old[19]["hash"], []
+    for r in old[20:]:
+        new.append(forge(r["seq"], r["time"], body(r["seq"], acting_user="nobody"), prev))
+        prev = new[-1]["hash"]
+    async with store.write_transaction() as conn:
+        await store.insert(conn, new)
+    await expect(store, keys, "missing_checkpoint", 30, checkpoint_every=10)
+
+
+async def test_cut_back_to_a_checkpoint(chain: tuple[str, AuditStore, AuditKeys], tmp_path: Path) -> None:
+    """Records after 10 deleted with their checkpoints: what is left is a genuine, shorter chain.
+    Only a witness of how far the chain reached tells: the head mark the writer keeps outside the store."""
+    url, store, keys = chain
+    await sql(url, "DELETE FROM audit_record WHERE seq > 10", "DELETE FROM audit_checkpoint WHERE seq > 10")
+    await expect(store, keys, "truncated", 11, checkpoint_every=10, head_mark=tmp_path / "head-mark.json")
+    report = await verify_store(store, keys, checkpoint_every=10, head_mark=tmp_path / "no-mark.json")
+    assert report.ok and "there is no head mark" in report.warnings[0]  # the documented limit
+
+
+async def test_head_mark_of_a_rewritten_chain(chain: tuple[str, AuditStore, AuditKeys], tmp_path: Path) -> None:
+    url, store, keys = chain
+    await sql(url, "DELETE FROM audit_checkpoint WHERE seq = 30")
+    old = await rows(url)
+    await sql(url, "DELETE FROM audit_record WHERE seq > 20", "DELETE FROM audit_subject WHERE seq > 20",
+              "DELETE FROM audit_field WHERE seq > 20")
+    prev, new = old[19]["hash"], []
+    for r in old[20:29]:  # 21..29: short of the interval, so only the head mark (at 30) tells
+        new.append(forge(r["seq"], r["time"], body(r["seq"], acting_user="nobody"), prev))
+        prev = new[-1]["hash"]
+    async with store.write_transaction() as conn:
+        await store.insert(conn, new)
+    await expect(store, keys, "truncated", 30, checkpoint_every=10, head_mark=tmp_path / "head-mark.json")
+
+
+async def test_checkpoints_fall_on_every_multiple_whatever_the_batches(tmp_path: Path) -> None:
+    store = AuditStore(sqlite_url(tmp_path))
+    await store.init()
+    try:
+        await fill(store, new_keys(tmp_path), 95, batch=7)
+        assert [c["seq"] for c in await store.checkpoints()] == [10, 20, 30, 40, 50, 60, 70, 80, 90]
+        assert {c["every"] for c in await store.checkpoints()} == {10}
+        assert (await verify_store(store, new_keys(tmp_path), checkpoint_every=10)).ok
+    finally:
+        await store.close()
+
+
+async def test_writers_with_different_intervals(tmp_path: Path) -> None:
+    """A writer with a shorter interval signs the multiples of it that one with a longer interval passed."""
+    store = AuditStore(sqlite_url(tmp_path))
+    await store.init()
+    keys = new_keys(tmp_path)
+    try:
+        await fill(store, keys, 25, checkpoint_every=10)
+        await fill(store, keys, 5, checkpoint_every=4, start=25)
+        assert [c["seq"] for c in await store.checkpoints()] == [10, 20, 24, 28]
+        report = await verify_store(store, keys, checkpoint_every=4)
+        assert report.ok, report
+    finally:
+        await store.close()
+
+
+async def test_first_format_checkpoints_still_verify(tmp_path: Path) -> None:
+    """Checkpoints signed before the interval was (no `every`) verify; the interval is then the trusted one."""
+    store = AuditStore(sqlite_url(tmp_path))
+    await store.init()
+    keys = new_keys(tmp_path)
+    try:
+        await fill(store, keys, 12)
+        h = next(r for r in await rows(sqlite_url(tmp_path)) if r["seq"] == 10)["hash"]
+        t = next(r for r in await rows(sqlite_url(tmp_path)) if r["seq"] == 10)["time"]
+        await sql(sqlite_url(tmp_path), "UPDATE audit_checkpoint SET every = NULL, signature = :s WHERE seq = 10",
+                  params={"s": keys.sign(checkpoint_message(10, h, t, keys.signing_id))})
+        assert (await verify_store(store, keys, checkpoint_every=10)).ok
+        await sql(sqlite_url(tmp_path), "DELETE FROM audit_checkpoint")
+        await expect(store, keys, "missing_checkpoint", 10, checkpoint_every=10)
+    finally:
+        await store.close()
 
 
 # --- export files ------------------------------------------------------------------------------------
@@ -258,8 +375,10 @@ async def test_export_verifies(chain: tuple[str, AuditStore, AuditKeys], tmp_pat
     _, store, keys = chain
     path = await exported(tmp_path, store, keys, fmt)
     await check_file(path, keys, None, None)
-    report = await verify_file(path)  # the file's own keys: consistent, with a warning
-    assert report.ok and "keys the file itself carries" in report.warnings[0]
+    report = await verify_file(path)  # the file's own keys: consistent, and said loudly
+    assert report.ok and not report.key_trusted and report.warnings[0].startswith("UNVERIFIED KEY")
+    assert report.unverified_keys[0]["kid"] == keys.signing_id and keys.signing_id in report.warnings[0]
+    assert report.checkpoint_every == 10  # the interval the end line signs
 
 
 async def test_export_of_a_range_verifies_from_its_anchor(sqlite_chain: tuple[AuditStore, AuditKeys],
@@ -309,6 +428,50 @@ def _truncated_tail(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return objs[:record_index(objs, 34)]  # after the last checkpoint: the missing end line tells
 
 
+def _end(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(o for o in objs if o["type"] == "end")
+
+
+def _recount(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The end line made to agree with the records left (its signature is not redone: it cannot be)."""
+    recs = [o for o in objs if o["type"] == "record"]
+    _end(objs).update(records=len(recs), last_seq=recs[-1]["seq"], last_hash=recs[-1]["hash"])
+    return objs
+
+
+def _rechain(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    prev = GENESIS_HASH
+    for o in objs:
+        if o["type"] == "record":
+            if o["seq"] == 5:
+                o["body"]["acting_user"] = "nobody"
+            o["prev_hash"] = prev
+            o["hash"] = prev = chain_hash(o["seq"], o["time"], o["kind"], o["body"], prev)
+    return objs
+
+
+def _cut_after_last_checkpoint(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return _recount([o for o in objs if not (o["type"] == "record" and o["seq"] > 30)])
+
+
+def _checkpoints_dropped(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objs if o["type"] != "checkpoint"]
+
+
+def _checkpoints_dropped_chain_rewritten(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return _recount(_rechain(_checkpoints_dropped(objs)))
+
+
+def _interval_raised(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    _end(objs)["every"] = 1000  # to excuse checkpoints dropped: the signature covers it
+    return _checkpoints_dropped(objs)
+
+
+def _end_unsigned(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    del _end(objs)["signature"]
+    return objs
+
+
 def _bad_signature(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     cp = next(o for o in objs if o["type"] == "checkpoint" and o["seq"] == 20)
     cp["hash"] = objs[record_index(objs, 19)]["hash"]
@@ -318,7 +481,12 @@ def _bad_signature(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(("edit", "damage", "seq"), [
     (_changed, "changed", 12), (_deleted, "deleted", 12), (_inserted, "inserted", 12), (_reordered, "reordered", 12),
     (_truncated, "truncated", 26), (_truncated_tail, "truncated", 34), (_bad_signature, "bad_checkpoint", 20),
-], ids=["changed", "deleted", "inserted", "reordered", "truncated", "truncated-tail", "bad-checkpoint"])
+    (_cut_after_last_checkpoint, "bad_checkpoint", 31), (_checkpoints_dropped, "missing_checkpoint", 10),
+    (_checkpoints_dropped_chain_rewritten, "bad_checkpoint", 1), (_interval_raised, "bad_checkpoint", 1),
+    (_end_unsigned, "bad_checkpoint", 31),
+], ids=["changed", "deleted", "inserted", "reordered", "truncated", "truncated-tail", "bad-checkpoint",
+        "cut-after-last-checkpoint", "checkpoints-dropped", "checkpoints-dropped-chain-rewritten", "interval-raised",
+        "end-unsigned"])
 async def test_damaged_export(sqlite_chain: tuple[AuditStore, AuditKeys], tmp_path: Path, fmt: str, edit: Any,
                               damage: str, seq: int) -> None:
     store, keys = sqlite_chain
@@ -345,13 +513,40 @@ async def test_rewritten_export_with_another_key(sqlite_chain: tuple[AuditStore,
             if o["type"] == "checkpoint":
                 o.update(hash=hashes[o["seq"]], key_id=forger.signing_id,
                          signature=forger.sign(checkpoint_message(o["seq"], hashes[o["seq"]], o["time"],
-                                                                  forger.signing_id)))
+                                                                  forger.signing_id, o.get("every"))))
             elif o["type"] == "header":
                 o["keys"] = forger.jwks()
             elif o["type"] == "end":
-                o["last_hash"] = prev
+                o.update(last_hash=prev, key_id=forger.signing_id)
+                o["signature"] = forger.sign(end_message(o))
         return objs
 
     path = await exported(tmp_path, store, keys, fmt, rewrite)
     await check_file(path, keys, "bad_checkpoint", 10)
-    assert (await verify_file(path)).ok  # against its own keys it is consistent: hence the warning
+    report = await verify_file(path)  # against its own keys it is consistent: hence the loud warning
+    assert report.ok and not report.key_trusted and forger.signing_id in report.warnings[0]
+
+
+async def test_export_without_its_checkpoints_re_signed_by_a_forger(sqlite_chain: tuple[AuditStore, AuditKeys],
+                                                                   tmp_path: Path, fmt: str) -> None:
+    """Checkpoint lines dropped, the chain recomputed, the end line redone and signed with the forger's
+    key (put in the header): the trusted key refuses the end line; the file's own key accepts it, and
+    verify says that key is unverified."""
+    store, keys = sqlite_chain
+    forger = new_keys(tmp_path, "forger.pem")
+
+    def rewrite(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        objs = _checkpoints_dropped_chain_rewritten(objs)
+        objs[0]["keys"] = forger.jwks()
+        end = _end(objs)
+        end.update(key_id=forger.signing_id, every=1000)
+        end["signature"] = forger.sign(end_message(end))
+        return objs
+
+    path = await exported(tmp_path, store, keys, fmt, rewrite)
+    await check_file(path, keys, "bad_checkpoint", 1)
+    report = await verify_file(path)
+    assert report.ok and not report.key_trusted and report.unverified_keys[0]["kid"] == forger.signing_id
+    await check_file(path, None, None, None)
+    report = await verify_file(path, checkpoint_every=10)  # a trusted interval, given: the gaps show
+    assert (report.damage, report.first_bad_seq) == ("missing_checkpoint", 10)

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from gateway.audit import AuditSettings, AuditWriter, insert_only_grants, verify_file, verify_store
 from gateway.audit.record import canonical, chain_hash, check_body
-from gateway.audit.store import AuditStore
+from gateway.audit.store import AuditStore, StorePermissionError
 from gateway.audit.writer import record_hash_raw
 from gateway.config import ConfigError, load_settings
 from tests.test_audit_support import (
@@ -30,6 +30,7 @@ from tests.test_audit_support import (
     fill,
     new_keys,
     pg_database,
+    rows,
     sql,
     sqlite_url,
     write_export,
@@ -249,3 +250,72 @@ def test_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     asyncio.run(sql(audit.url, "DELETE FROM audit_record WHERE seq = 3"))
     r = run(audit_app, ["verify"])
     assert r.exit_code == 1 and "deleted at seq 3" in r.output, r.output
+
+
+# --- durable commits on PostgreSQL, and tables of an earlier version -------------------------------
+
+
+@pytest.mark.services
+async def test_durable_forces_synchronous_commit_on_postgresql(pg_audit_url: str) -> None:
+    """Durable must not rest on the server's default: with synchronous_commit off for the database,
+    the audit writer's transactions still wait for the WAL flush (and only non-durable ones do not)."""
+    import sqlalchemy as sa
+
+    name = pg_audit_url.rsplit("/", 1)[1]
+    await sql(pg_audit_url, f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+    for durable, expected in ((True, "on"), (False, "off")):
+        store = AuditStore(pg_audit_url, durable=durable)
+        await store.init()
+        try:
+            async with store.write_transaction() as conn:
+                assert (await conn.execute(sa.text("SHOW synchronous_commit"))).scalar() == expected
+            async with store.engine.connect() as conn:
+                assert (await conn.execute(sa.text("SHOW synchronous_commit"))).scalar() == "off"
+        finally:
+            await store.close()
+
+
+async def test_tables_of_the_first_version_gain_the_interval_column(url: str, tmp_path: Path) -> None:
+    from gateway.audit.record import checkpoint_message
+
+    store = AuditStore(url)
+    await store.init()
+    keys = new_keys(tmp_path)
+    try:
+        await fill(store, keys, 12)
+        ten = next(r for r in await rows(url) if r["seq"] == 10)
+        await sql(url, "ALTER TABLE audit_checkpoint DROP COLUMN every",
+                  "UPDATE audit_checkpoint SET signature = :s WHERE seq = 10",
+                  params={"s": keys.sign(checkpoint_message(10, ten["hash"], ten["time"], keys.signing_id))})
+    finally:
+        await store.close()
+    store = AuditStore(url)
+    await store.init()  # adds the column; the checkpoint of the first format keeps verifying
+    try:
+        await fill(store, keys, 10, start=12)
+        assert [(c["seq"], c["every"]) for c in await store.checkpoints()] == [(10, None), (20, 10)]
+        assert (await verify_store(store, keys, checkpoint_every=10)).ok
+    finally:
+        await store.close()
+
+
+@pytest.mark.services
+async def test_gateway_role_cannot_upgrade_the_tables(pg_audit_url: str) -> None:
+    role = f"hutong_audit_gw_{uuid.uuid4().hex[:8]}"
+    owner = AuditStore(pg_audit_url)
+    await owner.init()
+    await sql(pg_audit_url, "ALTER TABLE audit_checkpoint DROP COLUMN every", f"CREATE ROLE {role} LOGIN",
+              *insert_only_grants(role).strip().split(";\n")[:2])
+    gw = AuditStore(pg_audit_url.replace("postgres@", f"{role}@"))
+    try:
+        with pytest.raises(StorePermissionError, match=r"`hutong audit init --owner-url URL`"):
+            await gw.init()
+    finally:
+        await gw.close()
+        await owner.close()
+        await sql(pg_audit_url, f"DROP OWNED BY {role}")
+        conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
+        try:
+            await conn.execute(f"DROP ROLE IF EXISTS {role}")
+        finally:
+            await conn.close()

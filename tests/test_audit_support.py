@@ -6,6 +6,7 @@ A store on SQLite or on a throwaway PostgreSQL database, a writer with a fresh k
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -54,14 +55,15 @@ def body(i: int, **extra: Any) -> dict[str, Any]:
             "codes": [], "latency_ms": 1.5 + i, "consents": [], "legal_bases": [], **extra}
 
 
-async def fill(store: AuditStore, keys: AuditKeys, n: int, *, checkpoint_every: int = 10, start: int = 0) -> None:
-    """Append n records one at a time (one batch each: checkpoints fall exactly every ``checkpoint_every``)."""
+async def fill(store: AuditStore, keys: AuditKeys, n: int, *, checkpoint_every: int = 10, start: int = 0,
+               head_mark: Path | None = None, batch: int = 1) -> None:
+    """Append n records, ``batch`` at a time (checkpoints fall at every multiple of ``checkpoint_every``)."""
     writer = AuditWriter(store, keys, checkpoint_every=checkpoint_every, checkpoint_seconds=3600,
-                         checkpoint_on_close=False)
+                         checkpoint_on_close=False, head_mark=head_mark)
     await writer.start()
     try:
-        for i in range(start, start + n):
-            await writer.append("request", body(i))
+        for lo in range(start, start + n, batch):
+            await asyncio.gather(*(writer.append("request", body(i)) for i in range(lo, min(lo + batch, start + n))))
     finally:
         await writer.close()
 
@@ -135,3 +137,10 @@ async def open_store(url: str) -> AsyncIterator[AuditStore]:
         yield store
     finally:
         await store.close()
+
+
+def test_the_console_describes_every_kind_of_damage_verify_reports() -> None:
+    from gateway.audit.verify import DAMAGE_KINDS
+    from gateway.console.pages.audit import DAMAGE
+
+    assert set(DAMAGE) == set(DAMAGE_KINDS)

@@ -1,4 +1,4 @@
-"""``hutong audit ...``: verify, export, search and summarise the audit trail.
+"""``hutong audit ...``: set up, verify, export, archive, search and summarise the audit trail.
 
 ``verify`` exits 0 when the chain and its checkpoints are intact, 1 on any damage (naming the
 first bad record and the kind of damage), 2 when it cannot run (configuration, unreachable store,
@@ -8,6 +8,8 @@ unreadable file).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -15,16 +17,17 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import orjson
+import sqlalchemy as sa
 import typer
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from gateway.audit.export import FORMATS, export
-from gateway.audit.keys import AuditKeys, jwk_of, load_public_key
+from gateway.audit.export import FORMATS, export, export_file
+from gateway.audit.keys import AuditKeys, fingerprint, jwk_of, load_public_keys, parse_public_keys
 from gateway.audit.settings import AuditSettings
 from gateway.audit.store import AuditStore, insert_only_grants
-from gateway.audit.verify import ExportFormatError, Report, verify_file, verify_store
+from gateway.audit.verify import ExportFormatError, Report, verify_files, verify_store
 from gateway.cli_support import ConfigOpt, err, error, out
 from gateway.config import ConfigError, load_settings
 
@@ -33,10 +36,16 @@ __all__ = ["audit_app"]
 audit_app = typer.Typer(help="Verify, export and search the tamper-evident audit trail.", no_args_is_help=True)
 
 
-KeyOpt = Annotated[list[Path] | None, typer.Option("--key", help="Trust this audit public key (PEM; repeat for "
-                                                                 "several) instead of the configured ones.")]
+KeyOpt = Annotated[list[str] | None, typer.Option(
+    "--key", "-k", help="Trust this audit public key instead of the configured ones: a file holding it as PEM, as "
+                        "the JWK `hutong audit key` prints (or a JWK Set), or that JWK itself; repeat for several.")]
+EveryOpt = Annotated[int | None, typer.Option(
+    "--checkpoint-every", min=1, help="Require a checkpoint at every multiple of N (default: [audit] "
+                                      "checkpoint_every for the live store, the export's signed interval for a file).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+OwnerOpt = Annotated[str, typer.Option(help="The tables owner's database URL (the gateway's role may not delete).")]
 T = TypeVar("T")
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a tool killed by a closed pipe exits with
 
 
 def _settings(config: Path | None) -> AuditSettings:
@@ -47,10 +56,20 @@ def _settings(config: Path | None) -> AuditSettings:
         raise typer.Exit(2) from None
 
 
-def _keys(config: Path | None, key_files: list[Path] | None) -> AuditKeys:
+def _given_keys(values: list[str]) -> AuditKeys:
+    keys = []
+    for value in values:
+        if value.lstrip().startswith("{"):
+            keys += parse_public_keys(value.encode(), "--key")
+        else:
+            keys += load_public_keys(Path(value))
+    return AuditKeys.public_only(keys)
+
+
+def _keys(config: Path | None, key_files: list[str] | None) -> AuditKeys:
     try:
         if key_files:
-            return AuditKeys.public_only([load_public_key(p) for p in key_files])
+            return _given_keys(key_files)
         audit = _settings(config)
         return AuditKeys.load(audit.signing_key, audit.previous_keys, generate=False)
     except ConfigError as exc:
@@ -69,11 +88,28 @@ def _configured_keys_if_any() -> AuditKeys | None:
         return None
 
 
-def _run(config: Path | None, action: Callable[[AuditStore], Awaitable[T]], url: str | None = None) -> T:
-    audit = _settings(config) if url is None else None
+def _store(audit: AuditSettings, url: str | None = None) -> AuditStore:
+    """The configured store (or the same store through ``url``, the owner's), with what the
+    configuration says it must satisfy."""
+    return AuditStore(url or audit.url, durable=audit.durable, checkpoint_every=audit.checkpoint_every,
+                      head_mark=audit.head_mark)
+
+
+def _closed_pipe() -> typer.Exit:
+    """The reader went away (`| head`): stop quietly, as other tools do."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the flush at exit does not complain either
+    return typer.Exit(SIGPIPE_EXIT)
+
+
+def _run(config: Path | None, action: Callable[[AuditStore], Awaitable[T]], url: str | None = None,
+         audit: AuditSettings | None = None) -> T:
+    if audit is None and url is None:
+        audit = _settings(config)
 
     async def go() -> T:
-        store = AuditStore(url or (audit.url if audit else ""))
+        store = _store(audit, url) if audit is not None else AuditStore(url or "")
         try:
             await store.init()
             return await action(store)
@@ -82,45 +118,105 @@ def _run(config: Path | None, action: Callable[[AuditStore], Awaitable[T]], url:
 
     try:
         return asyncio.run(go())
+    except BrokenPipeError:
+        raise _closed_pipe() from None
     except ValueError as exc:
         error(str(exc))
+        raise typer.Exit(2) from None
+    except DBAPIError as exc:
+        if "permission denied" in str(exc.orig).lower():  # the server's words name the object, not the password
+            error(f"the audit store refused: {str(exc.orig).strip()}")
+        else:
+            error(f"cannot reach the audit store: {type(exc).__name__}")
         raise typer.Exit(2) from None
     except (OSError, SQLAlchemyError) as exc:  # by kind only: the URL may hold a password
         error(f"cannot reach the audit store: {type(exc).__name__}")
         raise typer.Exit(2) from None
 
 
-def _show(report: Report, as_json: bool) -> None:
+def _show(reports: list[Report], as_json: bool) -> None:
+    ok = all(r.ok for r in reports)
+    bad = next((r for r in reports if not r.ok), None)
     if as_json:
-        out.print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
-    elif report.ok:
-        out.print(Text("OK ", style="green") + Text(report.detail))
+        doc = reports[0].as_dict() if len(reports) == 1 else {
+            "ok": ok, "damage": bad.damage if bad else None, "first_bad_seq": bad.first_bad_seq if bad else None,
+            "source": bad.source if bad else None, "detail": bad.detail if bad else "",
+            "reports": [r.as_dict() for r in reports]}
+        out.print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
     else:
-        out.print(Text("DAMAGED ", style="red") + Text(f"{report.damage} at seq {report.first_bad_seq}: "
-                                                       f"{report.detail}"))
-    if not as_json:
-        for w in report.warnings:
-            err.print(Text("warning: ", style="yellow") + Text(w))
-    if not report.ok:
+        for report in reports:
+            where = Text(f"{report.source}: ") if len(reports) > 1 else Text("")
+            if report.ok:
+                out.print(Text("OK ", style="green") + where + Text(report.detail))
+            else:
+                out.print(Text("DAMAGED ", style="red") + where + Text(
+                    f"{report.damage} at seq {report.first_bad_seq}: {report.detail}"))
+            if not report.key_trusted:
+                out.print(Text("UNVERIFIED KEY", style="bold red") + Text(
+                    ": checked only against the key(s) the file itself carries: " + "; ".join(
+                        f"kid {k['kid']} (SHA-256 {k['fingerprint']})" for k in report.unverified_keys)
+                    + ". Compare with the gateway's published key (`hutong audit key`) or pass --key."))
+            for w in report.warnings:
+                if not w.startswith("UNVERIFIED KEY"):
+                    err.print(Text("warning: ", style="yellow") + where + Text(w))
+    if not ok:
         raise typer.Exit(1)
 
 
+@audit_app.command("init")
+def init(config: ConfigOpt = None,
+         owner_url: Annotated[str | None, typer.Option(
+             help="Create the tables as their owner (PostgreSQL: then run `hutong audit grants ROLE` for the "
+                  "gateway's role); default: the configured URL.")] = None) -> None:
+    """First step of an install: create the audit signing key (if missing) and the audit tables."""
+    audit = _settings(config)
+    existed = audit.signing_key.exists()
+    try:
+        keys = AuditKeys.load(audit.signing_key, audit.previous_keys)
+    except ConfigError as exc:
+        error(str(exc))
+        raise typer.Exit(2) from None
+    _run(config, lambda store: asyncio.sleep(0), url=owner_url, audit=audit)
+    assert keys.signing is not None
+    public = keys.signing.public_key()
+    out.print(f"audit signing key {audit.signing_key} ({'kept' if existed else 'created'}): kid {keys.signing_id}, "
+              f"SHA-256 {fingerprint(public)}")
+    out.print(f"audit tables ready in {sa.engine.make_url(owner_url or audit.url).render_as_string()}")
+    out.print("publish the public key (`hutong audit key`) where the gateway's operators cannot change it:")
+    out.print(orjson.dumps(jwk_of(public)).decode())
+
+
 @audit_app.command("verify")
-def verify(file: Annotated[Path | None, typer.Argument(help="An export (JSON Lines or CSV) to verify offline; "
-                                                            "default: the live store.")] = None,
-           config: ConfigOpt = None, key: KeyOpt = None, as_json: JsonOpt = False) -> None:
-    """Check the hash chain and the signed checkpoints. Exit 1 on any damage."""
-    if file is not None:
-        keys = _keys(config, key) if key or config else _configured_keys_if_any()
-        try:
-            report = asyncio.run(verify_file(file, keys))
-        except (OSError, ExportFormatError) as exc:
-            error(str(exc) if isinstance(exc, ExportFormatError) else f"cannot read {file}: {exc.strerror}")
-            raise typer.Exit(2) from None
-    else:
+def verify(files: Annotated[list[Path] | None, typer.Argument(
+               help="Exports (JSON Lines or CSV) to verify offline, in order: each must continue the one before. "
+                    "Default: the live store.")] = None,
+           live: Annotated[bool, typer.Option("--live", help="After the files, verify the live store and that it "
+                                                             "continues the last file.")] = False,
+           config: ConfigOpt = None, key: KeyOpt = None, checkpoint_every: EveryOpt = None,
+           as_json: JsonOpt = False) -> None:
+    """Check the hash chain, the signed checkpoints (none missing) and, for several sources, that each
+    continues the one before. Exit 1 on any damage."""
+    if not files:
+        audit = _settings(config)
         keys = _keys(config, key)
-        report = _run(config, lambda store: verify_store(store, keys))
-    _show(report, as_json)
+        report = _run(config, lambda store: verify_store(store, keys, checkpoint_every=checkpoint_every),
+                      audit=audit)
+        report.source = "the live store"
+        _show([report], as_json)
+        return
+    keys_ = _keys(config, key) if key or config else _configured_keys_if_any()
+    audit = _settings(config) if live else None
+    store_keys = _keys(config, key) if live else None
+
+    async def check(store: AuditStore | None) -> list[Report]:
+        return await verify_files(files, keys_, checkpoint_every=checkpoint_every, store=store, store_keys=store_keys)
+
+    try:
+        reports = _run(config, check, audit=audit) if live else asyncio.run(check(None))
+    except (OSError, ExportFormatError) as exc:
+        error(str(exc) if isinstance(exc, ExportFormatError) else f"cannot read {exc.filename}: {exc.strerror}")
+        raise typer.Exit(2) from None
+    _show(reports, as_json)
 
 
 @audit_app.command("export")
@@ -128,23 +224,33 @@ def export_cmd(fmt: Annotated[str, typer.Option("--format", "-f", help="jsonl or
                output: Annotated[Path | None, typer.Option("--output", "-o", help="File (default: stdout).")] = None,
                since: Annotated[str | None, typer.Option(help="From this time (ISO 8601, UTC if no zone).")] = None,
                until: Annotated[str | None, typer.Option(help="Before this time.")] = None,
-               through_seq: Annotated[int | None, typer.Option(help="Up to this seq (a checkpoint, to prune "
-                                                                    "through it afterwards).")] = None,
+               through_seq: Annotated[int | None, typer.Option(help="Up to this seq.")] = None,
                config: ConfigOpt = None) -> None:
     """Export records and checkpoints in a file that verifies offline (`hutong audit verify FILE`)."""
     if fmt not in FORMATS:
         error(f"--format must be one of {', '.join(FORMATS)}")
         raise typer.Exit(2)
+    audit = _settings(config)
     keys = _keys(config, None)
+
+    def run(f: Any) -> int:
+        return _run(config, lambda store: export(store, f, fmt, keys, since=since, until=until, last=through_seq,
+                                                 checkpoint_every=audit.checkpoint_every), audit=audit)
+
     if output is None:
-        n = _run(config, lambda store: export(store, sys.stdout, fmt, keys, since=since, until=until,
-                                              last=through_seq))
-    else:
-        tmp = output.with_name(f".{output.name}.partial")
-        with tmp.open("w", encoding="utf-8", newline="") as f:
-            n = _run(config, lambda store: export(store, f, fmt, keys, since=since, until=until, last=through_seq))
-        tmp.replace(output)
-        err.print(f"exported {n} record(s) to {output}")
+        try:
+            run(sys.stdout)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise _closed_pipe() from None
+        return
+    try:
+        with export_file(output) as f:
+            n = run(f)
+    except OSError as exc:
+        error(f"cannot write {output}: {exc.strerror}")
+        raise typer.Exit(2) from None
+    err.print(f"exported {n} record(s) to {output}")
 
 
 def _filters(**kwargs: Any) -> dict[str, Any]:
@@ -251,9 +357,17 @@ def checkpoint(config: ConfigOpt = None) -> None:
     """Sign the chain head now (before an export for archiving, say)."""
     from gateway.audit.writer import AuditWriter
 
+    audit = _settings(config)
     keys = _keys(config, None)
-    seq = _run(config, lambda store: AuditWriter(store, keys).checkpoint_now())
-    out.print(f"checkpoint at seq {seq}" if seq else "the head is already signed (or the chain is empty)")
+
+    async def sign(store: AuditStore) -> tuple[int | None, int]:
+        writer = AuditWriter(store, keys, checkpoint_every=audit.checkpoint_every, head_mark=audit.head_mark)
+        seq = await writer.checkpoint_now()
+        return seq, (await store.last_head()).signed
+
+    seq, signed = _run(config, sign, audit=audit)
+    out.print(f"checkpoint at seq {seq}" if seq else
+              f"the head is already signed: the last checkpoint is at seq {signed}" if signed else "the chain is empty")
 
 
 @audit_app.command("grants")
@@ -266,16 +380,72 @@ def grants(role: Annotated[str, typer.Argument(help="The gateway's PostgreSQL ro
         raise typer.Exit(2) from None
 
 
-@audit_app.command("prune")
-def prune(through_seq: Annotated[int, typer.Option(help="A checkpoint's seq: records up to it are removed.")],
-          owner_url: Annotated[str, typer.Option(help="The tables owner's database URL (the gateway's role "
-                                                      "may not delete).")],
-          yes: Annotated[bool, typer.Option("--yes", help="Confirm: the range was exported and verified.")] = False,
-          ) -> None:
-    """Remove records through a checkpoint, after exporting them (`export --through-seq`)."""
-    if not yes:
-        error("export the range first (`hutong audit export --through-seq N -o FILE`, then `hutong audit verify "
-               "FILE`), then repeat with --yes")
+def _owner_writer(audit: AuditSettings, store: AuditStore) -> Any:
+    from gateway.audit.writer import AuditWriter
+
+    keys = AuditKeys.load(audit.signing_key, audit.previous_keys, generate=False)
+    return AuditWriter(store, keys, checkpoint_every=audit.checkpoint_every,
+                       checkpoint_seconds=audit.checkpoint_seconds, head_mark=audit.head_mark)
+
+
+def _pruned_line(p: Any) -> str:
+    return (f"archived and removed records {p.first_seq} to {p.last_seq} ({p.removed}); archive {p.archive} "
+            f"(SHA-256 {p.archive_sha256}); recorded as admin event seq {p.event_seq}; the live chain now "
+            f"continues from checkpoint {p.last_seq}")
+
+
+@audit_app.command("archive")
+def archive_cmd(output: Annotated[Path, typer.Option("--output", "-o", help="The archive file to write.")],
+                owner_url: OwnerOpt,
+                fmt: Annotated[str, typer.Option("--format", "-f", help="jsonl or csv.")] = "jsonl",
+                yes: Annotated[bool, typer.Option("--yes", help="Confirm: records older than retention_days "
+                                                                "leave the live store.")] = False,
+                config: ConfigOpt = None) -> None:
+    """Apply retention_days: export the records older than it (through a checkpoint) to an archive,
+    verify it, and prune them, recording the prune as an admin event."""
+    from gateway.audit.admin import actor
+    from gateway.audit.retention import archive
+
+    if fmt not in FORMATS:
+        error(f"--format must be one of {', '.join(FORMATS)}")
         raise typer.Exit(2)
-    n = _run(None, lambda store: store.prune_through(through_seq), url=owner_url)
-    out.print(f"removed {n} record(s) through seq {through_seq}; the chain now starts from checkpoint {through_seq}")
+    if not yes:
+        error("this moves the records older than [audit] retention_days out of the live store; repeat with --yes")
+        raise typer.Exit(2)
+    audit = _settings(config)
+    try:
+        pruned = _run(config, lambda store: archive(_owner_writer(audit, store), output, fmt,
+                                                    retention_days=audit.retention_days, by=actor()),
+                      url=owner_url, audit=audit)
+    except ConfigError as exc:
+        error(str(exc))
+        raise typer.Exit(2) from None
+    out.print(_pruned_line(pruned))
+
+
+@audit_app.command("prune")
+def prune(archive_file: Annotated[Path, typer.Option("--archive", help="The verified export of the records to "
+                                                                       "remove, from where the live chain starts "
+                                                                       "through a checkpoint.")],
+          owner_url: OwnerOpt,
+          yes: Annotated[bool, typer.Option("--yes", help="Confirm: the archive is stored where archives are kept.")
+                         ] = False,
+          config: ConfigOpt = None) -> None:
+    """Remove the records an archive holds, once it verifies and they are older than retention_days;
+    the prune is recorded as an admin event. `hutong audit archive` does export and prune at once."""
+    from gateway.audit.admin import actor
+    from gateway.audit.retention import prune as prune_records
+
+    if not yes:
+        error("export the range first (`hutong audit export --through-seq N -o FILE` from where the live chain "
+              "starts, through a checkpoint), store the file, then repeat with --yes; or `hutong audit archive`")
+        raise typer.Exit(2)
+    audit = _settings(config)
+    try:
+        pruned = _run(config, lambda store: prune_records(_owner_writer(audit, store), archive_file,
+                                                          retention_days=audit.retention_days, by=actor()),
+                      url=owner_url, audit=audit)
+    except ConfigError as exc:
+        error(str(exc))
+        raise typer.Exit(2) from None
+    out.print(_pruned_line(pruned))

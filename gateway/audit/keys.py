@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from gateway.config import ConfigError
 
-__all__ = ["AuditKeys", "generate_key_file", "jwk_of", "key_id", "load_private_key", "load_public_key",
-           "public_key_from_jwk"]
+__all__ = ["AuditKeys", "fingerprint", "generate_key_file", "jwk_of", "key_id", "load_private_key",
+           "load_public_key", "load_public_keys", "parse_public_keys", "public_key_from_jwk"]
 
 log = logging.getLogger("hutong.audit")
 
@@ -50,11 +50,48 @@ def jwk_of(key: Ed25519PublicKey) -> dict[str, Any]:
             "use": "sig"}
 
 
+def fingerprint(key: Ed25519PublicKey) -> str:
+    """SHA-256 of the raw public key, hex in pairs: what to read out and compare by another channel."""
+    return ":".join(f"{b:02x}" for b in hashlib.sha256(_raw(key)).digest())
+
+
 def public_key_from_jwk(jwk: dict[str, Any]) -> Ed25519PublicKey:
-    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or not isinstance(jwk.get("x"), str):
+    if not isinstance(jwk, dict) or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" \
+            or not isinstance(jwk.get("x"), str):
         raise ValueError("not an Ed25519 public JWK")
     x = jwk["x"]
-    return Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(x + "=" * (-len(x) % 4)))
+    try:
+        key = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(x + "=" * (-len(x) % 4)))
+    except (ValueError, TypeError):
+        raise ValueError("not an Ed25519 public JWK") from None
+    if "kid" in jwk and jwk["kid"] != key_id(key):
+        raise ValueError(f"the JWK's kid {jwk['kid']!r} is not its key's thumbprint ({key_id(key)})")
+    return key
+
+
+def parse_public_keys(data: bytes, where: str) -> list[Ed25519PublicKey]:
+    """Public keys from a PEM key (either half), a JWK as `hutong audit key` prints it, or a JWK Set."""
+    text = data.strip()
+    if text.startswith(b"{"):
+        try:
+            doc = orjson.loads(text)
+            jwks = doc["keys"] if isinstance(doc, dict) and "keys" in doc else [doc]
+            if not isinstance(jwks, list) or not jwks:
+                raise ValueError("an empty JWK Set")
+            return [public_key_from_jwk(j) for j in jwks]
+        except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{where}: not an Ed25519 public JWK or JWK Set ({exc})") from None
+    key: Any
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError:
+        try:
+            key = serialization.load_pem_private_key(data, password=None).public_key()
+        except (ValueError, TypeError):
+            raise ConfigError(f"{where} is not a PEM key or a JWK") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError(f"{where}: audit keys are Ed25519 keys")
+    return [key]
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -72,23 +109,22 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """A public key from a PEM file holding either half (a private key gives its public half)."""
+def load_public_keys(path: Path) -> list[Ed25519PublicKey]:
+    """The public keys in a file: PEM (either half: a private key gives its public half), a JWK as
+    `hutong audit key` prints it, or a JWK Set."""
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the audit key {path}: {exc.strerror}") from None
-    key: Any
-    try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError:
-        try:
-            key = serialization.load_pem_private_key(data, password=None).public_key()
-        except (ValueError, TypeError):
-            raise ConfigError(f"{path} is not a PEM key") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise ConfigError(f"{path}: audit keys are Ed25519 keys")
-    return key
+    return parse_public_keys(data, str(path))
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """The one public key in a file (PEM or JWK)."""
+    keys = load_public_keys(path)
+    if len(keys) != 1:
+        raise ConfigError(f"{path} holds {len(keys)} keys, one was expected")
+    return keys[0]
 
 
 def generate_key_file(path: Path) -> None:
@@ -129,13 +165,16 @@ class AuditKeys:
 
     @classmethod
     def load(cls, signing_key: Path, previous_keys: tuple[Path, ...] = (), *, generate: bool = True) -> AuditKeys:
-        if not signing_key.exists() and generate:
+        if not signing_key.exists():
+            if not generate:
+                raise ConfigError(f"there is no audit signing key at {signing_key} yet: `hutong audit init` creates "
+                                  "it (and the audit tables)")
             generate_key_file(signing_key)
         mode = signing_key.stat().st_mode if signing_key.exists() else 0
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("the audit signing key %s is readable by other users (mode %o): chmod 600 it",
                         signing_key, stat.S_IMODE(mode))
-        trusted = {key_id(k): k for k in (load_public_key(p) for p in previous_keys)}
+        trusted = {key_id(k): k for p in previous_keys for k in load_public_keys(p)}
         return cls(load_private_key(signing_key), trusted)
 
     @classmethod
@@ -148,8 +187,8 @@ class AuditKeys:
         return _b64(self.signing.sign(message))
 
     def verify(self, kid: str, message: bytes, signature: str) -> bool:
-        key = self.trusted.get(kid)
-        if key is None:
+        key = self.trusted.get(kid) if isinstance(kid, str) else None
+        if key is None or not isinstance(signature, str):
             return False
         try:
             key.verify(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)), message)

@@ -6,7 +6,9 @@ A record is ``{seq, time, kind, body, prev_hash}`` plus ``hash``, where
 
 and ``canonical`` is JSON with sorted keys, no insignificant whitespace, UTF-8 (orjson). The
 first record's ``prev_hash`` is 64 zeros (``GENESIS_HASH``). A checkpoint signs
-``canonical({seq, hash, time, key_id})`` prefixed with a domain tag.
+``canonical({seq, hash, time, key_id, every})`` prefixed with a domain tag, ``every`` being the
+checkpoint interval its writer keeps (checkpoints of the first format, without it, still verify);
+an export's end line signs its own fields (anchor, count, head, interval, time) likewise.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from typing import Any
 import orjson
 
 __all__ = ["DERIVED_MAX", "GENESIS_HASH", "KINDS", "Derived", "Receipt", "canonical", "chain_hash",
-           "check_body", "checkpoint_message", "derive", "format_time", "parse_time"]
+           "check_body", "checkpoint_message", "derive", "end_message", "format_time", "parse_time"]
 
 GENESIS_HASH = "0" * 64
 # request-part: a later part of a streamed answer (gateway/stream.py), recorded before it is sent.
 KINDS = ("request", "admin", "request-part")
-CHECKPOINT_TAG = b"hutong-audit-checkpoint/1\x00"
+CHECKPOINT_TAG = b"hutong-audit-checkpoint/1\x00"  # {seq, hash, time, key_id}: the first format
+CHECKPOINT_TAG_2 = b"hutong-audit-checkpoint/2\x00"  # ... and every: the interval is signed too
+END_TAG = b"hutong-audit-export-end/1\x00"
 DERIVED_MAX = 200  # characters kept in a search column: the body keeps the whole value
 
 
@@ -71,8 +75,17 @@ def chain_hash(seq: int, time: str, kind: str, body: Any, prev_hash: str) -> str
     return hashlib.sha256(bytes.fromhex(prev_hash) + content).hexdigest()
 
 
-def checkpoint_message(seq: int, hash_: str, time: str, key_id: str) -> bytes:
-    return CHECKPOINT_TAG + canonical({"seq": seq, "hash": hash_, "time": time, "key_id": key_id})
+def checkpoint_message(seq: int, hash_: str, time: str, key_id: str, every: int | None = None) -> bytes:
+    """What a checkpoint's signature covers; with ``every`` (the writer's checkpoint interval) the
+    second format, so that the interval verify holds the chain to cannot be changed either."""
+    if every is None:
+        return CHECKPOINT_TAG + canonical({"seq": seq, "hash": hash_, "time": time, "key_id": key_id})
+    return CHECKPOINT_TAG_2 + canonical({"seq": seq, "hash": hash_, "time": time, "key_id": key_id, "every": every})
+
+
+def end_message(end: dict[str, Any]) -> bytes:
+    """What an export's end line's signature covers: every field of the line but its type and signature."""
+    return END_TAG + canonical({k: v for k, v in end.items() if k not in ("type", "signature")})
 
 
 def format_time(moment: datetime) -> str:

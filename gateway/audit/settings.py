@@ -4,12 +4,13 @@
 [audit]
 url = "sqlite+aiosqlite:///run/audit.sqlite"   # or postgresql+asyncpg://hutong_audit:${PASSWORD}@host/db
 signing_key = "run/audit-signing-key.pem"      # Ed25519 private key (PEM); generated 0600 if missing
-previous_keys = []                              # earlier signing keys (PEM), still trusted by verify
-checkpoint_every = 1000                         # sign the chain head every N records ...
+previous_keys = []                              # earlier signing keys (PEM or JWK), still trusted by verify
+checkpoint_every = 1000                         # a checkpoint at every multiple of N (verify requires it) ...
 checkpoint_seconds = 60                         # ... and at least this often while records arrive
 durable = true                                  # false: commit without waiting for the disk (benchmarks only)
 batch_max = 256                                 # records per group commit
-retention_days = 0                              # 0: keep forever; else `hutong audit prune` may archive older
+retention_days = 0                              # 0: keep forever; else `hutong audit archive` moves records
+                                                # older than this to a verified archive and prunes them
 ```
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from catalog.loader import expand_env
+from gateway.audit.mark import head_mark_path
 from gateway.config import ConfigError, Settings
 
 __all__ = ["AUDIT_KEYS", "AuditSettings", "parse_audit"]
@@ -38,7 +40,12 @@ class AuditSettings:
     checkpoint_seconds: float = 60.0
     durable: bool = True
     batch_max: int = 256
-    retention_days: int = 0
+    retention_days: int = 0  # records younger than this are never pruned; 0: none ever are
+
+    @property
+    def head_mark(self) -> Path:
+        """The file holding the newest checkpoint written to this store from this machine (mark.py)."""
+        return head_mark_path(self.signing_key, self.url)
 
     @classmethod
     def from_settings(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> AuditSettings:

@@ -3,7 +3,8 @@
 ``audit_record`` holds the chain (seq, time, kind, body, prev_hash, hash) plus search columns
 copied from the body; ``audit_subject`` and ``audit_field`` index a record's data subjects and
 fields; ``audit_checkpoint`` holds the signed chain heads. Nothing here updates or deletes a
-row, except ``prune_through`` which only the database owner runs (see docs/audit.md).
+row, except ``delete_through`` which only the database owner runs, through
+``gateway.audit.retention`` (after a verified archive, recorded as an admin event; docs/audit.md).
 
 Every writer takes the chain lock for its transaction (``BEGIN IMMEDIATE`` on SQLite,
 ``pg_advisory_xact_lock`` on PostgreSQL), reads the head and appends after it: any number of
@@ -16,6 +17,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from gateway.audit.record import GENESIS_HASH, derive, parse_time
 from gateway.sqlite_files import create_tables, store_engine, write_transaction
 
-__all__ = ["SEARCH_FILTERS", "AuditStore", "Head", "insert_only_grants", "metadata"]
+__all__ = ["SEARCH_FILTERS", "AuditStore", "Head", "StorePermissionError", "insert_only_grants", "metadata"]
 
 metadata = sa.MetaData()
 record_table = sa.Table(
@@ -63,6 +65,8 @@ checkpoint_table = sa.Table(
     sa.Column("time", sa.String(27), nullable=False),
     sa.Column("key_id", sa.String(64), nullable=False),
     sa.Column("signature", sa.String(128), nullable=False),
+    # The writer's checkpoint interval, signed with the rest (NULL: a checkpoint of the first format).
+    sa.Column("every", sa.BigInteger, nullable=True),
 )
 TABLES = ("audit_record", "audit_subject", "audit_field", "audit_checkpoint")
 CHAIN_LOCK = 0x6875746F6E67  # "hutong": the advisory lock every PostgreSQL writer takes
@@ -76,6 +80,12 @@ class Head:
     seq: int
     hash: str
     time: str
+    signed: int = 0  # the seq of the last checkpoint
+    signed_every: int | None = None  # the interval that checkpoint signs (None: none, or the first format)
+
+
+class StorePermissionError(ValueError):
+    """The database role may not do what was asked (say, delete as the gateway's insert-only role)."""
 
 
 def insert_only_grants(role: str) -> str:
@@ -89,16 +99,61 @@ def insert_only_grants(role: str) -> str:
 
 
 class AuditStore:
-    """The audit tables of one database. ``durable=False`` commits without waiting for the disk."""
+    """The audit tables of one database. ``durable=False`` commits without waiting for the disk.
 
-    def __init__(self, url: str, *, durable: bool = True, engine: AsyncEngine | None = None) -> None:
+    ``checkpoint_every`` and ``head_mark`` are what the configuration says about this store (set
+    by ``AuditWriter.from_settings``): ``verify_store`` holds the chain to them when its caller
+    gives nothing else. They come from the configuration, never from the store's content."""
+
+    def __init__(self, url: str, *, durable: bool = True, engine: AsyncEngine | None = None,
+                 checkpoint_every: int | None = None, head_mark: Path | None = None) -> None:
         self.url = url
         self.durable = durable
         self.backend = sa.engine.make_url(url).get_backend_name()
         self.engine = store_engine(url, engine, synchronous="FULL" if durable else "OFF")
+        self.checkpoint_every = checkpoint_every
+        self.head_mark = head_mark
 
     async def init(self) -> None:
+        """Create the tables that are missing, and add the columns of a newer version to older ones
+        (on PostgreSQL only the tables' owner may: ``hutong audit init --owner-url``)."""
         await create_tables(self.engine, metadata)
+        async with self.engine.connect() as conn:
+            columns = await conn.run_sync(lambda c: {col["name"] for col in sa.inspect(c).get_columns(
+                "audit_checkpoint")})
+        if "every" not in columns:
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.execute(sa.text("ALTER TABLE audit_checkpoint ADD COLUMN every BIGINT"))
+            except sa.exc.DBAPIError as exc:
+                async with self.engine.connect() as conn:  # another worker may have added it meanwhile
+                    again = await conn.run_sync(lambda c: {col["name"] for col in sa.inspect(c).get_columns(
+                        "audit_checkpoint")})
+                if "every" not in again:
+                    raise StorePermissionError(
+                        "the audit tables are of an earlier version (audit_checkpoint has no column every) and "
+                        f"this role may not add it ({type(exc.orig).__name__}): run `hutong audit init --owner-url "
+                        "URL` once with the tables' owner") from None
+
+    async def role(self) -> str:
+        """The database role this store connects as ("" for SQLite, which has none)."""
+        if self.backend != "postgresql":
+            return ""
+        async with self.engine.connect() as conn:
+            return str((await conn.execute(sa.text("SELECT current_user"))).scalar())
+
+    async def check_can_delete(self, conn: AsyncConnection) -> None:
+        """StorePermissionError naming the role and the privilege it lacks, before anything is deleted."""
+        if self.backend != "postgresql":
+            return
+        role = (await conn.execute(sa.text("SELECT current_user"))).scalar()
+        lacking = [t for t in TABLES if not (await conn.execute(
+            sa.text("SELECT has_table_privilege(current_user, :t, 'DELETE')"), {"t": t})).scalar()]
+        if lacking:
+            raise StorePermissionError(
+                f"the database role {role!r} has no DELETE privilege on {', '.join(lacking)}: pruning needs it, "
+                "and only the tables' owner should have it (the gateway's role is insert-only, see `hutong audit "
+                "grants`); give --owner-url the owner's URL")
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -110,28 +165,50 @@ class AuditStore:
         """A transaction holding the chain lock: commit on exit, roll back on error."""
         async with write_transaction(self.engine) as conn:
             if self.backend == "postgresql":
-                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": CHAIN_LOCK})
-                if not self.durable:
-                    await conn.execute(sa.text("SET LOCAL synchronous_commit TO OFF"))
+                # The chain lock, and (as SET LOCAL) synchronous_commit: durable, the commit waits for the
+                # WAL flush whatever the server, database or role default says; else it does not.
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k), set_config('synchronous_commit', :s, "
+                                           "true)"), {"k": CHAIN_LOCK, "s": "on" if self.durable else "off"})
             yield conn
 
     async def head(self, conn: AsyncConnection) -> Head:
-        """The last record (or, after pruning everything, the last checkpoint); genesis if none."""
-        r = record_table.c
-        row = (await conn.execute(sa.select(r.seq, r.hash, r.time).order_by(r.seq.desc()).limit(1))).first()
+        """The last record (or, after pruning everything, the last checkpoint) and the last
+        checkpoint's seq; genesis if none."""
+        r, c = record_table.c, checkpoint_table.c
+        last = sa.select(c.seq).order_by(c.seq.desc()).limit(1).scalar_subquery()
+        last_every = sa.select(c.every).order_by(c.seq.desc()).limit(1).scalar_subquery()
+        row = (await conn.execute(sa.select(r.seq, r.hash, r.time, last.label("signed"), last_every.label("every"))
+                                  .order_by(r.seq.desc()).limit(1))).first()
         if row is not None:
-            return Head(int(row.seq), row.hash, row.time)
-        c = checkpoint_table.c
-        row = (await conn.execute(sa.select(c.seq, c.hash, c.time).order_by(c.seq.desc()).limit(1))).first()
-        return Head(int(row.seq), row.hash, row.time) if row is not None else Head(0, GENESIS_HASH, "")
+            return Head(int(row.seq), row.hash, row.time, int(row.signed or 0), row.every)
+        row = (await conn.execute(sa.select(c.seq, c.hash, c.time, c.every).order_by(c.seq.desc()).limit(1))).first()
+        if row is None:
+            return Head(0, GENESIS_HASH, "")
+        return Head(int(row.seq), row.hash, row.time, int(row.seq), row.every)
+
+    async def checkpoint_at(self, conn: AsyncConnection, seq: int) -> dict[str, Any] | None:
+        row = (await conn.execute(sa.select(checkpoint_table).where(checkpoint_table.c.seq == seq))).mappings().first()
+        return dict(row) if row is not None else None
 
     async def last_checkpoint_seq(self, conn: AsyncConnection) -> int:
         return int((await conn.execute(sa.select(sa.func.max(checkpoint_table.c.seq)))).scalar() or 0)
 
+    async def first_record(self, conn: AsyncConnection) -> dict[str, Any] | None:
+        """The seq and prev_hash of the first record stored (where the live chain starts)."""
+        r = record_table.c
+        row = (await conn.execute(sa.select(r.seq, r.prev_hash).order_by(r.seq).limit(1))).first()
+        return {"seq": int(row.seq), "prev_hash": row.prev_hash} if row is not None else None
+
+    async def record_at(self, conn: AsyncConnection, seq: int) -> Head | None:
+        """The seq, hash and time of the record at ``seq``, if there is one."""
+        r = record_table.c
+        row = (await conn.execute(sa.select(r.seq, r.hash, r.time).where(r.seq == seq))).first()
+        return Head(int(row.seq), row.hash, row.time) if row is not None else None
+
     async def insert(self, conn: AsyncConnection, records: Sequence[Mapping[str, Any]],
-                     checkpoint: Mapping[str, Any] | None = None) -> None:
+                     checkpoint: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None) -> None:
         """Insert records (seq, time, kind, body as canonical JSON text, prev_hash, hash) and their
-        search rows, and maybe a checkpoint, in the caller's transaction."""
+        search rows, and maybe checkpoints (one or a list), in the caller's transaction."""
         rows, subjects, fields = [], [], []
         for rec in records:
             derived = rec.get("_derived") or derive(orjson.loads(rec["body"]))
@@ -144,14 +221,33 @@ class AuditStore:
             await conn.execute(subject_table.insert(), subjects)
         if fields:
             await conn.execute(field_table.insert(), fields)
-        if checkpoint is not None:
-            await conn.execute(checkpoint_table.insert(), [dict(checkpoint)])
+        checkpoints = [checkpoint] if isinstance(checkpoint, Mapping) else list(checkpoint or [])
+        if checkpoints:
+            await conn.execute(checkpoint_table.insert(), [{"every": None, **c} for c in checkpoints])
 
     # --- reading ------------------------------------------------------------------------------
 
     async def count(self) -> int:
         async with self.engine.connect() as conn:
             return int((await conn.execute(sa.select(sa.func.count()).select_from(record_table))).scalar() or 0)
+
+    async def bounds(self) -> tuple[int, int] | None:
+        """The first and last seq of the records stored, None if there are none."""
+        r = record_table.c
+        async with self.engine.connect() as conn:
+            lo, hi = (await conn.execute(sa.select(sa.func.min(r.seq), sa.func.max(r.seq)))).one()
+        return None if lo is None else (int(lo), int(hi))
+
+    async def record(self, seq: int) -> dict[str, Any] | None:
+        """The record at ``seq`` as stored (body as text), None if there is none."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(record_table).where(record_table.c.seq == seq))).mappings().first()
+        return dict(row) if row is not None else None
+
+    async def last_head(self) -> Head:
+        """What ``head`` gives, outside a write transaction."""
+        async with self.engine.connect() as conn:
+            return await self.head(conn)
 
     async def checkpoints(self, first: int | None = None, last: int | None = None) -> list[dict[str, Any]]:
         c = checkpoint_table.c
@@ -281,19 +377,20 @@ class AuditStore:
 
     # --- retention (database owner only) -------------------------------------------------------
 
-    async def prune_through(self, seq: int) -> int:
-        """Delete the records up to ``seq`` and the checkpoints before it; ``seq`` must be a
-        checkpoint, which stays as the signed anchor the remaining chain starts from. Export the
-        range first. Needs DELETE: run with the owner's URL, never the gateway's."""
-        async with self.write_transaction() as conn:
-            c = checkpoint_table.c
-            if (await conn.execute(sa.select(c.seq).where(c.seq == seq))).first() is None:
-                raise ValueError(f"no checkpoint at seq {seq}: prune only through a checkpoint "
-                                 "(`hutong audit checkpoints` lists them)")
-            n = (await conn.execute(record_table.delete().where(record_table.c.seq <= seq))).rowcount
-            await conn.execute(subject_table.delete().where(subject_table.c.seq <= seq))
-            await conn.execute(field_table.delete().where(field_table.c.seq <= seq))
-            await conn.execute(checkpoint_table.delete().where(c.seq < seq))
+    async def delete_through(self, conn: AsyncConnection, seq: int) -> int:
+        """Delete the records up to ``seq`` and the checkpoints before it, in the caller's write
+        transaction; the checkpoint at ``seq`` stays as the signed anchor the remaining chain starts
+        from. Only ``gateway.audit.retention.prune`` calls this, after checking the archive and
+        recording the prune. Needs DELETE: the owner's URL, never the gateway's."""
+        await self.check_can_delete(conn)
+        c = checkpoint_table.c
+        if (await conn.execute(sa.select(c.seq).where(c.seq == seq))).first() is None:
+            raise ValueError(f"no checkpoint at seq {seq}: the store can be cut only where a checkpoint signs "
+                             "the head")
+        n = (await conn.execute(record_table.delete().where(record_table.c.seq <= seq))).rowcount
+        await conn.execute(subject_table.delete().where(subject_table.c.seq <= seq))
+        await conn.execute(field_table.delete().where(field_table.c.seq <= seq))
+        await conn.execute(checkpoint_table.delete().where(c.seq < seq))
         return int(n or 0)
 
 

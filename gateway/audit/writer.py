@@ -2,10 +2,16 @@
 
 ``append`` validates the body, queues it and waits until the batch holding it is committed; one
 background task drains the queue, up to ``batch_max`` records per transaction. The transaction
-takes the chain lock, reads the head, hashes the batch onto it, inserts, adds a signed checkpoint
-when one is due, and commits; only then are the callers answered. A failed commit fails every
-record of its batch with ``AuditUnavailable`` and the next batch starts again from the head in
-the store. Records are never reported durable unless their transaction committed.
+takes the chain lock, reads the head, hashes the batch onto it, inserts, adds the signed
+checkpoints that are due, and commits; only then are the callers answered. A failed commit fails
+every record of its batch with ``AuditUnavailable`` and the next batch starts again from the head
+in the store. Records are never reported durable unless their transaction committed.
+
+Checkpoints are due at every multiple of ``checkpoint_every`` (each signs the record at exactly
+that seq, and the interval), so that verify can require them; also at the head after
+``checkpoint_seconds``, on a clean shutdown and on demand. A batch signs every multiple of its
+interval after the store's last checkpoint, also ones another writer (with another interval)
+passed. After a commit with checkpoints, the newest goes to the head mark (mark.py).
 """
 
 from __future__ import annotations
@@ -17,13 +23,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.audit.errors import AuditUnavailable
 from gateway.audit.keys import AuditKeys
+from gateway.audit.mark import write_head_mark
 from gateway.audit.record import KINDS, Receipt, check_body, checkpoint_message, derive, format_time
 from gateway.audit.settings import AuditSettings
 from gateway.audit.store import AuditStore, Head
@@ -54,7 +63,8 @@ class _Item:
 class AuditWriter:
     def __init__(self, store: AuditStore, keys: AuditKeys, *, checkpoint_every: int = 1000,
                  checkpoint_seconds: float = 60.0, batch_max: int = 256, max_pending: int = 10_000,
-                 timeout: float = 10.0, own_store: bool = False, checkpoint_on_close: bool = True) -> None:
+                 timeout: float = 10.0, own_store: bool = False, checkpoint_on_close: bool = True,
+                 head_mark: Path | None = None) -> None:
         self.store = store
         self.keys = keys
         self.checkpoint_every = checkpoint_every
@@ -64,19 +74,23 @@ class AuditWriter:
         self.timeout = timeout  # an append not committed within it fails (the batch may still commit)
         self.own_store = own_store
         self.checkpoint_on_close = checkpoint_on_close  # sign the head on a clean shutdown
+        self.head_mark = head_mark  # where the newest checkpoint is recorded outside the store (mark.py)
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_checkpoint = time.monotonic()
         self._dirty = False  # records written since this writer's last checkpoint
+        self._gap_reported: int | None = None  # the last checkpoint after which missing ones were logged
         self.batches = 0
         self.failures = 0
 
     @classmethod
     def from_settings(cls, audit: AuditSettings, **kwargs: Any) -> AuditWriter:
         keys = AuditKeys.load(audit.signing_key, audit.previous_keys)
-        return cls(AuditStore(audit.url, durable=audit.durable), keys, checkpoint_every=audit.checkpoint_every,
-                   checkpoint_seconds=audit.checkpoint_seconds, batch_max=audit.batch_max, own_store=True, **kwargs)
+        store = AuditStore(audit.url, durable=audit.durable, checkpoint_every=audit.checkpoint_every,
+                           head_mark=audit.head_mark)
+        return cls(store, keys, checkpoint_every=audit.checkpoint_every, checkpoint_seconds=audit.checkpoint_seconds,
+                   batch_max=audit.batch_max, own_store=True, head_mark=audit.head_mark, **kwargs)
 
     async def start(self) -> None:
         await self.store.init()
@@ -120,12 +134,79 @@ class AuditWriter:
         """Sign the current head now if it is not signed yet; its seq, or None if nothing to sign."""
         async with self.store.write_transaction() as conn:
             head = await self.store.head(conn)
-            if head.seq == 0 or await self.store.last_checkpoint_seq(conn) >= head.seq:
+            if head.seq == 0 or head.signed >= head.seq:
                 return None
-            await self.store.insert(conn, [], self._checkpoint(head))
-        self._last_checkpoint = time.monotonic()
-        self._dirty = False
+            checkpoints = await self.due_checkpoints(conn, head, head, force=True)
+            await self.store.insert(conn, [], checkpoints)
+        await self.committed(checkpoints, head.seq)
         return head.seq
+
+    async def write_in(self, conn: AsyncConnection, items: list[tuple[str, dict[str, Any], bytes]], *,
+                       force_checkpoint: bool = False) -> tuple[list[Receipt], list[dict[str, Any]]]:
+        """Append ``items`` (kind, body, its canonical JSON) and the checkpoints due in ``conn``, a
+        write transaction of this writer's store (it holds the chain lock). Returns the receipts and
+        the checkpoints written; the caller commits, then calls ``committed(checkpoints, last seq)``."""
+        head = await self.store.head(conn)
+        now = format_time(datetime.now(UTC))
+        stamp = max(now, head.time)  # never before the head: time order is chain order
+        seq, prev = head.seq, head.hash
+        rows, receipts = [], []
+        for kind, body, body_json in items:
+            seq += 1
+            digest = record_hash_raw(seq, stamp, kind, body_json, prev)
+            rows.append({"seq": seq, "time": stamp, "kind": kind, "body": body_json.decode(),
+                         "prev_hash": prev, "hash": digest, "_derived": derive(body)})
+            receipts.append(Receipt(seq, digest, stamp))
+            prev = digest
+        force = force_checkpoint or time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds
+        checkpoints = await self.due_checkpoints(conn, head, Head(seq, prev, stamp), force=force,
+                                                 batch={r["seq"]: r for r in rows})
+        await self.store.insert(conn, rows, checkpoints)
+        return receipts, checkpoints
+
+    async def due_checkpoints(self, conn: AsyncConnection, head: Head, new_head: Head, *, force: bool,
+                              batch: dict[int, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """The checkpoints due when the chain goes from ``head`` to ``new_head``: one at every
+        multiple of ``checkpoint_every`` after the store's last checkpoint up to the new head, and
+        the new head itself when ``force``.
+
+        A multiple before this batch was passed by a writer keeping a larger interval, and is signed
+        now, unless the last checkpoint's own interval shows that checkpoints were due after it and
+        are missing: then they were deleted, and signing now would hide that, so verify is left to
+        report it."""
+        every = self.checkpoint_every
+        last_every = head.signed_every or every
+        missing = (head.signed // last_every + 1) * last_every <= head.seq
+        if missing and self._gap_reported != head.signed:
+            self._gap_reported = head.signed
+            log.error("audit checkpoints are missing after seq %d (one was due at seq %d): the audit store may have "
+                      "been tampered with; run `hutong audit verify`", head.signed,
+                      (head.signed // last_every + 1) * last_every)
+        due: dict[int, Head] = {}
+        for m in range((head.signed // every + 1) * every, new_head.seq + 1, every):
+            if batch is not None and m in batch:
+                due[m] = Head(m, batch[m]["hash"], batch[m]["time"])
+            elif m == new_head.seq:
+                due[m] = new_head
+            elif not missing:
+                found = await self.store.record_at(conn, m)
+                if found is not None:
+                    due[m] = found
+        if force and new_head.seq > head.signed and new_head.seq not in due:
+            due[new_head.seq] = new_head
+        return [self._checkpoint(h) for _, h in sorted(due.items())]
+
+    async def committed(self, checkpoints: list[dict[str, Any]], head_seq: int) -> None:
+        """After the commit: the checkpoint clock, whether the head is left unsigned, the head mark."""
+        self._dirty = not checkpoints or checkpoints[-1]["seq"] < head_seq
+        if not checkpoints:
+            return
+        self._last_checkpoint = time.monotonic()
+        if self.head_mark is not None:
+            try:
+                await asyncio.to_thread(write_head_mark, self.head_mark, checkpoints[-1], sync=self.store.durable)
+            except OSError as exc:  # the records are committed; verify will say the mark is behind
+                log.warning("cannot update the audit head mark %s: %s", self.head_mark, exc.strerror)
 
     # --- the background task ----------------------------------------------------------------
 
@@ -194,34 +275,14 @@ class AuditWriter:
                 item.future.set_result(receipt)
 
     def _checkpoint(self, head: Head) -> dict[str, Any]:
-        kid = self.keys.signing_id
-        return {"seq": head.seq, "hash": head.hash, "time": head.time, "key_id": kid,
-                "signature": self.keys.sign(checkpoint_message(head.seq, head.hash, head.time, kid))}
+        kid, every = self.keys.signing_id, self.checkpoint_every
+        return {"seq": head.seq, "hash": head.hash, "time": head.time, "key_id": kid, "every": every,
+                "signature": self.keys.sign(checkpoint_message(head.seq, head.hash, head.time, kid, every))}
 
     async def _write(self, batch: list[_Item]) -> list[Receipt]:
         async with self.store.write_transaction() as conn:
-            head = await self.store.head(conn)
-            now = format_time(datetime.now(UTC))
-            stamp = max(now, head.time)  # never before the head: time order is chain order
-            seq, prev = head.seq, head.hash
-            rows, receipts = [], []
-            for item in batch:
-                seq += 1
-                digest = record_hash_raw(seq, stamp, item.kind, item.body_json, prev)
-                rows.append({"seq": seq, "time": stamp, "kind": item.kind, "body": item.body_json.decode(),
-                             "prev_hash": prev, "hash": digest, "_derived": derive(item.body)})
-                receipts.append(Receipt(seq, digest, stamp))
-                prev = digest
-            due = (seq // self.checkpoint_every > head.seq // self.checkpoint_every
-                   or time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds)
-            checkpoint = self._checkpoint(Head(seq, prev, stamp)) if due else None
-            await self.store.insert(conn, rows, checkpoint)
-        # committed
-        if checkpoint is not None:
-            self._last_checkpoint = time.monotonic()
-            self._dirty = False
-        else:
-            self._dirty = True
+            receipts, checkpoints = await self.write_in(conn, [(i.kind, i.body, i.body_json) for i in batch])
+        await self.committed(checkpoints, receipts[-1].seq)
         return receipts
 
 

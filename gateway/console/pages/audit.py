@@ -51,9 +51,14 @@ DAMAGE = {  # docs/audit.md, "Kinds of damage"
     "inserted": "a record was added: two records claim one sequence number, or a forged record links to "
                 "another record than its predecessor",
     "reordered": "records were moved: a record sits under another sequence number than the one it was written with",
-    "truncated": "the end of the chain was cut off: a signed checkpoint names a record after the last one",
+    "truncated": "the end of the chain was cut off: a signed checkpoint (or the head mark) names a record after "
+                 "the last one",
     "bad_checkpoint": "a checkpoint is not valid: its signature is wrong or by an untrusted key, or it signs another "
                       "hash than the record's (the chain was rewritten consistently)",
+    "missing_checkpoint": "a checkpoint is missing where one is due (every checkpoint_every records): checkpoints "
+                          "were deleted, perhaps to rewrite the records they signed",
+    "gap": "archives do not join: records between two files are in neither",
+    "overlap": "archives overlap: a file starts before the previous one ends",
 }
 
 
