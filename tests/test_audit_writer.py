@@ -221,3 +221,54 @@ async def test_two_processes_keep_one_chain(url: str, tmp_path: Path) -> None:
         assert switches >= 1, "the two processes never interleaved"
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("stalls", ["before the write", "during the write"])
+async def test_a_record_the_caller_gave_up_on_never_says_it_was_answered(tmp_path: Path, stalls: str) -> None:
+    """The caller answers 503 when the store does not confirm in time; the record written later
+    says so (still queued), or an admin record corrects it (already being written)."""
+    keys = new_keys(tmp_path)
+    store = AuditStore(sqlite_url(tmp_path))
+    writer = AuditWriter(store, keys, own_store=True, timeout=0.2)
+    gate = asyncio.Event()
+    if stalls == "before the write":
+        write = writer._write
+
+        async def stalled(batch: Any) -> Any:
+            await gate.wait()
+            return await write(batch)
+        writer._write = stalled  # type: ignore[method-assign]
+    else:
+        write_in = writer.write_in
+
+        async def stalled_in(conn: Any, items: Any) -> Any:
+            await gate.wait()
+            return await write_in(conn, items)
+        writer.write_in = stalled_in  # type: ignore[method-assign]
+    await writer.start()
+    try:
+        with pytest.raises(AuditUnavailable, match="did not confirm the record in time"):
+            await writer.append("request", {**body(1), "status": 200, "outcome": "ok", "codes": []})
+        gate.set()
+        for _ in range(100):  # the stalled batch commits once the store answers again
+            if await store.count() >= (1 if stalls == "before the write" else 2):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await writer.close()
+    records, _ = await store.search({}, limit=10)
+    bodies = {r["kind"]: r["body"] for r in records}
+    if stalls == "before the write":
+        assert bodies["request"]["status"] == 503 and bodies["request"]["outcome"] == "failed"
+        assert "AUDIT_UNAVAILABLE" in bodies["request"]["codes"] and bodies["request"]["answered"] is False
+    else:
+        assert bodies["request"]["outcome"] == "ok"  # written as it was when the caller gave up ...
+        correction = bodies["admin"]  # ... and corrected right after
+        assert correction["event"] == "audit.answer_withheld" and correction["status"] == 503
+        assert correction["corrects_seq"] == next(r["seq"] for r in records if r["kind"] == "request")
+    check = AuditStore(sqlite_url(tmp_path))
+    try:
+        report = await verify_store(check, keys)
+    finally:
+        await check.close()
+    assert report.ok, report.detail

@@ -58,6 +58,15 @@ class _Item:
     body: dict[str, Any]
     body_json: bytes
     future: asyncio.Future[Receipt] = field(repr=False)
+    taken: bool = False  # its batch is being written: the body can no longer change
+    late: bool = False  # the caller gave up waiting (and answered 503) while it was being written
+
+
+# What a request's record says when its caller gave up waiting for it: the client was answered
+# 503 AUDIT_UNAVAILABLE, whatever the request's own outcome would have been.
+def _unanswered(body: dict[str, Any]) -> dict[str, Any]:
+    return {**body, "status": 503, "outcome": "failed",
+            "codes": sorted({*body.get("codes", []), "AUDIT_UNAVAILABLE"}), "answered": False}
 
 
 class AuditWriter:
@@ -124,10 +133,19 @@ class AuditWriter:
         if self._queue.qsize() >= self.max_pending:
             raise AuditUnavailable("the audit store is not keeping up (too many records waiting)")
         future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Item(kind, body, body_json, future))
+        item = _Item(kind, body, body_json, future)
+        self._queue.put_nowait(item)
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.timeout)
         except TimeoutError:
+            # The caller answers 503 now; the record must not say otherwise once it is written. Still
+            # queued: it is written saying so. Already being written: a correction follows it.
+            if kind == "request":
+                if item.taken:
+                    item.late = True
+                else:
+                    item.body = _unanswered(body)
+                    item.body_json = check_body(item.body)
             raise AuditUnavailable("the audit store did not confirm the record in time") from None
 
     async def checkpoint_now(self) -> int | None:
@@ -273,6 +291,22 @@ class AuditWriter:
         for item, receipt in zip(batch, receipts, strict=True):
             if not item.future.done():
                 item.future.set_result(receipt)
+        late = [(item, receipt) for item, receipt in zip(batch, receipts, strict=True) if item.late]
+        if late:
+            await self._correct(late)
+
+    async def _correct(self, late: list[tuple[_Item, Receipt]]) -> None:
+        """Records committed after their callers gave up and answered 503: an admin record each, so
+        that the log never says a request was answered that was not."""
+        corrections = [_Item("admin", body, check_body(body), asyncio.get_running_loop().create_future())
+                       for body in ({"event": "audit.answer_withheld", "target": item.body.get("request_id"),
+                                     "actor": "gateway", "before": None, "after": None, "outcome": "ok",
+                                     "corrects_seq": receipt.seq, "status": 503, "codes": ["AUDIT_UNAVAILABLE"]}
+                                    for item, receipt in late)]
+        try:
+            await self._write(corrections)
+        except Exception as exc:  # logged loudly: the earlier records stand uncorrected
+            log.error("audit: could not record that %d answer(s) were withheld (%s)", len(late), type(exc).__name__)
 
     def _checkpoint(self, head: Head) -> dict[str, Any]:
         kid, every = self.keys.signing_id, self.checkpoint_every
@@ -280,6 +314,8 @@ class AuditWriter:
                 "signature": self.keys.sign(checkpoint_message(head.seq, head.hash, head.time, kid, every))}
 
     async def _write(self, batch: list[_Item]) -> list[Receipt]:
+        for item in batch:
+            item.taken = True
         async with self.store.write_transaction() as conn:
             receipts, checkpoints = await self.write_in(conn, [(i.kind, i.body, i.body_json) for i in batch])
         await self.committed(checkpoints, receipts[-1].seq)
