@@ -232,6 +232,7 @@ async def _batch(request: Request, first: _Recorder, operations: list[Operation]
                                                f"{limits.burst}) allow", wait, media, headers)
                 return await first.then(response, status=429, body=body, audit={}, media=media, headers=headers)
     bodies: list[dict[str, Any]] = []
+    recorded: list[str] = []  # request ids of the operations whose records are written
     for i, (query, operation_name, variables) in enumerate(operations, 1):
         recorder = _Recorder(request, f"{first.request_id}-{i}", time.perf_counter())
         recorder.subject, recorder.token_id = subject, first.token_id
@@ -243,7 +244,9 @@ async def _batch(request: Request, first: _Recorder, operations: list[Operation]
         except Exception as exc:
             outcome = _failed(exc, recorder.request_id, limits, audit)
         if not await recorder.write(outcome.status, outcome.body, outcome.audit):
+            await _withheld(request, recorded)
             return _audit_unavailable(media, headers)
+        recorded.append(recorder.request_id)
         bodies.append(outcome.body)
     return json_response(bodies, 200, media, headers)
 
@@ -261,6 +264,19 @@ def _failed(exc: Exception, request_id: str, limits: Limits, audit: dict[str, An
     err = GraphQLErrorOut(f"internal error; quote request id {request_id} to the operators",
                           Code.INTERNAL_SERVER_ERROR)
     return Outcome(500, {"errors": [err.to_dict()]}, audit=getattr(exc, "audit", {}))
+
+
+async def _withheld(request: Request, request_ids: list[str]) -> None:
+    """The batch's earlier operations were recorded as answered, but nothing is sent: say so, as far
+    as the audit log can still be written (it just failed once)."""
+    for rid in request_ids:
+        try:
+            await request.app.state.audit.append("admin", {
+                "event": "audit.answer_withheld", "target": rid, "actor": "gateway", "before": None, "after": None,
+                "outcome": "ok", "status": 503, "codes": [Code.AUDIT_UNAVAILABLE.value]})
+        except AuditUnavailable:
+            log.error("batch: could not record that the answer to %s was withheld", rid)
+            return
 
 
 def _rate_limited(message: str, wait: float, media: str, headers: dict[str, str]) -> tuple[dict[str, Any], Response]:

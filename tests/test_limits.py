@@ -199,6 +199,31 @@ async def test_a_batch_is_answered_operation_by_operation_each_recorded(make_set
         assert r.status_code == 400 and code(r) == "TOO_MANY_OPERATIONS" and "1 to 3 operations" in r.text
 
 
+async def test_a_batch_withheld_for_a_later_record_says_so_for_the_earlier_ones(make_settings: Any,
+                                                                                  tmp_path: Path) -> None:
+    from gateway.audit.errors import AuditUnavailable
+
+    s = settings_with(make_settings, tmp_path, "[limits.clients.tester]\nmax_operations = 3\n")
+    async with served(s, PURPOSE) as (client, gw):
+        trail = client._transport.app.state.audit  # type: ignore[attr-defined]
+        append, calls = trail.append, []
+
+        async def second_fails(kind: str, body: dict[str, Any]) -> Any:
+            calls.append(kind)
+            if kind == "request" and calls.count("request") == 2:
+                raise AuditUnavailable("the store is gone for a moment")
+            return await append(kind, body)
+        trail.append = second_fails
+        batch = [{"query": "{ residents(limit: 1) { nodes { idNumber } } }"}] * 2
+        r = await client.post("/graphql", json=batch, headers={"x-request-id": "batch-7"})
+        assert r.status_code == 503 and r.json()["errors"][0]["extensions"]["code"] == "AUDIT_UNAVAILABLE"
+        assert "data" not in r.text
+        assert gw.audit_store is not None
+        admin, _ = await gw.audit_store.search({"kind": "admin"}, 5)
+    withheld = [a["body"] for a in admin if a["body"].get("event") == "audit.answer_withheld"]
+    assert [w["target"] for w in withheld] == ["batch-7-1"] and withheld[0]["status"] == 503
+
+
 async def test_a_flood_of_bad_tokens_is_refused_before_it_is_checked_and_recorded_as_a_count(
         make_settings: Any, tmp_path: Path) -> None:
     s = settings_with(make_settings, tmp_path, "[limits]\nfailed_auth_rate = 0.5\nfailed_auth_burst = 4\n")
