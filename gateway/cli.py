@@ -125,16 +125,48 @@ def _startable(settings: Settings, gw: Any) -> None:
     asyncio.run(check())
 
 
+def _live_check(settings: Settings, cat: Any) -> Any:
+    """The catalogue against the live sources (catalog/discover.py ``check_sources``)."""
+    from catalog.discover import check_sources
+    from resolvers.registry import resolve_url
+
+    try:
+        urls = {code: resolve_url(src, settings.base_dir, settings.source_urls.get(code))
+                for code, src in cat.sources.items()}
+    except KeyError as exc:
+        error(f"{exc.args[0]}")
+        raise typer.Exit(1) from None
+    return asyncio.run(check_sources(cat, urls))
+
+
 @app.command()
 def serve(config: ConfigOpt = None,
           host: Annotated[str | None, typer.Option(help="Address to bind (default from config).")] = None,
           port: Annotated[int | None, typer.Option(help="Port (default from config or $HUTONG_PORT).")] = None,
-          workers: Annotated[int, typer.Option(help="Worker processes.")] = 1) -> None:
-    """Serve the gateway (uvicorn; several workers share the port through SO_REUSEPORT on Linux)."""
+          workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+          check_sources: Annotated[bool, typer.Option(help="Compare the catalogue with the reachable sources "
+                                                          "before serving (as `hutong catalog check`).")] = True
+          ) -> None:
+    """Serve the gateway (uvicorn; several workers share the port through SO_REUSEPORT on Linux).
+
+    Before binding it checks the configuration and, unless --no-check-sources, that every source it
+    can reach has the tables, columns and types the catalogue declares: a mismatch stops it (exit 1),
+    a source it cannot reach is a warning (the others' data is served meanwhile)."""
     from gateway.serve import serve as run_server
 
     settings = _settings(config)
-    _startable(settings, _gateway(settings, _catalog(settings)))  # fail fast, with the reason, before binding
+    cat = _catalog(settings)
+    _startable(settings, _gateway(settings, cat))  # fail fast, with the reason, before binding
+    if check_sources:
+        live = _live_check(settings, cat)
+        for w in live.not_checked:
+            err.print(Text("warning: ", style="yellow") + Text(w))
+        if live.problems:
+            for p in live.problems:
+                err.print(Text("- ", style="red") + Text(p))
+            error(f"the catalogue does not match {len(live.problems)} thing(s) in the live sources: fix the "
+                  "catalogue or the source (`hutong catalog check` lists them), or serve with --no-check-sources")
+            raise typer.Exit(1)
     os.environ["HUTONG_CONFIG"] = str(settings.path)
     run_server("gateway.app:create_app", host=host or settings.host, port=port or settings.port, workers=workers,
                log_config=LOG_CONFIG, access_log=False, proxy_headers=bool(settings.trusted_proxies),
@@ -152,8 +184,6 @@ def catalog_check(config: ConfigOpt = None,
     Exit status: 0 when the catalogue is valid and every reachable source matches it (a source
     that cannot be reached is reported as "not checked", a warning, unless --strict); 1 when the
     catalogue is invalid or a reachable source does not match it; 2 for a bad configuration."""
-    from catalog.discover import check_sources
-    from resolvers.registry import resolve_url
 
     settings = _settings(config)
     cat = _catalog(settings)
@@ -162,13 +192,7 @@ def catalog_check(config: ConfigOpt = None,
               f"{len(cat.datasets)} datasets, {sum(len(d.fields) for d in cat.datasets.values())} fields")
     if offline:
         return
-    try:
-        urls = {code: resolve_url(src, settings.base_dir, settings.source_urls.get(code))
-                for code, src in cat.sources.items()}
-    except KeyError as exc:
-        error(f"{exc.args[0]}")
-        raise typer.Exit(1) from None
-    live = asyncio.run(check_sources(cat, urls))
+    live = _live_check(settings, cat)
     for p in live.problems:
         err.print(Text("- ", style="red") + Text(p))
     for w in live.not_checked:

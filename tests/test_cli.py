@@ -57,6 +57,16 @@ def test_catalog_check_fails_when_a_reachable_source_does_not_match(city_dir: Pa
     assert "1 problem(s) with the live sources" in r.stderr
 
 
+def test_serve_refuses_to_start_on_a_catalogue_the_sources_contradict(city_dir: Path, housing_url: str) -> None:
+    """The same live check runs before `hutong serve` binds: a mismatch stops it, naming the problem."""
+    cfg = write_config(city_dir, {"housing_api": housing_url, "psb_registry": "sqlite+aiosqlite:///data/civil.sqlite"})
+    r = run("serve", "--config", str(cfg), "--port", "9")  # never bound: the check stops it first
+    assert r.exit_code == 1, r.output
+    assert "datasets[psb.resident]: table 'resident' does not exist in source psb_registry" in r.stderr
+    assert "the catalogue does not match 1 thing(s) in the live sources" in r.stderr
+    assert "--no-check-sources" in r.stderr
+
+
 def test_invalid_catalogue_exits_1_with_the_problems(tmp_path: Path) -> None:
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "x.yaml").write_text("datasets: [{code: a.b}]\n", encoding="utf-8")
