@@ -235,7 +235,7 @@ async def _check_rest(catalog: Catalog, code: str, src_at: str, datasets: list[D
         for ds in datasets:
             fields = ",".join(f.name for f in ds.fields)
             try:
-                resp = await client.get(ds.endpoint or "", params={"fields": fields, "limit": 1})
+                resp = await client.get(ds.endpoint or "", params={"fields": fields, "limit": TYPE_SAMPLE})
             except httpx.TransportError as exc:
                 result.not_checked.append(f"{src_at}: not checked: source {code} unreachable "
                                           f"({type(exc).__name__} on {ds.endpoint})")
@@ -247,8 +247,31 @@ async def _check_rest(catalog: Catalog, code: str, src_at: str, datasets: list[D
             if resp.status_code != 200:
                 problems.append(f"{_at(catalog, ds)}: {ds.endpoint} refused the declared fields "
                                 f"(HTTP {resp.status_code}: {resp.text[:200]})")
+                continue
+            problems.extend(_rest_types(catalog, ds, resp))
     result.checked.append(code)
     result.problems.extend(problems)
+
+
+TYPE_SAMPLE = 20  # records a REST endpoint is asked for, to compare their JSON types with the catalogue's
+
+
+def _rest_types(catalog: Catalog, ds: Dataset, resp: httpx.Response) -> list[str]:
+    """Declared types the sampled records' JSON values cannot be read as (named, never the values)."""
+    from resolvers.rest import wrong_types
+
+    try:
+        items = resp.json()["items"]
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        return [f"{_at(catalog, ds)}: {ds.endpoint} answered something other than {{\"items\": [...]}}"]
+    types = {f.name: f.type for f in ds.fields}
+    bad: dict[str, None] = {}
+    for item in items:
+        bad.update(dict.fromkeys(wrong_types(item, types)))
+    return [f"{_at(catalog, ds)}: field {name!r} is declared {types[name].value!r}, but {ds.endpoint} sends values "
+            "of another JSON type (docs/rest-sources.md lists what each type reads)" for name in bad]
 
 
 # --- discovery --------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from resolvers.base import Row
 from resolvers.errors import SourceError, SourceFailure
 from resolvers.query import Condition, Op, SourceQuery
 
-__all__ = ["RESTConnector", "request_params"]
+__all__ = ["RESTConnector", "request_params", "wrong_types"]
 
 _JSON_BODY = {"Content-Type": "application/json"}
 MAX_QUERY_STRING = 2000  # characters; well inside the URL limits of common servers and proxies
@@ -165,6 +165,21 @@ def _decode(row: Row, query: SourceQuery, source: str) -> Row:
                                   f"source {source!r} answered a value of the wrong type for "
                                   f"{query.dataset}.{col} ({query.types[col].value} expected)") from None
         out[col] = v
+    return out
+
+
+def wrong_types(row: Row, types: dict[str, DataType]) -> list[str]:
+    """The columns of ``row`` whose JSON values the catalogue's types cannot read (the live check of
+    ``hutong catalog check`` uses the connector's own decoding)."""
+    out = []
+    for col, data_type in types.items():
+        v = row.get(col)
+        if v is None:
+            continue
+        try:
+            _DECODERS[data_type](v)
+        except (ValueError, TypeError, ArithmeticError):
+            out.append(col)
     return out
 
 

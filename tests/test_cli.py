@@ -300,3 +300,27 @@ def test_housing_stops_when_the_demo_gateway_is_killed(city_dir: Path, tmp_path:
         assert _wait(lambda: not _answers(f"http://127.0.0.1:{demo.housing_port}/healthz"))
     finally:
         demo.close()
+
+
+def test_catalog_check_compares_rest_values_with_the_declared_types(city_dir: Path, housing_url: str) -> None:
+    """Housing sends area_sqm as a JSON number: declared a date, the check says so (never the values)."""
+    import dataclasses
+
+    from catalog.discover import check_sources
+    from catalog.loader import load_catalog
+    from catalog.model import DataType
+    from gateway.config import load_settings
+    from resolvers.registry import resolve_url
+
+    settings = load_settings(write_config(city_dir, {"housing_api": housing_url}), environ={})
+    cat = load_catalog(*settings.catalog)
+    ds = cat.datasets["housing.property"]
+    fields = [f.model_copy(update={"type": DataType.DATE}) if f.name == "area_sqm" else f for f in ds.fields]
+    wrong = dataclasses.replace(cat, datasets={**cat.datasets, ds.code: ds.model_copy(update={"fields": fields})})
+    urls = {code: resolve_url(src, settings.base_dir, settings.source_urls.get(code))
+            for code, src in cat.sources.items()}
+    assert arun(check_sources(cat, urls)).problems == []
+    live = arun(check_sources(wrong, urls))
+    assert live.problems == [f"{DEMO_CATALOG / 'housing.yaml'}: datasets[housing.property]: field 'area_sqm' is "
+                             "declared 'date', but /properties sends values of another JSON type "
+                             "(docs/rest-sources.md lists what each type reads)"]
