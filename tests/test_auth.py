@@ -239,6 +239,9 @@ async def test_bad_client_assertions_are_invalid_client(harness: Harness) -> Non
         "expired": assertion("market-app", key, "ES256", exp=now - LEEWAY - 5),
         "too long-lived": assertion("market-app", key, "ES256", exp=now + 3600),
         "no jti": assertion("market-app", key, "ES256", jti=None),
+        "jti too long for the replay record": assertion("market-app", key, "ES256", jti="j" * 256),
+        "iss and sub differ": assertion("market-app", key, "ES256", sub="health-app"),
+        "issued in the future": assertion("market-app", key, "ES256", iat=now + LEEWAY + 60),
         "iss differs": assertion("market-app", key, "ES256", iss="health-app"),
         "client without key": assertion("health-app", key, "ES256"),
         "unknown client": assertion("nobody", key, "ES256"),
@@ -342,6 +345,107 @@ async def test_malformed_token_requests(harness: Harness) -> None:
     assert (r.status_code, r.json()["error"]) == (400, "invalid_request")
     r = await harness.http.get("/oauth/token")
     assert r.status_code == 405
+
+
+async def test_a_disabled_client_gets_no_token_with_a_client_assertion(harness: Harness) -> None:
+    key = ECKey.generate_key("P-256", private=True)
+    await harness.register("market-app", public_key=public_jwk(key.as_dict(private=False)))
+    await harness.service.store.disable("market-app")
+    r = await harness.token_request({**GRANT, "client_assertion_type": ASSERTION_TYPE,
+                                     "client_assertion": assertion("market-app", key, "ES256")})
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+    assert r.headers["www-authenticate"] == 'Basic realm="hutong"'
+
+
+# --- the token endpoint on Authlib --------------------------------------------------------------
+
+
+def test_the_token_endpoint_is_authlibs_authorization_server(harness: Harness) -> None:
+    from authlib.oauth2.rfc6749 import AuthorizationServer
+    from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant
+    from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
+    from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
+
+    endpoint = harness.service.token_endpoint
+    assert endpoint is not None
+    server = endpoint.server
+    assert isinstance(server, AuthorizationServer)
+    ((grant, _),) = server._token_grants
+    assert issubclass(grant, ClientCredentialsGrant)
+    assert grant.TOKEN_ENDPOINT_AUTH_METHODS == ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+    assert isinstance(server._token_generators["default"], JWTBearerTokenGenerator)
+    assert server._client_auth is not None
+    assert isinstance(server._client_auth._methods["private_key_jwt"], JWTBearerClientAssertion)
+
+
+async def test_an_unknown_client_costs_the_same_secret_check(harness: Harness,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # Authlib stops at an unknown client id; the gateway answers it with a client without secret,
+    # so that the scrypt check runs all the same and the timing does not tell which ids exist.
+    import gateway.auth.client_auth as client_auth
+
+    checked: list[str | None] = []
+    original = client_auth.verify_secret
+
+    def counting(secret: str, stored: str | None) -> bool:
+        checked.append(stored)
+        return original(secret, stored)
+
+    monkeypatch.setattr(client_auth, "verify_secret", counting)
+    secret = await harness.register("health-app")
+    for auth in (("health-app", secret + "x"), ("no-such-app", secret), ("x" * 300, secret)):
+        r = await harness.token_request(GRANT, auth=auth)
+        assert r.status_code == 401
+    r = await harness.token_request({**GRANT, "client_id": "no-such-app", "client_secret": "s"})
+    assert r.status_code == 401
+    assert len(checked) == 4 and checked[0] is not None and checked[1:] == [None, None, None]
+
+
+async def test_concurrent_token_requests(any_harness: Harness) -> None:
+    # Authlib runs in worker threads; the client store's calls go back to the event loop.
+    import asyncio
+
+    h = any_harness
+    secret = await h.register("health-app", "health", ("clinician",))
+    key = ECKey.generate_key("P-256", private=True)
+    await h.register("market-app", "mr", ("market-inspector",), public_key=public_jwk(key.as_dict(private=False)))
+    requests = [h.token_request(GRANT, auth=("health-app", secret)) for _ in range(6)]
+    requests += [h.token_request({**GRANT, "client_assertion_type": ASSERTION_TYPE,
+                                  "client_assertion": assertion("market-app", key, "ES256")}) for _ in range(6)]
+    answers = await asyncio.gather(*requests)
+    assert [r.status_code for r in answers] == [200] * 12, [r.text for r in answers]
+    assert len({r.json()["access_token"] for r in answers}) == 12
+    # One assertion sent six times at once: exactly one token.
+    same = {**GRANT, "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion("market-app", key, "ES256")}
+    answers = await asyncio.gather(*[h.token_request(same) for _ in range(6)])
+    assert sorted(r.status_code for r in answers) == [200] + [401] * 5
+
+
+async def test_a_requested_scope_is_ignored(harness: Harness) -> None:
+    secret = await harness.register("health-app")
+    r = await harness.token_request({**GRANT, "scope": "everything"}, auth=("health-app", secret))
+    assert r.status_code == 200 and "scope" not in r.json()
+    claims = json.loads(base64.urlsafe_b64decode(r.json()["access_token"].split(".")[1] + "=="))
+    assert claims["scope"] == ""
+
+
+@pytest.mark.parametrize("failure", ["get", "use_assertion"])
+async def test_an_unreachable_client_store_is_503(harness: Harness, monkeypatch: pytest.MonkeyPatch,
+                                                  failure: str) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    key = ECKey.generate_key("P-256", private=True)
+    await harness.register("market-app", public_key=public_jwk(key.as_dict(private=False)))
+
+    async def down(*_: Any) -> Any:
+        raise OperationalError("SELECT", {}, ConnectionRefusedError())
+
+    monkeypatch.setattr(harness.service.store, failure, down)
+    r = await harness.token_request({**GRANT, "client_assertion_type": ASSERTION_TYPE,
+                                     "client_assertion": assertion("market-app", key, "ES256")})
+    assert r.status_code == 503, r.text
+    assert r.json()["error"] == "temporarily_unavailable" and r.headers["retry-after"] == "5"
+    assert r.headers["cache-control"] == "no-store"
 
 
 # --- the bearer check ---------------------------------------------------------------------------

@@ -136,6 +136,16 @@ def test_rsa_signing_keys_and_refused_key_types(tmp_path: Path) -> None:
         load_key_file(tmp_path / "absent.pem", private=True)
 
 
+def test_only_es256_and_rs256_keys_sign_but_p384_keys_still_verify(tmp_path: Path) -> None:
+    # Authlib's RFC 9068 generator signs with joserfc's recommended algorithms only.
+    p384 = tmp_path / "p384.pem"
+    p384.write_bytes(ECKey.generate_key("P-384", private=True).as_pem(private=True))
+    with pytest.raises(ConfigError, match="ES384 key cannot sign access tokens: use an EC P-256 key"):
+        KeyRing.load(p384, generate=False)
+    ring = KeyRing.load(tmp_path / "new.pem", (p384,))
+    assert sorted(ring.algorithms) == ["ES256", "ES384"]
+
+
 def test_previous_keys_are_published_after_the_signing_key(tmp_path: Path) -> None:
     old = tmp_path / "old.pem"
     old.write_bytes(ECKey.generate_key("P-256", private=True).as_pem(private=True))

@@ -3,8 +3,12 @@
 One private key signs (``[auth] signing_key``); ``previous_keys`` are still published and
 accepted, so that rotating the signing key never invalidates tokens already issued. Each key's
 ``kid`` is its RFC 7638 thumbprint, and its algorithm follows from its type: EC P-256 signs
-ES256 (the default: compact, fast, understood by every JOSE library), P-384 ES384, RSA (2048
-bits or more) RS256. A token is verified only with the algorithm of the key its ``kid`` names.
+ES256 (the default: compact, fast, understood by every JOSE library), RSA (2048 bits or more)
+RS256. A token is verified only with the algorithm of the key its ``kid`` names. The signing key
+is one of those two (``SIGNING_ALGORITHMS``): Authlib's RFC 9068 token generator signs through
+joserfc's default registry, which allows only joserfc's recommended algorithms (HS256, RS256,
+ES256; HS256 is symmetric, never used). ``previous_keys``, which only verify, may also be EC
+P-384 (ES384) or P-521 (ES512).
 
 Clients' keys (``private_key_jwt``) follow the same idea: ``client_key_algorithms`` says which
 algorithms a registered key may sign client assertions with, from its type alone (RSA: RS256 and
@@ -27,8 +31,8 @@ from joserfc.jwk import ECKey, OKPKey, RSAKey
 
 from gateway.config import ConfigError
 
-__all__ = ["ASSERTION_ALGORITHMS", "KeyRing", "PublicKey", "client_key_algorithms", "generate_key_file",
-           "key_algorithm", "load_key_file"]
+__all__ = ["ASSERTION_ALGORITHMS", "SIGNING_ALGORITHMS", "Key", "KeyRing", "PublicKey", "client_key_algorithms",
+           "generate_key_file", "key_algorithm", "load_key_file"]
 
 log = logging.getLogger("hutong.auth")
 
@@ -44,6 +48,9 @@ CLIENT_KEY_ALGORITHMS: dict[tuple[str, str | None], tuple[str, ...]] = {
     ("OKP", "Ed25519"): ("EdDSA", "Ed25519"),  # one signature, two names (RFC 8037, RFC 9864)
 }
 ASSERTION_ALGORITHMS: tuple[str, ...] = tuple(a for algs in CLIENT_KEY_ALGORITHMS.values() for a in algs)
+# What the gateway's own signing key may sign access tokens with: asymmetric, and what Authlib's
+# JWTBearerTokenGenerator can sign (joserfc's recommended algorithms).
+SIGNING_ALGORITHMS = ("ES256", "RS256")
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,9 @@ class KeyRing:
 
     def __init__(self, signing: Key, previous: list[Key] | None = None) -> None:
         self.signing = self._entry(signing)
+        if self.signing.alg not in SIGNING_ALGORITHMS:
+            raise ConfigError(f"token signing key: an {self.signing.alg} key cannot sign access tokens: use an EC "
+                              "P-256 key (recommended) or an RSA key of 2048 bits or more")
         self.by_kid: dict[str, PublicKey] = {self.signing.kid: self.signing}
         for key in previous or []:
             entry = self._entry(key)

@@ -13,8 +13,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth.client_auth import ASSERTION_ALGORITHMS
-from gateway.auth.keys import KeyRing
+from gateway.auth.keys import ASSERTION_ALGORITHMS, KeyRing
 from gateway.auth.settings import AuthSettings
 
 __all__ = ["MetadataEndpoints", "server_metadata"]

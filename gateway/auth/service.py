@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from gateway.auth.bearer import BearerAuth, ClientStatusCache, Verifier
-from gateway.auth.client_auth import ClientAuthenticator
+from gateway.auth.client_auth import Clients, PrivateKeyJWT
 from gateway.auth.clients import ClientStore
 from gateway.auth.demo import ensure_demo_clients, refuse_demo_secrets
 from gateway.auth.external import ExternalVerifier, RemoteJWKS
@@ -27,8 +27,8 @@ from gateway.auth.identity import Identity
 from gateway.auth.keys import KeyRing
 from gateway.auth.metadata import MetadataEndpoints
 from gateway.auth.settings import AuthSettings
-from gateway.auth.token_endpoint import TokenEndpoint
-from gateway.auth.tokens import LocalVerifier, TokenIssuer
+from gateway.auth.token_endpoint import TokenEndpoint, TokenServer
+from gateway.auth.tokens import AccessTokenGenerator, LocalVerifier
 from gateway.config import Settings
 
 __all__ = ["AuthService"]
@@ -51,8 +51,7 @@ class AuthService:
         self.store = store or ClientStore(config.client_store)
         self.statuses = ClientStatusCache(self.store, ttl=status_ttl, clock=monotonic)
         self.keys: KeyRing | None = None  # None with an external IdP: this gateway signs nothing
-        self.issuer: TokenIssuer | None = None
-        self.clients: ClientAuthenticator | None = None
+        self.token_endpoint: TokenEndpoint | None = None  # None with an external IdP: it issues the tokens
         self._http: httpx.AsyncClient | None = None  # only an HTTP client this service created is closed by it
         verifier: Verifier
         registered_id = None
@@ -65,9 +64,12 @@ class AuthService:
         else:
             self.keys = KeyRing.load(config.signing_key, config.previous_keys)
             verifier = LocalVerifier(self.keys, config.issuer, config.audience, clock=clock)
-            self.issuer = TokenIssuer(self.keys, config.issuer, config.audience, config.token_ttl, clock=clock)
-            self.clients = ClientAuthenticator(self.store, issuer=config.issuer,
-                                               token_endpoint=config.token_endpoint, demo=config.demo, clock=clock)
+            clients = Clients(self.store, demo=config.demo, clock=clock)
+            server = TokenServer(
+                clients,
+                AccessTokenGenerator(self.keys, config.issuer, config.audience, config.token_ttl, clock=clock),
+                PrivateKeyJWT(clients, issuer=config.issuer, token_endpoint=config.token_endpoint, clock=clock))
+            self.token_endpoint = TokenEndpoint(server, config.token_endpoint)
         self.bearer = BearerAuth(verifier, self.statuses, require_registered=config.external is None,
                                  clock=clock, monotonic=monotonic, registered_id=registered_id)
 
@@ -86,11 +88,11 @@ class AuthService:
         await refuse_demo_secrets(self.store, self.config.demo)
 
     def routes(self) -> list[Route]:
-        if self.keys is None or self.issuer is None or self.clients is None:
+        if self.keys is None or self.token_endpoint is None:
             return []
         meta = MetadataEndpoints(self.config, self.keys)
         return [
-            Route("/oauth/token", TokenEndpoint(self.clients, self.issuer).handle, methods=["POST"]),
+            Route("/oauth/token", self.token_endpoint.handle, methods=["POST"]),
             Route("/.well-known/jwks.json", meta.jwks, methods=["GET"]),
             Route("/.well-known/oauth-authorization-server", meta.authorization_server, methods=["GET"]),
         ]
@@ -100,6 +102,8 @@ class AuthService:
         return await self.bearer.authenticate(request)
 
     async def close(self) -> None:
+        if self.token_endpoint is not None:
+            self.token_endpoint.close()
         if self._http is not None:
             await self._http.aclose()
         await self.store.close()

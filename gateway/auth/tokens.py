@@ -1,4 +1,5 @@
-"""JWT access tokens (RFC 9068): issued by the token endpoint, verified on every request.
+"""JWT access tokens (RFC 9068): issued by the token endpoint (Authlib's generator), verified on
+every request (hutong's verifier, below).
 
 Verification is in a fixed order, and the claims are judged only once the signature holds:
 
@@ -24,19 +25,20 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from joserfc import jws, jwt
+from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
+from joserfc import jws
 from joserfc.errors import JoseError
+from joserfc.jwk import KeySet, import_key
 
 from gateway.auth.clients import Client
 from gateway.auth.errors import AuthError, Reason
 from gateway.auth.identity import EMPTY, Attributes, Identity, check_attributes
 from gateway.auth.keys import KeyRing, PublicKey
 
-__all__ = ["LEEWAY", "MAX_TOKEN_BYTES", "IssuedToken", "LocalVerifier", "TokenIssuer", "expiry", "peek_header",
+__all__ = ["LEEWAY", "MAX_TOKEN_BYTES", "AccessTokenGenerator", "LocalVerifier", "expiry", "peek_header",
            "verify_jwt"]
 
 MAX_TOKEN_BYTES = 8192  # ours are under 1 KiB; anything near this is not a token we would accept
@@ -48,27 +50,38 @@ SHAPE_ERRORS = {"decode_error", "exceeded_size", "invalid_header_value", "missin
                 "unsupported_header", "missing_algorithm", "invalid_payload"}
 
 
-@dataclass(frozen=True)
-class IssuedToken:
-    access_token: str
-    expires_in: int
-    token_id: str
+class AccessTokenGenerator(JWTBearerTokenGenerator):
+    """RFC 9068 access tokens, made by Authlib's ``JWTBearerTokenGenerator``: header ``typ: at+jwt``,
+    ``alg`` and ``kid`` of the gateway's signing key (asymmetric: ES256 by default, RS256 for an RSA
+    key); claims ``iss``, ``sub`` = ``client_id``, ``aud``, ``iat``, ``exp``, ``jti`` and ``scope``
+    (empty: no scopes), plus hutong's ``department``, ``roles``, ``attributes`` and ``nbf``.
 
+    Authlib reads ``time.time()`` itself and sets no ``nbf``: ``iat``, ``nbf`` and ``exp`` come
+    from one reading of the gateway's clock here instead (so nbf == iat, and tests move time).
+    Registered with the token endpoint as its generator (``AuthorizationServer.register_token_generator``)."""
 
-class TokenIssuer:
     def __init__(self, keys: KeyRing, issuer: str, audience: str, ttl: int, clock: Clock = time.time) -> None:
-        self.keys, self.issuer, self.audience, self.ttl, self.clock = keys, issuer, audience, ttl, clock
+        signing = keys.signing
+        super().__init__(issuer, alg=signing.alg, expires_generator=ttl)
+        self.audience, self.ttl, self.clock = audience, ttl, clock
+        # A key set holding the signing key with its kid: joserfc then puts the kid in the header.
+        self.jwks = KeySet([import_key({**signing.key.as_dict(private=True), "kid": signing.kid,
+                                        "alg": signing.alg, "use": "sig"})])
 
-    def issue(self, client: Client) -> IssuedToken:
+    def get_jwks(self) -> KeySet:
+        return self.jwks
+
+    def get_audiences(self, client: Any, user: Any, scope: Any) -> str:
+        return self.audience  # Authlib's default is the client id: the token is for the gateway
+
+    def get_jti(self, client: Any, grant_type: str, user: Any, scope: Any) -> str:
+        return uuid.uuid4().hex  # 128 random bits, as the audit trail has always recorded them
+
+    def get_extra_claims(self, client: Any, grant_type: str, user: Any, scope: Any) -> dict[str, Any]:
+        registered: Client = client.client
         now = int(self.clock())
-        jti = uuid.uuid4().hex
-        signing = self.keys.signing
-        header = {"alg": signing.alg, "typ": "at+jwt", "kid": signing.kid}
-        claims = {"iss": self.issuer, "aud": self.audience, "sub": client.client_id, "client_id": client.client_id,
-                  "department": client.department, "roles": list(client.roles),
-                  "attributes": dict(client.attributes), "iat": now, "nbf": now, "exp": now + self.ttl, "jti": jti}
-        token = jwt.encode(header, claims, signing.key, algorithms=[signing.alg])
-        return IssuedToken(token, self.ttl, jti)
+        return {"department": registered.department, "roles": list(registered.roles),
+                "attributes": dict(registered.attributes), "iat": now, "nbf": now, "exp": now + self.ttl}
 
 
 class LocalVerifier:
