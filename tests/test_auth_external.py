@@ -64,7 +64,7 @@ def external_config(tmp_path: Path, jwks_url: str, **external: Any) -> Any:
                         "department_claim": "org.department", "roles_claim": "realm_access.roles",
                         "department_map": {"/gov/health": "health", "/gov/civil": "civil"},
                         "role_map": {"doctor": ["clinician"], "clerk": "street-office"}, **external}}
-    return parse_auth(raw, base_dir=tmp_path, demo=False, default_issuer="http://gw.test", environ={})
+    return parse_auth(raw, base_dir=tmp_path, demo=False, default_issuer="https://gw.test", environ={})
 
 
 @pytest.fixture
@@ -275,7 +275,7 @@ def test_external_configuration_is_checked(tmp_path: Path) -> None:
     url = "https://idp.city.test/certs"
     assert external_config(tmp_path, url).external.client_id_prefix == "idp:"
     default = parse_auth({"external": {"issuer": IDP, "jwks_url": url}}, base_dir=tmp_path, demo=False,
-                         default_issuer="http://gw.test", environ={}).external
+                         default_issuer="https://gw.test", environ={}).external
     assert (default.client_id_claim, default.trust_roles, default.role_map, default.attributes) == (
         "client_id", False, {}, {})
     for bad, match in (

@@ -62,6 +62,7 @@ client_store = "postgresql+asyncpg://hutong:${STORE_PASSWORD}@db.internal/identi
     ({"token_ttl": "300"}, "token_ttl"),
     ({"issuer": "gateway.city.test"}, "issuer must be an http(s) URL"),
     ({"issuer": "https://gw.test/?x=1"}, "without query"),
+    ({"issuer": "http://gateway.city.test"}, "issuer must be an https URL"),
     ({"issuer": "${NOPE}"}, "environment variable NOPE is not set"),
     ({"audience": ""}, "audience must be a non-empty string"),
     ({"client_store": "mysql+aiomysql://db/x"}, "SQLite or PostgreSQL"),

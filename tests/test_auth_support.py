@@ -24,7 +24,7 @@ from starlette.routing import Route
 from gateway.auth import AuthError, AuthService, auth_error_response
 from gateway.auth.settings import AuthSettings, ExternalIdP
 
-ISSUER = "http://gw.test"
+ISSUER = "https://gw.test"
 
 
 class FakeClock:

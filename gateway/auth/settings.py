@@ -128,6 +128,11 @@ def parse_auth(raw: Mapping[str, Any], *, base_dir: Path, demo: bool, default_is
             raise ConfigError(f"{place}: {key}: {exc.args[0]}") from None
 
     issuer = _url(text("issuer", default_issuer), f"{at} issuer").rstrip("/")
+    issuer_host = urlsplit(issuer).hostname or ""
+    if urlsplit(issuer).scheme != "https" and not _loopback(issuer_host) and not demo:
+        # Tokens name it and clients send secrets to it: over plain HTTP both travel in clear.
+        raise ConfigError(f"{at}: issuer must be an https URL (the gateway's public address, e.g. behind a TLS "
+                          f"proxy), or a loopback address for local use; got {issuer!r}")
     ttl = raw.get("token_ttl", 300)
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TOKEN_TTL:
         raise ConfigError(f"{at}: token_ttl must be a whole number of seconds from 1 to {MAX_TOKEN_TTL}, "
