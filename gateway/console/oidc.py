@@ -27,15 +27,18 @@ log = logging.getLogger("hutong.console")
 def console_roles(claims: dict[str, Any], oidc: OidcSettings) -> tuple[str, ...]:
     """The console roles a token's claims give: with a ``role_map``, only the roles it maps (an IdP role
     that happens to be called policy-admin gives nothing unless mapped); without one, the console's
-    role names as the provider spells them."""
+    role names as the provider spells them, if ``trust_roles`` says so, else none."""
     given = claims.get(oidc.roles_claim) or []
     if isinstance(given, str):
         given = given.split()
     if not isinstance(given, list):
         return ()
     mapping = dict(oidc.role_map)
-    roles = {mapping.get(str(r)) for r in given} if mapping else {str(r) for r in given}
-    return tuple(sorted(r for r in roles if r in ROLES))
+    if mapping:
+        return tuple(sorted(r for r in {mapping.get(str(g)) for g in given} if r in ROLES))
+    if not oidc.trust_roles:  # the provider's role names count only when the configuration trusts them
+        return ()
+    return tuple(sorted(r for r in {str(g) for g in given} if r in ROLES))
 
 
 def oidc_routes(settings: ConsoleSettings) -> list[BaseRoute]:

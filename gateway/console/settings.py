@@ -30,7 +30,8 @@ __all__ = ["DEMO_SESSION_SECRET", "ROLES", "ConsoleSettings", "OidcSettings"]
 ROLES = ("policy-admin", "auditor", "data-owner")
 DEMO_SESSION_SECRET = "hutong-demo-console-secret-NOT-A-SECRET"
 _KNOWN = {"session_secret", "accounts", "session_minutes", "secure_cookies", "oidc"}
-_OIDC = {"issuer", "client_id", "client_secret", "roles_claim", "department_claim", "scope", "role_map"}
+_OIDC = {"issuer", "client_id", "client_secret", "roles_claim", "department_claim", "scope", "role_map",
+         "trust_roles"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class OidcSettings:
     department_claim: str = "department"
     scope: str = "openid profile email"
     role_map: tuple[tuple[str, str], ...] = ()  # IdP role -> console role
+    # Without a role_map, the provider's role names are taken as console roles only when this says so
+    # (as [auth.external] trust_roles): anyone who can name a role at the provider is otherwise nobody here.
+    trust_roles: bool = False
 
     @property
     def metadata_url(self) -> str:
@@ -113,8 +117,14 @@ class ConsoleSettings:
             role_map = o.get("role_map", {})
             if not isinstance(role_map, dict) or not all(v in ROLES for v in role_map.values()):
                 raise ConfigError(f"{at}.oidc: role_map maps IdP roles to {', '.join(ROLES)}")
+            trust = o.get("trust_roles", False)
+            if not isinstance(trust, bool):
+                raise ConfigError(f"{at}.oidc: trust_roles must be true or false")
+            if not role_map and not trust:
+                raise ConfigError(f"{at}.oidc: give a role_map (provider role = console role), or trust_roles = true "
+                                  "if the provider's role names are the console's own")
             oidc = OidcSettings(text(o["issuer"], "oidc.issuer"), text(o["client_id"], "oidc.client_id"),
                                 text(o["client_secret"], "oidc.client_secret"),
                                 str(o.get("roles_claim", "roles")), str(o.get("department_claim", "department")),
-                                str(o.get("scope", "openid profile email")), tuple(sorted(role_map.items())))
+                                str(o.get("scope", "openid profile email")), tuple(sorted(role_map.items())), trust)
         return cls(secret, accounts, minutes, secure, oidc)

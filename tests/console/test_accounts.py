@@ -74,8 +74,10 @@ def test_roles_from_an_identity_provider() -> None:
     assert console_roles({"roles": ["hutong-auditors", "other"]}, oidc) == ("auditor",)
     # With a role map, a provider role that merely has a console role's name gives nothing ...
     assert console_roles({"roles": "policy-admin unknown"}, oidc) == ()
-    # ... without one, the console's role names are taken as the provider spells them.
-    plain = OidcSettings("https://id.example", "c", "s")
+    # ... without one, the console's role names count only when the configuration trusts them.
+    untrusted = OidcSettings("https://id.example", "c", "s")
+    assert console_roles({"roles": "policy-admin unknown"}, untrusted) == ()
+    plain = OidcSettings("https://id.example", "c", "s", trust_roles=True)
     assert console_roles({"roles": "policy-admin unknown"}, plain) == ("policy-admin",)
     assert console_roles({}, oidc) == () and console_roles({"roles": {"x": 1}}, plain) == ()
 
