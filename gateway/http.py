@@ -127,8 +127,8 @@ async def graphql_endpoint(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     started = time.perf_counter()
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    if len(request_id) > 64 or not request_id.replace("-", "").isalnum():
-        request_id = uuid.uuid4().hex  # never echo arbitrary header text back
+    if len(request_id) > 64 or not request_id.replace("-", "").isalnum() or _holds_key(request_id):
+        request_id = uuid.uuid4().hex  # never echo arbitrary header text back, nor keep a key in records
     # The same URL answers HTML (explorer) or JSON depending on Accept: caches must know.
     headers = {"X-Request-Id": request_id, "Vary": "Accept"}
 
@@ -379,6 +379,10 @@ class _Recorder:
 
 
 _FREE_TEXT = ("query", "operation", "acting_user", "case_id")
+
+
+def _holds_key(text: str) -> bool:
+    return scrub_keys(text, lambda _key: "") != text
 
 # Refusals of the HTTP request itself, not of a GraphQL operation: 400 whatever the client accepts.
 _HTTP_LEVEL = (Code.BAD_REQUEST.value, Code.TOO_MANY_OPERATIONS.value)

@@ -84,3 +84,20 @@ def test_full_width_input_is_folded_and_other_scripts_refused() -> None:
     assert normalise_credit_code("９１３５０１００Ｍ０００１００Ｙ４３") == CREDIT_CODE_SAMPLE
     with pytest.raises(InvalidKey, match="17 digits"):
         normalise_id_number("١١٠١٠٥١٩٤٩١٢٣١٠٠٢X")  # Arabic-Indic digits are digits, but not these
+
+
+def test_scrub_keys_replaces_keys_inside_names_and_in_groups_and_bounds_its_work() -> None:
+    from catalog.keys import MAX_CANDIDATES, WITHHELD, scrub_keys
+
+    def tag(key: str) -> str:
+        return f"<{key[-4:]}>"
+
+    person, org = "990111198009303439", "91110000MA01T8HB03"
+    assert normalise_credit_code(org) == org
+    assert scrub_keys(f"query P{person} {{ _{person}: x }}", tag) == "query P[id_number:<3439>] { _[id_number:<3439>]: x }"
+    assert scrub_keys("case 9901 1119 8009 3034 39 done", tag) == "case [id_number:<3439>] done"
+    assert scrub_keys(f"org {org.lower()}", tag) == "org [credit_code:<HB03>]"
+    assert scrub_keys("CASE-2026-000123 and 99011119800930343", tag) == "CASE-2026-000123 and 99011119800930343"
+    # A long run of digits holds thousands of key-like windows: withheld whole, at bounded cost.
+    digits = "1234567890" * 10_000
+    assert scrub_keys(digits, tag) == WITHHELD and MAX_CANDIDATES < 1000

@@ -62,13 +62,17 @@ async def test_keys_hidden_in_free_text_are_kept_only_as_pseudonyms(make_setting
     query = (f"query P{applicant}($v{applicant}: String!) {{ _{applicant}: person(idNumber: $v{applicant}) "
              "{ resident { name } } }")
     async with served(settings) as (c, gw):
+        spaced = " ".join(applicant[i:i + 4] for i in range(0, 18, 4))  # 9901 1119 8009 3034 39
         r = await c.post("/graphql", json={"query": query, "variables": {f"v{applicant}": applicant}},
-                         headers={"x-case-id": applicant, "x-acting-user": f"clerk {applicant.lower()}"})
+                         headers={"x-case-id": applicant, "x-acting-user": f"clerk {spaced.lower()}",
+                                  "x-request-id": applicant})
+        assert r.headers["x-request-id"] != applicant  # a key is neither echoed nor kept as the request id
         assert r.status_code == 200 and r.json()["data"][f"_{applicant}"]["person" if False else "resident"]
         records, _ = await trail(c).store.search({"client_id": "tester"}, limit=1)
     rec = records[0]["body"]
     text = json.dumps(rec, ensure_ascii=False)
     assert applicant not in text and applicant[-4:] + '"' not in text and applicant[:10] not in text
+    assert applicant[:4] + " " + applicant[4:8] not in text
     tag = f"[id_number:{gw.subjects(applicant)[:16]}]"
     assert rec["case_id"] == tag and rec["acting_user"] == f"clerk {tag}"
     assert rec["operation"] == f"P{tag}" and text.count(tag) >= 5  # case, official, operation, alias, variable
