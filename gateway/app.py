@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
             await _check_limit_clients(gw, identity)
             stack.push_async_callback(accounts.close)
             stack.push_async_callback(app.state.rate_limiter.close)
+            stack.push_async_callback(gw.claim_budgets.close)
             stack.push_async_callback(app.state.cutoffs.close)  # before the trail closes (LIFO)
             await accounts.init()
             if settings.demo:
@@ -135,7 +136,9 @@ def create_app(settings: Settings | None = None, gateway: Gateway | None = None,
     app.state.auth = identity
     app.state.audit = trail
     app.state.rate_limiter = open_rate_limiter(gw.limits.rate_store)
-    gw.claim_budgets = app.state.rate_limiter  # verify budgets shared like the rate (gateway/verify_limits.py)
+    # Verify budgets (gateway/verify_limits.py) in a store of their own, shared like the rate through
+    # Redis; in memory, one that never drops a spent budget to make room (fail closed).
+    gw.claim_budgets = open_rate_limiter(gw.limits.rate_store, prefix="hutong:verify:", fail_closed=True)
     app.state.auth_failures = MemoryRateLimiter()  # per caller address: bad tokens only (gateway/http.py)
     app.state.cutoffs = Cutoffs(trail.append)  # what those addresses send meanwhile: counted, recorded
     gw.audit_store = getattr(trail, "store", None)

@@ -106,7 +106,7 @@ class Gateway:
         self.cursors = CursorCodec(self.policy.mask_key)
         self.subjects = SubjectHasher(self.policy.mask_key)
         # verify claims' budgets (gateway/verify_limits.py); the app shares its rate-limit store here.
-        self.claim_budgets: RateLimiter = MemoryRateLimiter()
+        self.claim_budgets: RateLimiter = MemoryRateLimiter(fail_closed=True)
         self.audit_store: Any = None  # set by the app: the audit log the auditor queries read
         self.audit_writer: Any = None  # set by the app: consent changes are recorded through it
         self.clients: Any = None  # set by the app: the client store (explain and simulate name clients)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +26,7 @@ __all__ = ["MemoryRateLimiter", "RateLimiter", "RedisRateLimiter", "open_rate_li
 log = logging.getLogger("hutong.limits")
 
 RETRY_SECONDS = 5.0  # how long a failed Redis is left alone before it is asked again
+FULL_WAIT = 60.0  # what a fail-closed store, full of unrefilled buckets, tells a new key to wait
 
 
 class RateLimiter(Protocol):
@@ -41,6 +43,8 @@ class RateLimiter(Protocol):
 class _Bucket:
     tokens: float
     at: float
+    rate: float = 0.0  # its own refill rate and size: buckets of different limits share one store
+    burst: int = 0
 
 
 def _refilled(b: _Bucket, now: float, rate: float, burst: int) -> float:
@@ -53,12 +57,18 @@ def _wait(tokens: float, rate: float) -> float:
 
 
 class MemoryRateLimiter:
-    """Buckets in this process (bounded: idle full buckets are dropped as others are added)."""
+    """Buckets in this process, bounded: when ``max_clients`` are held, buckets that have refilled
+    (each by its own rate) are dropped, the longest unused first. If none has, a limiter that must
+    fail open (the request rate) drops the longest unused anyway; one that must fail closed (verify
+    budgets: a dropped bucket would be a budget renewed) refuses the new key until one refills."""
 
-    def __init__(self, clock: object = time.monotonic, max_clients: int = 100_000) -> None:
+    def __init__(self, clock: object = time.monotonic, max_clients: int = 100_000, *,
+                 fail_closed: bool = False) -> None:
         self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()  # least recently used first
         self._max = max_clients
+        self.fail_closed = fail_closed
+        self._scan_after = 0.0  # a full store is scanned at most once a second
 
     async def take(self, client_id: str, rate: float, burst: int) -> float:
         return self.take_now(client_id, rate, burst)
@@ -67,11 +77,12 @@ class MemoryRateLimiter:
         now = self._clock()  # type: ignore[operator]
         b = self._buckets.get(client_id)
         if b is None:
-            if len(self._buckets) >= self._max:
-                self._forget_full(now, rate, burst)
-            b = self._buckets[client_id] = _Bucket(float(burst), now)
+            if len(self._buckets) >= self._max and not self._make_room(now):
+                return FULL_WAIT
+            b = self._buckets[client_id] = _Bucket(float(burst), now, rate, burst)
         else:
-            b.tokens, b.at = _refilled(b, now, rate, burst), now
+            self._buckets.move_to_end(client_id)
+            b.tokens, b.at, b.rate, b.burst = _refilled(b, now, rate, burst), now, rate, burst
         if b.tokens >= 1.0:
             b.tokens -= 1.0
             return 0.0
@@ -85,9 +96,19 @@ class MemoryRateLimiter:
         tokens = _refilled(b, self._clock(), rate, burst)  # type: ignore[operator]
         return 0.0 if tokens >= 1.0 else _wait(tokens, rate)
 
-    def _forget_full(self, now: float, rate: float, burst: int) -> None:
-        for cid in [c for c, b in self._buckets.items() if _refilled(b, now, rate, burst) >= burst]:
-            del self._buckets[cid]
+    def _make_room(self, now: float) -> bool:
+        """Drop refilled buckets (by their own rates); whether there is room for one more."""
+        if now >= self._scan_after:
+            self._scan_after = now + 1.0
+            for cid in [c for c, b in self._buckets.items() if _refilled(b, now, b.rate, b.burst) >= b.burst]:
+                del self._buckets[cid]
+        if len(self._buckets) < self._max:
+            return True
+        if self.fail_closed:
+            log.error("verify budgets: %d buckets held and none refilled: new claims refused for now", self._max)
+            return False
+        self._buckets.popitem(last=False)  # the longest unused: a request rate fails open
+        return True
 
     def status(self) -> dict[str, str]:
         return {"store": "memory", "status": "ok"}
@@ -122,14 +143,15 @@ return tostring(wait)
 class RedisRateLimiter:
     """One bucket per client in Redis, shared by every worker and replica using the same URL."""
 
-    def __init__(self, url: str, *, prefix: str = "hutong:rate:", timeout: float = 0.5) -> None:
+    def __init__(self, url: str, *, prefix: str = "hutong:rate:", timeout: float = 0.5,
+                 fail_closed: bool = False) -> None:
         import redis.asyncio as redis
 
         self.url = url
         self.prefix = prefix
         self.client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._script = self.client.register_script(_LUA)
-        self.fallback = MemoryRateLimiter()
+        self.fallback = MemoryRateLimiter(fail_closed=fail_closed)
         self.degraded = False
         self._retry_at = 0.0
         self.attempts = 0  # calls that went to Redis
@@ -160,5 +182,7 @@ class RedisRateLimiter:
         await self.client.aclose()
 
 
-def open_rate_limiter(store: str) -> RateLimiter:
-    return MemoryRateLimiter() if store == "memory" else RedisRateLimiter(store)
+def open_rate_limiter(store: str, *, prefix: str = "hutong:rate:", fail_closed: bool = False) -> RateLimiter:
+    if store == "memory":
+        return MemoryRateLimiter(fail_closed=fail_closed)
+    return RedisRateLimiter(store, prefix=prefix, fail_closed=fail_closed)

@@ -65,7 +65,7 @@ async def spend_claims(claims: list[Claim], limiter: RateLimiter, client_id: str
     rate = limits.verify_budget / (limits.verify_window * 3600.0)
     for c in claims:
         # The subject only as its pseudonym: the store (Redis) never holds a raw ID number.
-        bucket = f"verify:{client_id}:{hasher(c.subject)}:{c.field}"
+        bucket = f"{client_id}:{hasher(c.subject)}:{c.field}"
         for _ in range(c.weight):
             wait = await limiter.take(bucket, rate, limits.verify_budget)
             if wait > 0:

@@ -304,3 +304,21 @@ async def test_a_redis_clock_stepping_back_does_not_lock_a_client_out() -> None:
     finally:
         await limiter.client.delete(limiter.prefix + key)
         await limiter.close()
+
+
+async def test_buckets_of_different_rates_share_a_store_and_a_spent_verify_budget_is_never_dropped() -> None:
+    now = [0.0]
+    budgets = MemoryRateLimiter(clock=lambda: now[0], max_clients=3, fail_closed=True)
+    slow = (10 / 86400, 10)  # a verify budget: 10 a day
+    for _ in range(10):
+        assert budgets.take_now("spent", *slow) == 0.0
+    assert budgets.take_now("spent", *slow) > 3600
+    # New keys at another rate fill the store; judged by its own rate, the spent budget is not "full".
+    assert budgets.take_now("a", 50.0, 100) == 0.0 and budgets.take_now("b", 50.0, 100) == 0.0
+    now[0] = 2.0  # a and b have refilled; "spent" has not
+    assert budgets.take_now("c", 50.0, 100) == 0.0  # room made by dropping the refilled ones
+    assert budgets.take_now("spent", *slow) > 3600  # still spent
+    assert budgets.take_now("d", *slow) == 0.0 and budgets.take_now("e", *slow) > 0  # full of spent budgets
+    # A request-rate store fails open instead: the longest unused bucket makes room.
+    rates = MemoryRateLimiter(clock=lambda: now[0], max_clients=2)
+    assert [rates.take_now(k, *slow) for k in ("x", "y", "z")] == [0.0, 0.0, 0.0]
