@@ -254,9 +254,8 @@ class _Stage:
             data_type = ds.field(r.column).type
             op = Op(r.op)
             try:
-                value = r.bind(self.ctx.subject)
-                conds.append(Condition(r.column, op, [coerce(v, data_type) for v in value.split("|")]
-                                       if op is Op.IN else coerce(value, data_type)))
+                conds.append(Condition(r.column, op, [coerce(v, data_type) for v in r.bind_each(self.ctx.subject)]
+                                       if op is Op.IN else coerce(r.bind(self.ctx.subject), data_type)))
             except (ValueError, ArithmeticError, LookupError):
                 # A rule this client's identity cannot satisfy (a value of the wrong type, an attribute it
                 # does not have): refuse rather than widen or crash.

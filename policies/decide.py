@@ -130,6 +130,11 @@ class RowRule:
 
         return _PLACEHOLDER.sub(value, self.value)
 
+    def bind_each(self, subject: Subject) -> list[str]:
+        """For ``in``: the line's own alternatives (split on ``|``), each bound. Split before binding,
+        so that an attribute holding a ``|`` stays one value instead of widening the rule."""
+        return [RowRule(self.column, self.op, part).bind(subject) for part in self.value.split("|")]
+
 
 @dataclass
 class _Compiled:

@@ -14,7 +14,7 @@ import pytest
 from catalog.loader import load_catalog
 from catalog.model import Catalog
 from gateway.config import REPO_ROOT
-from policies.decide import Access, Decider, Subject
+from policies.decide import Access, Decider, RowRule, Subject
 from policies.masks import Masker, hmac_hex
 from policies.store import FilePolicySource, PolicyStore, RepositorySource
 from policies.validate import PolicyError
@@ -209,3 +209,9 @@ async def test_row_rule_placeholders_are_bound_per_client(tmp_path: Path) -> Non
     store = await load(write(tmp_path, "p2, app, civil.subsistence_case, *, street_office, eq, ${department}"))
     (rule,) = Decider(store, CATALOG).row_rules(CLIENT, "subsistence-allowance-review", "civil.subsistence_case")
     assert rule.bind(CLIENT) == "civil"
+
+
+def test_an_attribute_holding_a_bar_stays_one_value_of_an_in_rule() -> None:
+    rule = RowRule("district", "in", "${claim.district}|东湖区")
+    sneaky = Subject.of("app", "civil", (), {"district": "北苑区|西山区|鼓楼区"})
+    assert rule.bind_each(sneaky) == ["北苑区|西山区|鼓楼区", "东湖区"]  # never three districts more
