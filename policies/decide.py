@@ -27,6 +27,7 @@ import casbin
 from casbin.util import key_match
 
 from catalog.model import Catalog, Purpose, ShareType
+from policies.lines import PLACEHOLDER
 from policies.masks import mask_rank
 from policies.store import PolicyStore, Snapshot
 
@@ -103,7 +104,6 @@ class Decision:
     reason: str = ""  # for DENIED: why, naming the field and purpose, never a value
 
 
-_PLACEHOLDER = re.compile(r"\$\{(client_id|department|claim\.[a-z][a-z0-9_]*)\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +128,7 @@ class RowRule:
                 raise LookupError(f"the client has no attribute {attribute!r}")
             return attributes[attribute]
 
-        return _PLACEHOLDER.sub(value, self.value)
+        return PLACEHOLDER.sub(value, self.value)
 
     def bind_each(self, subject: Subject) -> list[str]:
         """For ``in``: the line's own alternatives (split on ``|``), each bound. Split before binding,

@@ -14,12 +14,25 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable
 
 import casbin
 
-__all__ = ["ARITY", "PolicyLine", "enforcer_of", "format_csv", "format_line", "lines_of", "parse_csv",
-           "parse_line"]
+__all__ = [
+    "ARITY",
+    "PLACEHOLDER",
+    "PolicyLine",
+    "enforcer_of",
+    "format_csv",
+    "format_line",
+    "lines_of",
+    "parse_csv",
+    "parse_line",
+]
+
+# What a row rule's value may name (p2 lines): bound per client at authorisation (policies/decide.py).
+PLACEHOLDER = re.compile(r"\$\{(client_id|department|claim\.[a-z][a-z0-9_]*)\}")
 
 PolicyLine = tuple[str, ...]
 ARITY = {"p": 6, "p2": 6, "g": 2}  # values after the type

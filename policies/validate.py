@@ -12,6 +12,7 @@ import re
 import casbin
 
 from catalog.model import Catalog, DataType, ShareType
+from policies.lines import PLACEHOLDER
 from policies.masks import mask_for
 from resolvers.coerce import coerce
 from resolvers.query import Op
@@ -19,7 +20,6 @@ from resolvers.query import Op
 __all__ = ["ACTIONS", "PolicyError", "validate_policy"]
 
 ACTIONS = ("read", "read_masked", "verify")
-PLACEHOLDER = re.compile(r"\$\{(client_id|department|claim\.[a-z][a-z0-9_]*)\}")
 ROW_OPS = {op.value for op in Op} - {Op.IS_NULL.value}
 
 
