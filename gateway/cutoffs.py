@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.audit.entry import request_record
-from gateway.audit.errors import AuditUnavailable
+from gateway.audit.errors import AuditTimeout, AuditUnavailable
 from gateway.errors import Code
 
 __all__ = ["Cutoffs"]
@@ -85,8 +85,11 @@ class Cutoffs:
                                status=429, body=body, audit={"refused": count}, latency_ms=seconds * 1000)
         try:
             await self._append("request", entry)
+        except AuditTimeout:
+            # The record is still on its way (the writer keeps it): counting these again would double them.
+            log.error("%s: the audit log is slow to record %d refused requests", address, count)
         except AuditUnavailable:
-            # Nothing was answered to these requests; the count is kept for the next record.
+            # Not written: the count is kept for the next record.
             p.count += count
             log.error("%s: the audit log cannot record %d refused requests now; kept for the next record",
                       address, count)

@@ -322,3 +322,33 @@ async def test_buckets_of_different_rates_share_a_store_and_a_spent_verify_budge
     # A request-rate store fails open instead: the longest unused bucket makes room.
     rates = MemoryRateLimiter(clock=lambda: now[0], max_clients=2)
     assert [rates.take_now(k, *slow) for k in ("x", "y", "z")] == [0.0, 0.0, 0.0]
+
+
+async def test_a_slow_audit_neither_doubles_nor_relabels_a_count_of_refusals(tmp_path: Path) -> None:
+    from gateway.audit.errors import AuditTimeout, AuditUnavailable
+    from gateway.cutoffs import Cutoffs
+
+    written: list[dict[str, Any]] = []
+    outcomes = iter([AuditTimeout(), None, AuditUnavailable(), None])
+
+    async def append(kind: str, body: dict[str, Any]) -> None:
+        outcome = next(outcomes)
+        if isinstance(outcome, AuditTimeout):
+            written.append(body)  # slow: written after all, once the caller gave up
+            raise outcome
+        if outcome is not None:
+            raise outcome  # refused: not written
+        written.append(body)
+
+    now = [0.0]
+    cut = Cutoffs(append, clock=lambda: now[0])
+    await cut.refused("address:10.0.0.9")  # recorded slowly: 1
+    await cut.refused("address:10.0.0.9")  # pending
+    now[0] = 11.0
+    await cut.refused("address:10.0.0.9")  # recorded: 2
+    await cut.refused("address:10.0.0.9")  # pending
+    now[0] = 22.0
+    await cut.refused("address:10.0.0.9")  # refused by the store: 2 kept for the next record
+    await cut.let_through("address:10.0.0.9")  # recorded: 2
+    assert [b["refused"] for b in written] == [1, 2, 2]  # 5 requests, each counted once
+    assert all(b["status"] == 429 and b["codes"] == ["RATE_LIMITED"] for b in written)

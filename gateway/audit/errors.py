@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AuditError", "AuditUnavailable"]
+__all__ = ["AuditError", "AuditTimeout", "AuditUnavailable"]
 
 
 class AuditError(Exception):
@@ -17,3 +17,8 @@ class AuditUnavailable(AuditError):
 
     def __init__(self, reason: str = "the audit store cannot record this request") -> None:
         super().__init__(reason)
+
+
+class AuditTimeout(AuditUnavailable):
+    """The store did not confirm in time: the record may still be written (the writer then makes it,
+    or a correction after it, say that its request was answered 503)."""

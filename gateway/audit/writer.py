@@ -30,7 +30,7 @@ import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.audit.errors import AuditUnavailable
+from gateway.audit.errors import AuditTimeout, AuditUnavailable
 from gateway.audit.keys import AuditKeys
 from gateway.audit.mark import write_head_mark
 from gateway.audit.record import KINDS, Receipt, check_body, checkpoint_message, derive, format_time
@@ -140,13 +140,13 @@ class AuditWriter:
         except TimeoutError:
             # The caller answers 503 now; the record must not say otherwise once it is written. Still
             # queued: it is written saying so. Already being written: a correction follows it.
-            if kind == "request":
+            if kind == "request" and "refused" not in body:  # (a count of refusals was answered 429 already)
                 if item.taken:
                     item.late = True
                 else:
                     item.body = _unanswered(body)
                     item.body_json = check_body(item.body)
-            raise AuditUnavailable("the audit store did not confirm the record in time") from None
+            raise AuditTimeout("the audit store did not confirm the record in time") from None
 
     async def checkpoint_now(self) -> int | None:
         """Sign the current head now if it is not signed yet; its seq, or None if nothing to sign."""
