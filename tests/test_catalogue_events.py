@@ -17,9 +17,12 @@ class _Store:
     def __init__(self, bodies: list[dict[str, Any]]) -> None:
         self.bodies = bodies
 
-    async def search(self, filters: dict[str, Any], limit: int) -> tuple[list[dict[str, Any]], int]:
+    async def search(self, filters: dict[str, Any], limit: int, after_seq: int | None = None
+                     ) -> tuple[list[dict[str, Any]], int]:
         assert filters == {"kind": "admin"}
-        return [{"body": b} for b in self.bodies[:limit]], len(self.bodies)
+        records = [{"seq": len(self.bodies) - i, "body": b} for i, b in enumerate(self.bodies)]
+        records = [r for r in records if after_seq is None or r["seq"] < after_seq]
+        return records[:limit], len(self.bodies)
 
 
 def _catalog() -> Any:
@@ -50,3 +53,14 @@ async def test_a_changed_share_type_is_a_catalogue_change_with_before_and_after(
     assert change["after"]["catalogue_digest"] == start["after"]["catalogue_digest"] != change["before"][
         "catalogue_digest"]
     assert "@" in change["actor"]  # who started the gateway on it: user@host
+
+
+async def test_the_previous_start_is_found_behind_many_other_admin_events() -> None:
+    cat = _catalog()
+    (first,) = await start_events(_Store([]), cat, "hutong.toml", {"version": 1})
+    ds = cat.datasets["psb.resident"]
+    fields = [f.model_copy(update={"share": ShareType.NONE}) if f.name == "address" else f for f in ds.fields]
+    changed = dataclasses.replace(cat, datasets={**cat.datasets, ds.code: ds.model_copy(update={"fields": fields})})
+    busy = [{"event": "consent.grant"}] * 1201 + [first]  # three pages of consent events since the last start
+    assert [e["event"] for e in await start_events(_Store(busy), changed, "hutong.toml", {})] == [
+        "catalogue.change", "gateway.start"]
