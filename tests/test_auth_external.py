@@ -101,7 +101,8 @@ async def test_claims_are_mapped_by_configuration(ext: tuple[Harness, FakeIdP]) 
 async def test_namespaced_claims_and_unmapped_values(tmp_path: Path, idp: tuple[FakeIdP, str]) -> None:
     fake, url = idp
     h = await Harness.start(external_config(tmp_path, url, department_claim="https://city.test/department",
-                                            roles_claim="scope", department_map={}, role_map={}, trust_roles=True))
+                                            roles_claim="scope", department_map={}, role_map={}, trust_roles=True,
+                                            trust_department=True))
     try:
         r = await h.call(fake.token(**{"https://city.test/department": "mr", "scope": "market-inspector read"}))
         assert r.status_code == 200, r.text
@@ -274,10 +275,14 @@ def test_external_configuration_is_checked(tmp_path: Path) -> None:
 
     url = "https://idp.city.test/certs"
     assert external_config(tmp_path, url).external.client_id_prefix == "idp:"
-    default = parse_auth({"external": {"issuer": IDP, "jwks_url": url}}, base_dir=tmp_path, demo=False,
-                         default_issuer="https://gw.test", environ={}).external
+    default = parse_auth({"external": {"issuer": IDP, "jwks_url": url, "trust_department": True}}, base_dir=tmp_path,
+                         demo=False, default_issuer="https://gw.test", environ={}).external
     assert (default.client_id_claim, default.trust_roles, default.role_map, default.attributes) == (
         "client_id", False, {}, {})
+    # Without a department_map, the IdP's department values are trusted only when the configuration says so.
+    with pytest.raises(ConfigError, match="give a department_map"):
+        parse_auth({"external": {"issuer": IDP, "jwks_url": url}}, base_dir=tmp_path, demo=False,
+                   default_issuer="https://gw.test", environ={})
     for bad, match in (
             ({"trust_roles": True}, "exclude each other"),  # with the role_map external_config sets
             ({"role_map": {}, "trust_roles": "yes"}, "true or false"),
@@ -285,6 +290,8 @@ def test_external_configuration_is_checked(tmp_path: Path) -> None:
             ({"client_id_prefix": "dept:"}, "client_id_prefix"),
             ({"client_id_prefix": "ext"}, "client_id_prefix"),
             ({"client_id_prefix": "Ext:"}, "client_id_prefix"),
+            ({"client_id_prefix": "group:"}, "client_id_prefix"),
+            ({"client_id_prefix": "keycloak:"}, "client_id_prefix"),
             ({"role_map": {"doctor": "Clinician"}}, "role_map.doctor"),
             ({"role_map": {"doctor": "role:x"}}, "role_map.doctor"),
             ({"attributes": {"District": "district"}}, "attribute name"),
@@ -293,4 +300,4 @@ def test_external_configuration_is_checked(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=match):
             external_config(tmp_path, url, **bad)
-    assert external_config(tmp_path, url, client_id_prefix="keycloak:").external.client_id_prefix == "keycloak:"
+    assert external_config(tmp_path, url, client_id_prefix="idp-kc:").external.client_id_prefix == "idp-kc:"

@@ -91,7 +91,8 @@ def test_mistakes_are_refused_with_what_to_do(tmp_path: Path, raw: dict[str, Any
 
 def test_external_defaults(tmp_path: Path) -> None:
     auth = parse(tmp_path, audience="hutong-x",
-                 external={"issuer": "https://idp.test/realms/gov/", "jwks_url": "http://127.0.0.1:9/certs"})
+                 external={"issuer": "https://idp.test/realms/gov/", "jwks_url": "http://127.0.0.1:9/certs",
+                           "trust_department": True})
     ext = auth.external
     assert ext is not None
     assert ext.issuer == "https://idp.test/realms/gov/", "compared exactly as the IdP writes it"

@@ -56,11 +56,11 @@ AUTH_KEYS = {"issuer", "audience", "token_ttl", "signing_key", "previous_keys", 
              "extra_departments"}
 EXTERNAL_KEYS = {"issuer", "audience", "jwks_url", "department_claim", "roles_claim", "client_id_claim",
                  "client_id_prefix", "algorithms", "token_types", "department_map", "role_map", "trust_roles",
+                 "trust_department",
                  "attributes"}
-# The namespace of an external IdP's client ids: lower-case, ending in ":" (which no local client id
-# holds), and not one of the policy's own subject namespaces.
-CLIENT_ID_PREFIX = re.compile(r"[a-z][a-z0-9_-]{0,15}:")
-RESERVED_PREFIXES = ("role:", "dept:")
+# "idp:" or "idp-NAME:": policies name an IdP's clients with it (policies/validate.py knows the form),
+# and it can never be role:, dept: or group:.
+CLIENT_ID_PREFIX = re.compile(r"idp(-[a-z0-9]{1,12})?:")
 
 
 @dataclass(frozen=True)
@@ -207,10 +207,17 @@ def _external(raw: Mapping[str, Any], text: Any, default_audience: str, at: str)
         raise ConfigError(f"{at}: attribute name(s) {', '.join(map(repr, bad))}: use a lower-case letter, then "
                           "lower-case letters, digits or '_'")
     prefix = text("client_id_prefix", ExternalIdP.client_id_prefix, raw, at)
-    if not CLIENT_ID_PREFIX.fullmatch(prefix) or prefix in RESERVED_PREFIXES:
-        raise ConfigError(f"{at}: client_id_prefix {prefix!r}: use a short lower-case name ending in ':' "
-                          "(default \"idp:\"), not role: or dept:, so the IdP's client ids can never be a local "
-                          "client's or a policy group's name")
+    if not CLIENT_ID_PREFIX.fullmatch(prefix):
+        raise ConfigError(f"{at}: client_id_prefix {prefix!r}: use \"idp:\" (the default) or \"idp-NAME:\" "
+                          "for a second provider, so the IdP's client ids can never be a local client's, a role's, "
+                          "a department's or a policy group's name")
+    trust_department = raw.get("trust_department", False)
+    if not isinstance(trust_department, bool):
+        raise ConfigError(f"{at}: trust_department must be true or false")
+    if not dept_map and not trust_department:
+        # Any client the IdP registers could otherwise claim "health" and act as the health department.
+        raise ConfigError(f"{at}: give a department_map (IdP value = \"department code\"), or trust_department = "
+                          "true if the IdP's department values are the catalogue's codes and only it sets them")
     return ExternalIdP(
         issuer=_url(text("issuer", "", raw, at), f"{at} issuer"),  # compared exactly: IdPs differ on a final /
         audience=text("audience", default_audience, raw, at),
