@@ -169,8 +169,14 @@ def serve(config: ConfigOpt = None,
             raise typer.Exit(1)
     os.environ["HUTONG_CONFIG"] = str(settings.path)
     run_server("gateway.app:create_app", host=host or settings.host, port=port or settings.port, workers=workers,
-               log_config=LOG_CONFIG, access_log=False, proxy_headers=bool(settings.trusted_proxies),
-               forwarded_allow_ips=",".join(settings.trusted_proxies) or None)
+               log_config=LOG_CONFIG, access_log=False, **_proxy_options(settings))
+
+
+def _proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's forwarded-header handling: only for [gateway] trusted_proxies (uvicorn's own default
+    would believe X-Forwarded-For from any local caller, who could then pick the address recorded)."""
+    return {"proxy_headers": bool(settings.trusted_proxies),
+            "forwarded_allow_ips": ",".join(settings.trusted_proxies) or None}
 
 
 @catalog_app.command("check")
@@ -388,7 +394,7 @@ def demo_serve(port: Annotated[int | None, typer.Option(help="Gateway port (defa
                     residents=_residents(data))
             os.environ["HUTONG_CONFIG"] = str(settings.path)
             uvicorn.run("gateway.app:create_app", factory=True, host=settings.host, port=gw_port,
-                        log_config=LOG_CONFIG, access_log=False)
+                        log_config=LOG_CONFIG, access_log=False, **_proxy_options(settings))
     except HousingStartError as exc:
         error(str(exc))
         raise typer.Exit(1) from None
