@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = ["Cutoffs"]
 log = logging.getLogger("hutong.limits")
 
 FLUSH_SECONDS = 10.0
+MAX_ADDRESSES = 10_000  # cut-off addresses remembered at once
 
 Append = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
@@ -44,7 +46,7 @@ class Cutoffs:
     def __init__(self, append: Append, clock: Callable[[], float] = time.monotonic) -> None:
         self._append = append
         self._clock = clock
-        self._pending: dict[str, _Pending] = {}
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()  # oldest cut-off first
 
     async def refused(self, address: str) -> None:
         """Count a refused request of ``address``; record the count if it is due."""
@@ -52,6 +54,10 @@ class Cutoffs:
         p = self._pending.get(address)
         first = p is None
         if p is None:
+            if len(self._pending) >= MAX_ADDRESSES:  # addresses that never come back (rotating IPv6): the
+                old, gone = self._pending.popitem(last=False)  # oldest is recorded and forgotten
+                if gone.count:
+                    await self._flush(old, gone, now)
             p = self._pending[address] = _Pending(since=now)
             log.warning("%s: cut off for sending requests with invalid tokens; refusing it until its bucket refills",
                         address)

@@ -214,6 +214,7 @@ class Gateway:
             if claims:
                 # Whatever the answer, a claim tells something about its subject: recorded as read.
                 audit["claimed"] = sorted({self.subjects(c.subject) for c in claims})
+                audit["looked_up"] = audit["claimed"]  # asked about, answered or refused
                 check_claims(claims, limits)
             self._check_limits(plan, limits, audit)
             requested = plan.requested()  # before authorisation trims what it withholds
@@ -392,7 +393,7 @@ class Gateway:
             result = await result
         assert isinstance(result, ExecutionResult)
         if looked_up:
-            audit["looked_up"] = sorted(looked_up)
+            audit["looked_up"] = sorted(looked_up | set(audit.get("looked_up", ())))
         return result
 
     async def close(self) -> None:

@@ -221,6 +221,10 @@ async def test_a_false_answer_still_records_whom_it_was_about(gateway: Gateway, 
                             context=ctx(MARKET, "market-supervision"))
     assert out.body == {"data": {"verify": False}} and born >= "1900-01-01"
     assert out.audit["subjects"] == [gateway.subjects(person["id_number"])]
+    # Refused claims were still asked about someone: looked_up says whom.
+    refused = await gateway.run(f"query($id: String!) {{ {_claims(6)} }}", None, {"id": person["id_number"]},
+                                context=ctx(MARKET, "market-supervision"))
+    assert refused.status == 400 and refused.audit["looked_up"] == [gateway.subjects(person["id_number"])]
 
 
 async def test_filters_on_forbidden_fields_fail_the_request(gateway: Gateway) -> None:

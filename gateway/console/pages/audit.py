@@ -181,7 +181,10 @@ async def search_page(request: Request, subject_error: str | None = None,
             newest_url = f"{base}?{urlencode(kept)}" if kept else base
         used = {k: v for k, v in filters.items() if k != "subject_hmac"}
         await _record(request, user, {"event": "console.audit_search", "target": "audit log", "filters": used,
-                                      "subject_filter": bool(subject_hmac), "after_seq": after, "matched": total,
+                                      "subject_filter": bool(subject_hmac),
+                                      # whom the search was about, by pseudonym: reading about someone is traced
+                                      **({"looked_up": [subject_hmac]} if subject_hmac else {}),
+                                      "after_seq": after, "matched": total,
                                       "shown": len(rows)})
     return render(request, "audit.html", status=400 if errors else 200, form=form, times=times, subject=subject,
                   subject_hmac=subject_hmac,
