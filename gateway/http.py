@@ -24,7 +24,7 @@ from starlette.responses import Response, StreamingResponse
 
 from catalog.keys import scrub_keys
 from gateway.accept import best_of
-from gateway.audit.entry import part_record, request_record
+from gateway.audit.entry import answer_withheld, part_record, request_record
 from gateway.audit.errors import AuditUnavailable
 from gateway.auth.bearer import auth_error_response
 from gateway.auth.errors import AuthError
@@ -271,9 +271,7 @@ async def _withheld(request: Request, request_ids: list[str]) -> None:
     as the audit log can still be written (it just failed once)."""
     for rid in request_ids:
         try:
-            await request.app.state.audit.append("admin", {
-                "event": "audit.answer_withheld", "target": rid, "actor": "gateway", "before": None, "after": None,
-                "outcome": "ok", "status": 503, "codes": [Code.AUDIT_UNAVAILABLE.value]})
+            await request.app.state.audit.append("admin", answer_withheld(rid))
         except AuditUnavailable:
             log.error("batch: could not record that the answer to %s was withheld", rid)
             return

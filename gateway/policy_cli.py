@@ -315,7 +315,7 @@ def policy_explain(client: Annotated[str, typer.Option("--client", help="The cli
             raise
     else:
         fields = [field or ""]
-    subject = Subject.of(found.client_id, found.department, found.roles, found.attributes)
+    subject = Subject.of_client(found)
     try:
         explanations = explain_query(enforcer, catalog, subject, purpose, fields)
     except ValueError as exc:
@@ -360,7 +360,7 @@ def policy_simulate(file: Annotated[Path | None, typer.Option("--file", help="A 
     except ValueError as exc:
         fail(str(exc), 2)
         raise
-    subjects = [Subject.of(c.client_id, c.department, c.roles, c.attributes) for c in clients]
+    subjects = [Subject.of_client(c) for c in clients]
     result = simulate(catalog, before, after, subjects, [purpose] if purpose else None)
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), ensure_ascii=False, indent=2) + "\n")

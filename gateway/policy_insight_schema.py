@@ -182,7 +182,7 @@ class PolicyInsightQuery(graphene.ObjectType):
         if client is None:
             raise ValueError(f"no client {client_id!r} is registered; `hutong client list` shows them")
         fields = [field] if field is not None else ctx["plan_fields"](query)
-        subject = Subject.of(client.client_id, client.department, client.roles, client.attributes)
+        subject = Subject.of_client(client)
         found = explain_query(ctx["decider"].store.snapshot.enforcer, ctx["catalog"], subject, purpose, fields)
         return [{**e.to_dict(), "client_disabled": client.disabled} for e in found]
 
@@ -198,7 +198,7 @@ class PolicyInsightQuery(graphene.ObjectType):
         before = ctx["decider"].store.snapshot.enforcer
         lines = parse_csv(csv) if csv is not None else proposed(lines_of(before), _parsed(add or []),
                                                                 _parsed(remove or []))
-        subjects = [Subject.of(c.client_id, c.department, c.roles, c.attributes)
+        subjects = [Subject.of_client(c)
                     for c in await ctx["clients"].list() if not c.disabled]
         # Building, validating and comparing a large policy takes a while: off the event loop.
         result = await asyncio.to_thread(_simulate, ctx["catalog"], before, lines, subjects,

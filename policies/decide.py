@@ -91,6 +91,11 @@ class Subject:
            attributes: Mapping[str, str] | None = None) -> Subject:
         return cls(client_id, department, frozenset(roles), tuple(sorted((attributes or {}).items())))
 
+    @classmethod
+    def of_client(cls, client: Any) -> Subject:
+        """A registered client (the client store's record) as its access token presents it."""
+        return cls.of(client.client_id, client.department, client.roles, client.attributes)
+
     @property
     def names(self) -> tuple[str, ...]:
         """The subject's own names in policy lines: the client id, dept:CODE, role:NAME."""

@@ -275,4 +275,4 @@ def demo_subject(client_id: str) -> Subject:
     from gateway.auth.demo import DEMO_CLIENTS
 
     c = next(c for c in DEMO_CLIENTS if c.client_id == client_id)
-    return Subject.of(c.client_id, c.department, c.roles, c.attributes)
+    return Subject.of_client(c)

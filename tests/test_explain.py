@@ -34,7 +34,7 @@ from policies.store import FilePolicySource, PolicyStore, Snapshot, index_by_sub
 CATALOG: Catalog = load_catalog(REPO_ROOT / "demo" / "catalog")
 POLICY_FILE = REPO_ROOT / "demo" / "policies" / "policy.csv"
 DEMO_LINES = parse_csv(POLICY_FILE.read_text(encoding="utf-8"))
-SUBJECTS = [Subject.of(c.client_id, c.department, c.roles, c.attributes) for c in DEMO_CLIENTS]
+SUBJECTS = [Subject.of_client(c) for c in DEMO_CLIENTS]
 FIELDS = [f"{ds.code}.{f.name}" for ds in CATALOG.datasets.values() for f in ds.fields]
 REVIEW = "subsistence-allowance-review"
 

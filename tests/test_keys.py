@@ -94,7 +94,8 @@ def test_scrub_keys_replaces_keys_inside_names_and_in_groups_and_bounds_its_work
 
     person, org = "990111198009303439", "91110000MA01T8HB03"
     assert normalise_credit_code(org) == org
-    assert scrub_keys(f"query P{person} {{ _{person}: x }}", tag) == "query P[id_number:<3439>] { _[id_number:<3439>]: x }"
+    assert scrub_keys(f"query P{person} {{ _{person}: x }}", tag) == \
+        "query P[id_number:<3439>] { _[id_number:<3439>]: x }"
     assert scrub_keys("case 9901 1119 8009 3034 39 done", tag) == "case [id_number:<3439>] done"
     assert scrub_keys(f"org {org.lower()}", tag) == "org [credit_code:<HB03>]"
     assert scrub_keys("CASE-2026-000123 and 99011119800930343", tag) == "CASE-2026-000123 and 99011119800930343"

@@ -219,3 +219,11 @@ def request_record(*, request_id: str, ip: str | None, client_id: str | None, de
         # People an audit or consent query looked up by key (pseudonyms): reading about someone is traced.
         **({"looked_up": audit["looked_up"]} if audit.get("looked_up") else {}),
     }
+
+
+def answer_withheld(request_id: str | None, corrects_seq: int | None = None) -> dict[str, Any]:
+    """The admin record saying a request recorded as answered was not (its caller answered 503
+    AUDIT_UNAVAILABLE): ``corrects_seq`` is that record's seq when known."""
+    return {"event": "audit.answer_withheld", "target": request_id, "actor": "gateway", "before": None,
+            "after": None, "outcome": "ok", "status": 503, "codes": ["AUDIT_UNAVAILABLE"],
+            **({"corrects_seq": corrects_seq} if corrects_seq is not None else {})}

@@ -30,6 +30,7 @@ import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from gateway.audit.entry import answer_withheld
 from gateway.audit.errors import AuditTimeout, AuditUnavailable
 from gateway.audit.keys import AuditKeys
 from gateway.audit.mark import write_head_mark
@@ -299,9 +300,7 @@ class AuditWriter:
         """Records committed after their callers gave up and answered 503: an admin record each, so
         that the log never says a request was answered that was not."""
         corrections = [_Item("admin", body, check_body(body), asyncio.get_running_loop().create_future())
-                       for body in ({"event": "audit.answer_withheld", "target": item.body.get("request_id"),
-                                     "actor": "gateway", "before": None, "after": None, "outcome": "ok",
-                                     "corrects_seq": receipt.seq, "status": 503, "codes": ["AUDIT_UNAVAILABLE"]}
+                       for body in (answer_withheld(item.body.get("request_id"), receipt.seq)
                                     for item, receipt in late)]
         try:
             await self._write(corrections)

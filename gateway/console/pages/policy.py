@@ -280,7 +280,7 @@ async def policy_explain(request: Request) -> Response:
         return render(request, "policy_explain.html", 400, flash=f"No client {asked['client']!r} is registered.",
                       flash_kind="error", **context)
     enforcer, version = await _in_force(gw)
-    subject = Subject.of(client.client_id, client.department, client.roles, client.attributes)
+    subject = Subject.of_client(client)
     try:
         found = explain(enforcer, gw.catalog, subject, asked["purpose"], asked["field"])
     except ValueError as exc:
@@ -321,7 +321,7 @@ async def policy_simulate(request: Request) -> Response:
                       flash_kind="error", **context)
     purposes = [asked["purpose"]] if asked["purpose"] else None
     before, version = await _in_force(gw)
-    subjects = [Subject.of(c.client_id, c.department, c.roles, c.attributes)
+    subjects = [Subject.of_client(c)
                 for c in await _clients(gw) if not c.disabled]
     try:
         lines = proposed(lines_of(before), add=add, remove=remove)
