@@ -9,6 +9,12 @@ is recorded in the audit log as a ``policy.change`` event before it commits: a c
 audit log cannot take is not made (and one that fails to commit after its event was written is
 followed by a ``policy.change_aborted`` event).
 
+The policy in force is also Casbin's ``casbin_rule`` table, which hutong alone writes (see
+:mod:`policies.casbin_rule`). If it was changed outside hutong, changes of a few lines are
+refused until an administrator settles it; a change that states the whole policy (an import,
+a rollback, :meth:`PolicyAdmin.adopt_casbin_rule`, :meth:`PolicyAdmin.restore_casbin_rule`)
+rewrites it, and its version and audit event say what was overwritten.
+
 The command line (``hutong policy``) is an operator's tool: whoever can run it with the
 configuration can write the store, as with the database's own credentials; it records the
 author it is given (``--by``, default the OS account) in the version and the audit log.
@@ -22,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from catalog.model import Catalog
-from policies.lines import PolicyLine, enforcer_of, format_csv, format_line, parse_csv
+from policies.lines import ARITY, PolicyLine, enforcer_of, format_csv, format_line, parse_csv
 from policies.repository import PolicyConflict, PolicyRepository, PolicyVersion
 from policies.validate import PolicyError, validate_policy
 
@@ -67,7 +73,7 @@ class PolicyAdmin:
     async def change(self, *, add: Sequence[PolicyLine] = (), remove: Sequence[PolicyLine] = (), author: str,
                      reason: str, source: str = "api", expires_at: datetime | None = None,
                      base_version: int | None = None, now: datetime | None = None,
-                     limits: dict[PolicyLine, datetime | None] | None = None) -> PolicyVersion:
+                     limits: dict[PolicyLine, datetime | None] | None = None, resync: bool = False) -> PolicyVersion:
         """One new version: ``remove`` leaves force, ``add`` enters it (until ``expires_at``, or each
         line's own time limit in ``limits``). PolicyError when the resulting policy is invalid,
         PolicyConflict when the change does not apply (line absent or present, the base version
@@ -75,7 +81,8 @@ class PolicyAdmin:
 
         The audit event is written before the change commits, and the change is rolled back if
         it cannot be written. Should the commit itself fail after the event was written, a
-        ``policy.change_aborted`` event follows (best effort), so that the log tells."""
+        ``policy.change_aborted`` event follows (best effort), so that the log tells. ``resync``: the
+        change states the whole policy, and may rewrite a casbin_rule changed outside hutong."""
         now = now or datetime.now(UTC)
         if expires_at is not None and expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=UTC)  # a time without a zone is UTC, as everywhere in hutong
@@ -89,19 +96,23 @@ class PolicyAdmin:
 
         async def check_and_record(version: PolicyVersion, after: list[PolicyLine]) -> None:
             validate_policy(enforcer_of(after), self.catalog, f"version {version.number}")
-            await self.record({
+            event = {
                 "event": "policy.change", "target": f"policy version {version.number}", "actor": author,
                 "before": {"version": version.number - 1}, "after": {"version": version.number,
                                                                      "digest": version.digest},
-                "reason": reason, "source": source, "added": [format_line(x) for x in add],
+                "reason": version.reason, "source": source, "added": [format_line(x) for x in add],
                 "removed": [format_line(x) for x in remove],
-                "expires_at": expires_at.isoformat() if expires_at else None, "outcome": "ok"})
+                "expires_at": expires_at.isoformat() if expires_at else None, "outcome": "ok"}
+            if version.overwritten:  # casbin_rule had been changed outside hutong: what this version undid
+                event["casbin_rule_overwritten"] = list(version.overwritten)
+            await self.record(event)
             recorded.append(version.number)
 
         adding = [(x, (limits or {}).get(x, expires_at)) for x in add]
         try:
             return await self.repo.commit(add=adding, remove=list(remove), author=author, reason=reason,
-                                          source=source, now=now, base=base_version, then=check_and_record)
+                                          source=source, now=now, base=base_version, then=check_and_record,
+                                          resync=resync)
         except Exception:
             if recorded:
                 with contextlib.suppress(Exception):
@@ -111,17 +122,19 @@ class PolicyAdmin:
             raise
 
     async def replace_all(self, lines: Sequence[PolicyLine], *, author: str, reason: str, source: str = "import",
-                          now: datetime | None = None,
-                          limits: dict[PolicyLine, datetime | None] | None = None) -> PolicyVersion:
+                          now: datetime | None = None, limits: dict[PolicyLine, datetime | None] | None = None,
+                          resync: bool = True) -> PolicyVersion:
         """Make ``lines`` the whole policy (an import): the diff from the current one is the change,
-        committed against the version it was computed from (a change meanwhile makes it fail)."""
+        committed against the version it was computed from (a change meanwhile makes it fail).
+        It also makes casbin_rule hold exactly those lines, overwriting (and recording) a change made
+        to it outside hutong, unless ``resync`` is False."""
         head, current = await self.repo.live_at_head(now)
         have = {x for x, _ in current}
         wanted = list(dict.fromkeys(lines))
         keep = set(wanted)
         return await self.change(add=[x for x in wanted if x not in have],
                                  remove=[x for x, _ in current if x not in keep], author=author, reason=reason,
-                                 source=source, now=now, base_version=head, limits=limits)
+                                 source=source, now=now, base_version=head, limits=limits, resync=resync)
 
     async def import_csv(self, text: str, *, author: str, reason: str, now: datetime | None = None) -> PolicyVersion:
         try:
@@ -138,6 +151,29 @@ class PolicyAdmin:
         return await self.replace_all([x for x, _ in old], author=author,
                                       reason=f"rollback to version {number}: {reason}", source="rollback", now=now,
                                       limits=dict(old))
+
+    async def adopt_casbin_rule(self, *, author: str, reason: str, now: datetime | None = None) -> PolicyVersion:
+        """Take what casbin_rule holds, changed outside hutong, as the next version (validated and
+        audited like any import; lines left in place keep their time limit; time-limited lines that
+        have lapsed, and are only waiting to be removed from casbin_rule, are not granted again)."""
+        rows = await self.repo.casbin_rule_lines()
+        lapsed = await self.repo.lapsed(now or datetime.now(UTC))
+        bad = [f"casbin_rule row {n}: {format_line(x) if x else 'unreadable'}: not a policy line of hutong's model"
+               for n, x in enumerate(rows, start=1) if x is None or ARITY.get(x[0]) != len(x) - 1]
+        if bad:
+            raise PolicyError(bad)
+        return await self.replace_all([x for x in rows if x is not None and x not in lapsed], author=author,
+                                      source="casbin_rule",
+                                      reason=f"adopted casbin_rule as changed outside hutong: {reason}", now=now)
+
+    async def restore_casbin_rule(self, *, author: str, reason: str, now: datetime | None = None) -> PolicyVersion:
+        """Undo a change made to casbin_rule outside hutong: a version with the same lines as the one in
+        force, which rewrites casbin_rule (the audit event lists what it undid)."""
+        head, current = await self.repo.live_at_head(now)
+        if not await self.repo.casbin_rule_problems(now):
+            raise PolicyConflict(f"casbin_rule holds policy version {head}: there is nothing to restore")
+        return await self.replace_all([x for x, _ in current], author=author, source="restore", now=now,
+                                      reason=f"restored casbin_rule to version {head}: {reason}")
 
     async def lines(self, **filters: str | None) -> list[tuple[PolicyLine, datetime | None]]:
         return [(x, e) for x, e in await self.repo.live() if matches(x, **filters)]
@@ -174,9 +210,9 @@ async def ensure_seeded(admin: PolicyAdmin, seed: Any) -> PolicyVersion | None:
         raise PolicyError([f"{seed}: the policy seed cannot be read ({exc.strerror})"]) from None
     try:
         return await admin.replace_all(parse_csv(text), author="seed", reason=f"seeded from {seed.name}",
-                                       source="seed")
+                                       source="seed", resync=False)
     except PolicyConflict:
-        return None  # another worker seeded it first
+        return None  # another worker seeded it first (or casbin_rule was changed: the gateway says so)
     except ValueError as exc:  # a line of the file that is not a policy line
         raise PolicyError([f"{seed}: {exc}"]) from None
 

@@ -7,6 +7,10 @@ A SQL database (SQLite, or PostgreSQL shared by every replica) holds
                     ``expires_at`` (a time-limited grant, from an approved sharing request)
 ``policy_version``  each change: number, time, author, reason, source, lines added and removed
 ``policy_dry_run``  at most one proposed policy that every gateway evaluates without enforcing
+``casbin_rule``     the lines of the version in force, in the standard table of pycasbin's
+                    SQLAlchemy adapters (:mod:`policies.casbin_rule`), written in the same
+                    transaction as every version; gateways load their policy from it through
+                    the maintained adapter, and other Casbin tools can read it
 
 So the policy of any version is a query (``version_from <= N < version_to``), a diff between
 two versions is two, and a rollback is a new version whose lines are an old one's. Writers
@@ -15,26 +19,48 @@ version they started from: a change made meanwhile by someone else makes theirs 
 than silently undo it. On PostgreSQL every change sends ``NOTIFY hutong_policy`` on commit
 (see :mod:`policies.watcher`).
 
-This is hutong's policy *adapter* in pycasbin's terms: it loads lines into an enforcer's
-model; changing them is :mod:`policies.admin`'s business, noticing changes the watcher's.
+The policy in force is loaded through ``casbin-async-sqlalchemy-adapter``'s ``load_policy``, read in
+one transaction with the version it must equal: a ``casbin_rule`` changed outside hutong is
+refused, never enforced or overwritten silently (see :mod:`policies.casbin_rule`). Changing
+the policy is :mod:`policies.admin`'s business, noticing changes the watcher's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import casbin
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
-from gateway.sqlite_files import create_tables, store_engine, write_transaction
-from policies.lines import ARITY, PolicyLine, format_line
+from gateway.sqlite_files import create_tables, sqlite_store, store_engine, write_transaction
+from policies.casbin_rule import (
+    SKEW,
+    TABLE,
+    CasbinRule,
+    differences,
+    edited,
+    install_triggers,
+    line_of_row,
+    load_rules,
+    readable,
+    row_of,
+    unstorable,
+)
+from policies.lines import ARITY, PolicyLine, format_line, lines_of
+from policies.validate import PolicyError
 
-__all__ = ["CHANNEL", "PolicyConflict", "PolicyRepository", "PolicyVersion", "metadata"]
+__all__ = ["CHANNEL", "InForce", "PolicyConflict", "PolicyRepository", "PolicyVersion", "metadata"]
+
+log = logging.getLogger("hutong.policies")
 
 CHANNEL = "hutong_policy"  # the PostgreSQL NOTIFY channel of policy changes
 WRITE_LOCK = 0x706F6C696379  # "policy": the advisory lock every PostgreSQL writer takes
@@ -71,6 +97,16 @@ dry_run_table = sa.Table(
     sa.Column("started_at", sa.String(32), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
 )
+# The policy in force, exactly as the maintained adapter defines its table (id, ptype, v0 .. v5).
+rule_table = CasbinRule.__table__.to_metadata(metadata)
+# One row (id 1): how many writes casbin_rule has had, counted by triggers; part of the stamp, so
+# that a direct edit of casbin_rule is noticed at the next poll. Its presence also says that
+# casbin_rule has been filled from the versions (an existing store is backfilled once).
+writes_table = sa.Table(
+    "policy_rule_writes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("n", sa.BigInteger, nullable=False),
+)
 
 
 class PolicyConflict(ValueError):
@@ -88,6 +124,20 @@ class PolicyVersion:
     added: int
     removed: int
     digest: str  # of the lines in force after it, independent of their order
+    overwritten: tuple[str, ...] = ()  # how casbin_rule, changed outside hutong, differed before it (rewritten)
+
+
+@dataclass(slots=True)
+class InForce:
+    """The policy in force, as a gateway loads it: casbin_rule through the adapter, checked against
+    the version it must hold, time-limited lines that have lapsed left out."""
+
+    stamp: str  # read with it (see PolicyRepository.stamp)
+    version: int
+    enforcer: casbin.Enforcer
+    upcoming: datetime | None  # when the next time-limited line lapses
+    problems: list[str]  # casbin_rule differs from the version: refuse it (empty: it does not)
+    lapsed: int  # lines still in casbin_rule whose time limit has passed (to remove)
 
 
 def _stamp(t: datetime) -> str:
@@ -118,6 +168,51 @@ def _live(at: int | None = None) -> Any:
     return sa.and_(c.version_from <= at, sa.or_(c.version_to.is_(None), c.version_to > at))
 
 
+_STAMP = sa.select(sa.select(sa.func.max(version_table.c.number)).scalar_subquery(),
+                   sa.select(dry_run_table.c.started_at).scalar_subquery(),
+                   sa.select(writes_table.c.n).where(writes_table.c.id == 1).scalar_subquery())
+
+
+def _stamp_of(head: int | None, dry: str | None, writes: int | None) -> str:
+    return f"{head or 0}|{dry or ''}|{writes or 0}"
+
+
+async def _rules(conn: AsyncConnection) -> list[tuple[int, PolicyLine | None]]:
+    """casbin_rule's rows: (id, the line Casbin reads from it, or None)."""
+    rows = (await conn.execute(sa.select(rule_table).order_by(rule_table.c.id))).all()
+    return [(r.id, line_of_row(r)) for r in rows]
+
+
+async def _differences(conn: AsyncConnection, head: int, now: datetime) -> list[str]:
+    rows = (await conn.execute(sa.select(line_table).where(_live()).order_by(line_table.c.id))).all()
+    rules = await _rules(conn)
+    found = [x for _, x in rules if readable(x)]
+    return differences(found, [(_line(r), r.expires_at) for r in rows], _stamp(now + SKEW), head,
+                       unread=len(rules) - len(found))
+
+
+async def _delete_rules(conn: AsyncConnection, ids: Sequence[int]) -> None:
+    for i in range(0, len(ids), 500):
+        await conn.execute(rule_table.delete().where(rule_table.c.id.in_(ids[i:i + 500])))
+
+
+async def _write_rules(conn: AsyncConnection, rules: Sequence[tuple[int, PolicyLine | None]],
+                       lines: Sequence[PolicyLine]) -> None:
+    """Make casbin_rule hold ``lines``, each once, and nothing else: rows already right stay."""
+    wanted = set(lines)
+    kept: set[PolicyLine] = set()
+    drop: list[int] = []
+    for i, x in rules:
+        if x is not None and x in wanted and x not in kept:
+            kept.add(x)
+        else:
+            drop.append(i)
+    await _delete_rules(conn, drop)
+    new = [row_of(x) for x in lines if x not in kept]
+    if new:
+        await conn.execute(rule_table.insert(), new)
+
+
 class PolicyRepository:
     def __init__(self, url: str, *, engine: AsyncEngine | None = None) -> None:
         self.url = url
@@ -129,7 +224,59 @@ class PolicyRepository:
         return f"policy store {sa.engine.make_url(self.url).render_as_string(hide_password=True)}"
 
     async def init(self) -> None:
+        """Create the tables that are missing, the triggers that count writes to casbin_rule, and fill
+        casbin_rule from the version in force if this store has never done so (an existing store)."""
         await create_tables(self.engine, metadata)
+        if await self._initialised():
+            return
+        async with self._write() as conn:
+            if not await install_triggers(conn, self.backend):
+                log.warning("%s: on %s, a direct edit of %s is noticed at the next policy version only",
+                            self.name, self.backend, TABLE)
+            if (await conn.execute(sa.select(writes_table.c.n).where(writes_table.c.id == 1))).first() is None:
+                await self._backfill(conn)
+                await conn.execute(writes_table.insert().values(id=1, n=0))
+
+    async def _initialised(self) -> bool:
+        """casbin_rule filled and its triggers present: one cheap read, no lock."""
+        async with self.engine.connect() as conn:
+            if (await conn.execute(sa.select(writes_table.c.n).where(writes_table.c.id == 1))).first() is None:
+                return False
+            if self.backend == "sqlite":
+                q = "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'hutong_casbin_rule_%'"
+                return (await conn.exec_driver_sql(q)).scalar() == 3
+            if self.backend == "postgresql":
+                q = "SELECT count(*) FROM pg_trigger WHERE tgname = 'hutong_casbin_rule_written'"
+                return (await conn.exec_driver_sql(q)).scalar() == 1
+            return True
+
+    async def _backfill(self, conn: AsyncConnection) -> None:
+        """casbin_rule for a store that has never had it: the lines in force now. A casbin_rule that
+        already holds other rules (another application's?) is not taken over."""
+        head = int((await conn.execute(sa.select(sa.func.max(version_table.c.number)))).scalar() or 0)
+        live = [(_line(r), r.expires_at) for r in (await conn.execute(
+            sa.select(line_table).where(_live()).order_by(line_table.c.id))).all()]
+        now = datetime.now(UTC)
+        rules = await _rules(conn)
+        if rules:
+            found = [x for _, x in rules if readable(x)]
+            problems = differences(found, live, _stamp(now + SKEW), head, unread=len(rules) - len(found))
+            if problems:
+                raise PolicyError([
+                    f"{self.name}: {TABLE} already holds rules that are not this store's policy (version {head}); "
+                    f"hutong keeps the policy in force there: give the policy store a database (or schema) of its "
+                    f"own, or empty {TABLE} to let hutong fill it", *problems])
+            return
+        stamp = _stamp(now)
+        lines = [x for x, e in live if e is None or e > stamp]
+        for x in lines:
+            if problem := unstorable(x):
+                log.error("%s: %s; it stays out of %s, which is refused until it is removed", self.name, problem,
+                          TABLE)
+        lines = [x for x in lines if unstorable(x) is None]
+        if lines:
+            await conn.execute(rule_table.insert(), [row_of(x) for x in lines])
+            log.info("%s: %s filled with the %d line(s) of policy version %d", self.name, TABLE, len(lines), head)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -144,12 +291,85 @@ class PolicyRepository:
     # --- reading ------------------------------------------------------------------------------------
 
     async def stamp(self) -> str:
-        """Changes whenever the policy or the dry run does: one cheap read, for polling."""
-        q = sa.select(sa.select(sa.func.max(version_table.c.number)).scalar_subquery(),
-                      sa.select(dry_run_table.c.started_at).scalar_subquery())
+        """Changes whenever the policy, casbin_rule or the dry run does: one cheap read, for polling."""
         async with self.engine.connect() as conn:
-            head, dry = (await conn.execute(q)).one()
-        return f"{head or 0}|{dry or ''}"
+            return _stamp_of(*(await conn.execute(_STAMP)).one())
+
+    async def load(self, now: datetime) -> InForce:
+        """The policy in force ``now``: casbin_rule loaded through the maintained adapter into a new
+        enforcer, read in one transaction with the version it must hold and compared with it.
+
+        The adapter builds an ORM object per row (2 s for 100,000 lines): the read runs in a worker
+        thread, on a connection of its own, so the gateway's event loop keeps serving meanwhile."""
+        in_memory = self.backend == "sqlite" and sa.engine.make_url(self.url).database in (None, "", ":memory:")
+        if in_memory or self.backend not in ("sqlite", "postgresql"):
+            return await self._load(self.engine, now)
+        return await asyncio.to_thread(asyncio.run, self._load_apart(now))
+
+    async def _load_apart(self, now: datetime) -> InForce:
+        engine = create_async_engine(self.url, hide_parameters=True, poolclass=NullPool)
+        if self.backend == "sqlite":
+            sqlite_store(engine)
+        try:
+            return await self._load(engine, now)
+        finally:
+            await engine.dispose()
+
+    async def _load(self, engine: AsyncEngine, now: datetime) -> InForce:
+        from policies.store import new_enforcer
+
+        enforcer = new_enforcer()
+        async with engine.connect() as conn:
+            if engine.dialect.name == "postgresql":  # every statement below sees the same snapshot
+                await conn.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                head, dry, writes = (await conn.execute(_STAMP)).one()
+                rows = (await conn.execute(sa.select(line_table).where(_live()).order_by(line_table.c.id))).all()
+                count = int((await conn.execute(sa.select(sa.func.count()).select_from(rule_table))).scalar() or 0)
+                with contextlib.suppress(TypeError, IndexError, ValueError):  # a row Casbin cannot read:
+                    await load_rules(conn, enforcer)  # counted below as not loaded
+        version = int(head or 0)
+        found: list[PolicyLine] = [tuple(x) for x in lines_of(enforcer)]
+        live = [(_line(r), r.expires_at) for r in rows]
+        problems = differences(found, live, _stamp(now + SKEW), version, unread=count - len(found))
+        stamp = _stamp(now)
+        lapsed = {x for x, e in live if e is not None and e <= stamp}
+        present = set(found)
+        if lapsed:  # a time-limited grant ends by itself, version or not
+            model = enforcer.get_model()
+            for sec in ("p", "g"):
+                for ptype, assertion in model[sec].items():
+                    assertion.policy = [r for r in assertion.policy if (ptype, *r) not in lapsed]
+        enforcer.build_role_links()
+        upcoming = min((_time(e) for x, e in live if e is not None and e > stamp and x in present), default=None)
+        return InForce(_stamp_of(head, dry, writes), version, enforcer, upcoming,
+                       [edited(version), *problems] if problems else [], len(lapsed & present))
+
+    async def casbin_rule_lines(self) -> list[PolicyLine | None]:
+        """What casbin_rule holds, row by row, as Casbin reads it (None: a row it cannot read)."""
+        async with self.engine.connect() as conn:
+            return [x for _, x in await _rules(conn)]
+
+    async def casbin_rule_problems(self, now: datetime | None = None) -> list[str]:
+        """How casbin_rule differs from the version in force (empty: it holds it)."""
+        now = now or datetime.now(UTC)
+        async with self.engine.connect() as conn, conn.begin():
+            head = int((await conn.execute(sa.select(sa.func.max(version_table.c.number)))).scalar() or 0)
+            problems = await _differences(conn, head, now)
+        return [edited(head), *problems] if problems else []
+
+    async def prune_lapsed(self, now: datetime) -> int:
+        """Remove from casbin_rule the time-limited lines that have lapsed by ``now`` (the versions keep
+        them until the next one records their end): what outside Casbin tools read stops granting them."""
+        stamp = _stamp(now)
+        c = line_table.c
+        async with self._write() as conn:
+            rows = (await conn.execute(sa.select(line_table).where(_live(), c.expires_at.is_not(None),
+                                                                   c.expires_at <= stamp))).all()
+            lapsed = {_line(r) for r in rows}
+            ids = [i for i, x in await _rules(conn) if x in lapsed] if lapsed else []
+            await _delete_rules(conn, ids)
+        return len(ids)
 
     async def head(self) -> int:
         """The number of the latest version (0: nothing recorded yet). One indexed read."""
@@ -181,6 +401,15 @@ class PolicyRepository:
             rows = (await conn.execute(sa.select(line_table).where(_live()).order_by(line_table.c.id))).all()
         return [(_line(r), _time(r.expires_at) if r.expires_at else None) for r in rows
                 if r.expires_at is None or r.expires_at > stamp]
+
+    async def lapsed(self, now: datetime) -> set[PolicyLine]:
+        """The lines of the version in force whose time limit has passed by ``now``."""
+        stamp = _stamp(now)
+        c = line_table.c
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(line_table).where(_live(), c.expires_at.is_not(None),
+                                                                   c.expires_at <= stamp))).all()
+        return {_line(r) for r in rows}
 
     async def live_at_head(self, now: datetime | None = None) -> tuple[int, list[tuple[PolicyLine, datetime | None]]]:
         """The latest version number and its lines in force, read consistently (for a change that
@@ -225,17 +454,27 @@ class PolicyRepository:
 
     async def commit(self, *, add: Sequence[tuple[PolicyLine, datetime | None]], remove: Sequence[PolicyLine],
                      author: str, reason: str, source: str, now: datetime, base: int | None = None,
-                     then: Callable[[PolicyVersion, list[PolicyLine]], Awaitable[None]] | None = None) -> PolicyVersion:
-        """Record a new version: ``remove`` leaves force, ``add`` enters it. Lines whose time limit has
-        passed leave the record of what is in force with it (so they can be granted again).
+                     then: Callable[[PolicyVersion, list[PolicyLine]], Awaitable[None]] | None = None,
+                     resync: bool = False) -> PolicyVersion:
+        """Record a new version: ``remove`` leaves force, ``add`` enters it, and casbin_rule is made to
+        hold the lines in force after it, in the same transaction. Lines whose time limit has passed
+        leave the record of what is in force with it (so they can be granted again).
         ``then(version, lines in force after it)`` runs inside the transaction (validation, the
-        audit event): if it raises, nothing is recorded."""
-        if not add and not remove:
+        audit event): if it raises, nothing is recorded.
+
+        A casbin_rule changed outside hutong makes the change fail (PolicyConflict listing the
+        differences), unless ``resync``: a change that states the whole policy (an import, a
+        rollback) then rewrites it, and says so in the version's reason and ``overwritten``; such a
+        change may add and remove nothing."""
+        if not add and not remove and not resync:
             raise PolicyConflict("the change adds and removes nothing")
         twice = sorted({format_line(x) for x in remove if list(remove).count(x) > 1}
                        | {format_line(x) for x, _ in add if [y for y, _ in add].count(x) > 1})
         if twice:
             raise PolicyConflict("listed twice: " + "; ".join(twice))
+        unfit = [p for x, _ in add if (p := unstorable(x))]
+        if unfit:
+            raise PolicyError(unfit)
         c = line_table.c
         stamp = _stamp(now)
         async with self._write() as conn:
@@ -258,6 +497,16 @@ class PolicyRepository:
             dupes = [x for x, _ in add if x in live and x not in removing]
             if dupes:
                 raise PolicyConflict("already in force: " + "; ".join(format_line(x) for x in dupes))
+            rules = await _rules(conn)
+            found = [x for _, x in rules if readable(x)]
+            edits = differences(found, [(_line(r), r.expires_at) for r in rows], _stamp(now + SKEW), head,
+                                unread=len(rules) - len(found))
+            if edits and not resync:
+                raise PolicyConflict("\n".join([edited(head), *edits]))
+            if not add and not remove and not edits:
+                raise PolicyConflict("the change adds and removes nothing")
+            if edits:
+                reason = f"{reason} [{TABLE}, changed outside hutong, rewritten to this version]"
             number = head + 1
             ids = [i for x in remove for i in live[x]] + lapsed
             if ids:
@@ -266,7 +515,9 @@ class PolicyRepository:
                 await conn.execute(line_table.insert(), [
                     {**_values(x), "version_from": number, "expires_at": _stamp(e) if e else None} for x, e in add])
             after = [x for x in live if x not in removing] + [x for x, _ in add]
-            version = PolicyVersion(number, now, author, reason, source, len(add), len(remove), digest_of(after))
+            await _write_rules(conn, rules, after)
+            version = PolicyVersion(number, now, author, reason, source, len(add), len(remove), digest_of(after),
+                                    tuple(edits))
             await conn.execute(version_table.insert().values(
                 number=number, at=_stamp(now), author=author, reason=reason, source=source, added=len(add),
                 removed=len(remove), digest=version.digest))

@@ -5,10 +5,13 @@ Two sources:
 - a CSV file (Casbin's file adapter): read-only for the gateway; a change is seen by its
   modification time. Simple deployments and tests;
 - the versioned policy repository (:mod:`policies.repository`, SQLite or PostgreSQL): what the
-  administration API and ``hutong policy`` change, with history and rollback. A change is seen
-  by one cheap read of the latest version number, at once through the watcher
-  (:mod:`policies.watcher`: PostgreSQL LISTEN/NOTIFY) and at the latest after
-  ``reload_interval``.
+  administration API and ``hutong policy`` change, with history and rollback. The policy in
+  force is Casbin's standard ``casbin_rule`` table, loaded through the maintained adapter
+  ``casbin-async-sqlalchemy-adapter`` and checked against the version it must hold (a table
+  changed outside hutong is refused like an invalid version: :mod:`policies.casbin_rule`).
+  A change is seen by one cheap read of the latest version number and casbin_rule's write
+  count, at once through the watcher (:mod:`policies.watcher`: PostgreSQL LISTEN/NOTIFY) and
+  at the latest after ``reload_interval``.
 
 A new version is validated against the catalogue first; an invalid one is refused (logged)
 and the previous policy stays in force. Every load bumps the snapshot's ``version``, which
@@ -72,6 +75,7 @@ class Loaded:
     policy_version: int | None = None
     proposed: casbin.Enforcer | None = None
     proposal: dict[str, str] | None = None
+    problems: list[str] | None = None  # the source cannot be taken as it is (refused like an invalid policy)
 
 
 def index_by_subject(enforcer: casbin.Enforcer) -> dict[str, list[tuple[int, list[str]]]]:
@@ -118,9 +122,11 @@ class FilePolicySource:
 
 
 class RepositorySource:
-    """The versioned repository. The stamp is the latest version number and the dry run's start:
-    one indexed read per check. Time-limited lines lapse by themselves: past the next expiry the
-    policy is reloaded even though no version was recorded."""
+    """The versioned repository. The stamp is the latest version number, casbin_rule's write count and
+    the dry run's start: one indexed read per check. The policy is casbin_rule loaded through the
+    maintained adapter (:meth:`PolicyRepository.load`). Time-limited lines lapse by themselves: past
+    the next expiry the policy is reloaded even though no version was recorded, and the lapsed lines
+    are removed from casbin_rule (best effort: the next version removes them in any case)."""
 
     def __init__(self, repo: Any) -> None:
         self.repo = repo  # policies.repository.PolicyRepository
@@ -138,9 +144,15 @@ class RepositorySource:
         current = await self.repo.stamp()
         if current == stamp and (self._expiry is None or now < self._expiry):
             return current, None
-        # A new version, a dry run started or stopped, or a time-limited line lapsing: reload.
-        version, lines, self._expiry = await self.repo.current(now)
-        enforcer = await asyncio.to_thread(enforcer_of, lines)
+        # A new version, casbin_rule written, a dry run started or stopped, or a time-limited line lapsing.
+        found = await self.repo.load(now)
+        if found.lapsed and not found.problems:
+            try:
+                if await self.repo.prune_lapsed(now):
+                    found = await self.repo.load(now)
+            except Exception as exc:  # the gateway applies the time limit all the same
+                log.warning("%s: lapsed lines not removed from casbin_rule (%s)", self.name, type(exc).__name__)
+        self._expiry = found.upcoming
         proposed = proposal = None
         dry = await self.repo.dry_run()
         if dry is not None:
@@ -150,7 +162,7 @@ class RepositorySource:
                 proposal = {"by": by, "at": at.isoformat(), "reason": reason}
             except ValueError as exc:
                 log.error("the dry-run proposal cannot be read, ignored: %s", exc)
-        return current, Loaded(enforcer, version, proposed, proposal)
+        return found.stamp, Loaded(found.enforcer, found.version, proposed, proposal, found.problems or None)
 
     async def close(self) -> None:
         await self.repo.close()
@@ -213,6 +225,8 @@ class PolicyStore:
                     return
                 self._stamp = stamp  # a refused version is not retried until it changes again
                 enforcer = loaded.enforcer
+                if loaded.problems:
+                    raise PolicyError(loaded.problems)
                 # Validating and indexing a large policy takes a while: off the event loop.
                 index = await asyncio.to_thread(self._check, enforcer)
             except PolicyError as exc:

@@ -1,7 +1,8 @@
 """The policy watcher: a change made through one gateway governs the next request on every other.
 
-On PostgreSQL the repository sends ``NOTIFY hutong_policy`` when a change commits; each gateway
-holds one connection that ``LISTEN``s and reloads at once. Between notifications it confirms,
+On PostgreSQL the repository sends ``NOTIFY hutong_policy`` when a change commits (and a trigger
+on ``casbin_rule`` does when anything else writes that table, see :mod:`policies.casbin_rule`);
+each gateway holds one connection that ``LISTEN``s and reloads at once. Between notifications it confirms,
 every ``poll_interval``, that its policy is still the latest (one indexed read), so a lost
 notification costs at most that long, and a store it cannot reach shows as staleness: past
 ``max_staleness`` the gateway refuses data requests (``PolicyStore.stale``). If the listening
