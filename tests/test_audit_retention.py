@@ -161,6 +161,21 @@ async def test_prune_with_an_archive(chain: tuple[str, AuditStore, AuditKeys], t
     assert outcome(await verify_files([a], keys, store=store)) == (True, None, None)
 
 
+async def test_records_deleted_by_hand_at_a_checkpoint_are_damage(chain: tuple[str, AuditStore, AuditKeys]) -> None:
+    """Deleting records 1..20 (and the checkpoints before 20) leaves a chain that starts cleanly at a
+    checkpoint: only the missing audit.prune record tells it from a real prune."""
+    import sqlalchemy as sa
+
+    _, store, keys = chain
+    async with store.engine.begin() as conn:
+        for table in ("audit_record", "audit_subject", "audit_field"):
+            await conn.execute(sa.text(f"DELETE FROM {table} WHERE seq <= 20"))
+        await conn.execute(sa.text("DELETE FROM audit_checkpoint WHERE seq < 20"))
+    report = await verify_store(store, keys)
+    assert (report.ok, report.damage) == (False, "deleted")
+    assert "no audit.prune record" in report.detail
+
+
 @pytest.mark.parametrize(("case", "message"), [
     ("retention 0", "retention_days is 0"),
     ("too young", "within retention_days"),

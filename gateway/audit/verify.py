@@ -365,8 +365,32 @@ async def verify_store(store: AuditStore, public_keys: AuditKeys, *, checkpoint_
     report = await _verify(rows(), current, public_keys, anchor,
                            _Lookups(store.seq_of_hash, store.seq_of_successor, no_later), check_index=True,
                            every=every, mark=mark)
+    if report.ok and bounds is not None and bounds[0] > 1:
+        await _check_pruned(store, bounds[0] - 1, report)
     report.warnings = warnings + report.warnings
     return report
+
+
+async def _check_pruned(store: AuditStore, through: int, report: Report) -> None:
+    """A chain that starts after seq 1 was pruned: by ``hutong audit archive``/``prune`` only if the
+    chain holds their ``audit.prune`` record for exactly these records. Without one, records were
+    deleted by hand (reported as such); with one not yet under a checkpoint, it is only a warning
+    (anyone with write access can append a record; only a checkpoint proves the gateway wrote it)."""
+    after: int | None = None
+    while True:
+        records, _ = await store.search({"kind": "admin"}, limit=500, after_seq=after)
+        found = next((r for r in records if r["body"].get("event") == "audit.prune"
+                      and r["body"].get("last_seq") == through), None)
+        if found is not None or len(records) < 500:
+            break
+        after = records[-1]["seq"]
+    if found is None:
+        report.ok, report.damage, report.first_bad_seq = False, "deleted", 1
+        report.detail = (f"records 1 to {through} are gone and no audit.prune record says they were archived and "
+                         "pruned: they were deleted outside `hutong audit archive`/`prune`")
+    elif found["seq"] > report.signed_seq:
+        report.warnings.append(f"the audit.prune record (seq {found['seq']}) for records 1 to {through} is not under "
+                               "a checkpoint yet: run `hutong audit checkpoint` to sign it")
 
 
 # --- export files ------------------------------------------------------------------------------------
