@@ -272,3 +272,30 @@ async def test_a_record_the_caller_gave_up_on_never_says_it_was_answered(tmp_pat
     finally:
         await check.close()
     assert report.ok, report.detail
+
+
+async def test_writers_with_different_intervals_leave_no_checkpoint_missing(url: str, tmp_path: Path) -> None:
+    """A rolling configuration change: one writer every 10 records, another every 3, on one store.
+    Each also signs the multiples of the interval the last checkpoint declares."""
+    keys = new_keys(tmp_path)
+    a = AuditWriter(AuditStore(url), keys, checkpoint_every=10, checkpoint_seconds=3600, own_store=True,
+                    checkpoint_on_close=False)
+    b = AuditWriter(AuditStore(url), keys, checkpoint_every=3, checkpoint_seconds=3600, own_store=True,
+                    checkpoint_on_close=False)
+    await a.start()
+    await b.start()
+    try:
+        for writer, n in ((a, 10), (b, 2), (a, 4), (b, 3)):
+            for i in range(n):
+                await writer.append("request", body(i))
+    finally:
+        await a.close()
+        await b.close()
+    store = AuditStore(url)
+    try:
+        assert [c["seq"] for c in await store.checkpoints()] == [10, 12, 15, 18]
+        for every in (None, 10, 3):
+            report = await verify_store(store, keys, checkpoint_every=every)
+            assert report.ok, (every, report.detail)
+    finally:
+        await store.close()

@@ -202,7 +202,10 @@ class AuditWriter:
                       "been tampered with; run `hutong audit verify`", head.signed,
                       (head.signed // last_every + 1) * last_every)
         due: dict[int, Head] = {}
-        for m in range((head.signed // every + 1) * every, new_head.seq + 1, every):
+        # The multiples of this writer's interval, and of the interval the last checkpoint declares (a
+        # writer configured otherwise, during a rolling change): verify holds the chain to the latter too.
+        multiples = {m for iv in {every, last_every} for m in range((head.signed // iv + 1) * iv, new_head.seq + 1, iv)}
+        for m in sorted(multiples):
             if batch is not None and m in batch:
                 due[m] = Head(m, batch[m]["hash"], batch[m]["time"])
             elif m == new_head.seq:
