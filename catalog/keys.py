@@ -124,18 +124,22 @@ KEY_KINDS: dict[str, KeyKind] = {
 # speed (an ID number's birth date must look like one; a credit code's 3rd to 8th characters are its
 # region's digits); only candidates pay for the checksum.
 _ID_CANDIDATE = re.compile(r"(?=(\d{6}(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\d{3}[\dXx]))")
-_CC_CANDIDATE = re.compile(r"(?=([0-9A-HJ-NPQRTUWXY]{2}\d{6}[0-9A-HJ-NPQRTUWXY]{10}))", re.IGNORECASE)
+# Credit codes as they are written: upper case, a registration authority (1-9, A, N or Y) and an
+# entity type (1-9) first. Lower-case hex (request ids, hashes) would otherwise give false matches.
+_CC_CANDIDATE = re.compile(r"(?=([1-9ANY][1-9]\d{6}[0-9A-HJ-NPQRTUWXY]{10}))")
 _DIGIT_SEPARATOR = re.compile(r"(?<=\d)[ \-](?=[\dXx])")  # only between digits: never joins words
 MAX_CANDIDATES = 256  # more key-like windows than this in one text: it is withheld whole, not scanned
 WITHHELD = "[withheld: too many key-like strings]"
 
 
-def scrub_keys(text: str, pseudonym: Callable[[str], str]) -> str:
+def scrub_keys(text: str, pseudonym: Callable[[str], str], kinds: tuple[str, ...] = ("id_number", "credit_code")
+               ) -> str:
     """``text`` with every valid ID number or credit code in it replaced by ``[kind:pseudonym]``.
 
     For free text that ends up in records (aliases, operation and variable names, case and request
-    ids). A text with more than ``MAX_CANDIDATES`` key-like windows (a long run of digits) is
-    replaced whole by ``WITHHELD``: the work stays bounded and nothing raw is kept."""
+    ids); ``kinds`` limits what is looked for. A text with more than ``MAX_CANDIDATES`` key-like
+    windows (a long run of digits) is replaced whole by ``WITHHELD``: the work stays bounded and
+    nothing raw is kept."""
     if len(text) < 18:
         return text
     # For ID numbers: the text without separators between digits, and where each character came from.
@@ -146,6 +150,8 @@ def scrub_keys(text: str, pseudonym: Callable[[str], str]) -> str:
     seen = 0
     for kind, pattern, where, at in (("id_number", _ID_CANDIDATE, compact, origin),
                                      ("credit_code", _CC_CANDIDATE, text, range(len(text)))):
+        if kind not in kinds:
+            continue
         for m in pattern.finditer(where):
             seen += 1
             if seen > MAX_CANDIDATES:

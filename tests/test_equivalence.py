@@ -556,7 +556,7 @@ class QueryGen:
             return f"${name}"
         if self.maybe(2):  # over max_limit: the gateway refuses the query, and the example is skipped
             return str(self.values.max_limit + 1)
-        return self.arg(self.upto(0, 4), self.pick(("Int", "Int!")))
+        return self.arg(self.upto(1, 4), self.pick(("Int", "Int!")))  # 0 is refused (no cursor to go on)
 
     def list_args(self, ds: Dataset, page: bool) -> str:
         args: list[str] = []
