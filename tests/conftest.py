@@ -276,3 +276,22 @@ def demo_subject(client_id: str) -> Subject:
 
     c = next(c for c in DEMO_CLIENTS if c.client_id == client_id)
     return Subject.of_client(c)
+
+
+# --- audit stores on each backend (tests/test_audit_*.py) ----------------------------------------
+
+
+@pytest.fixture
+def pg_audit_url() -> Iterator[str]:
+    """A throwaway PostgreSQL database for an audit store."""
+    from tests.test_audit_support import pg_database
+
+    yield from pg_database()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An audit store's URL on SQLite, then on PostgreSQL."""
+    from tests.test_audit_support import sqlite_url
+
+    return request.getfixturevalue("pg_audit_url") if request.param == "postgresql" else sqlite_url(tmp_path)

@@ -27,17 +27,7 @@ from gateway.audit.store import AuditStore, insert_only_grants
 from gateway.audit.writer import AuditWriter
 from gateway.config import REPO_ROOT, load_settings
 from tests.test_audit_damage import rewrite_chain
-from tests.test_audit_support import BACKENDS, body, pg_database, rows, sql, sqlite_url
-
-
-@pytest.fixture
-def pg_audit_url() -> Any:
-    yield from pg_database()
-
-
-@pytest.fixture(params=BACKENDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return request.getfixturevalue("pg_audit_url") if request.param == "postgresql" else sqlite_url(tmp_path)
+from tests.test_audit_support import body, rows, sql, sqlite_url
 
 
 def configure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, extra: str = "") -> AuditSettings:

@@ -23,7 +23,6 @@ from tests.test_audit_support import (
     fill,
     forge,
     new_keys,
-    pg_database,
     renumber,
     rows,
     sql,
@@ -32,11 +31,6 @@ from tests.test_audit_support import (
 )
 
 N = 35  # checkpoints at 10, 20, 30; records 31..35 chained but not yet signed
-
-
-@pytest.fixture
-def pg_audit_url() -> Any:
-    yield from pg_database()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -26,7 +26,6 @@ from tests.test_audit_support import (
     export_objects,
     fill,
     new_keys,
-    pg_database,
     sql,
     sqlite_url,
     write_export,
@@ -34,11 +33,6 @@ from tests.test_audit_support import (
 
 N = 35  # checkpoints at 10, 20, 30
 LATER = datetime.now(UTC) + timedelta(days=3)  # "now" for retention: every record is 3 days old
-
-
-@pytest.fixture
-def pg_audit_url() -> Any:
-    yield from pg_database()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -24,28 +24,15 @@ from gateway.audit.store import AuditStore, StorePermissionError
 from gateway.audit.writer import record_hash_raw
 from gateway.config import ConfigError, load_settings
 from tests.test_audit_support import (
-    BACKENDS,
     body,
     export_objects,
     fill,
     new_keys,
-    pg_database,
     rows,
     sql,
     sqlite_url,
     write_export,
 )
-
-
-@pytest.fixture
-def pg_audit_url() -> Any:
-    yield from pg_database()
-
-
-@pytest.fixture(params=BACKENDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return request.getfixturevalue("pg_audit_url") if request.param == "postgresql" else sqlite_url(tmp_path)
-
 
 # --- PostgreSQL: the gateway's role may only read and append --------------------------------------
 

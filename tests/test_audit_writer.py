@@ -18,17 +18,7 @@ import pytest
 from gateway.audit import AuditUnavailable, AuditWriter, verify_store
 from gateway.audit.store import AuditStore
 from gateway.config import REPO_ROOT
-from tests.test_audit_support import BACKENDS, body, new_keys, pg_database, rows, sql, sqlite_url
-
-
-@pytest.fixture
-def pg_audit_url() -> Any:
-    yield from pg_database()
-
-
-@pytest.fixture(params=BACKENDS)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return request.getfixturevalue("pg_audit_url") if request.param == "postgresql" else sqlite_url(tmp_path)
+from tests.test_audit_support import body, new_keys, rows, sql, sqlite_url
 
 
 async def test_group_commit_batches_concurrent_appends(url: str, tmp_path: Path) -> None:

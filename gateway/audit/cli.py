@@ -413,14 +413,8 @@ def archive_cmd(output: Annotated[Path, typer.Option("--output", "-o", help="The
         error("this moves the records older than [audit] retention_days out of the live store; repeat with --yes")
         raise typer.Exit(2)
     audit = _settings(config)
-    try:
-        pruned = _run(config, lambda store: archive(_owner_writer(audit, store), output, fmt,
-                                                    retention_days=audit.retention_days, by=actor()),
-                      url=owner_url, audit=audit)
-    except ConfigError as exc:
-        error(str(exc))
-        raise typer.Exit(2) from None
-    out.print(_pruned_line(pruned))
+    _pruning(config, owner_url, audit, lambda store: archive(_owner_writer(audit, store), output, fmt,
+                                                             retention_days=audit.retention_days, by=actor()))
 
 
 @audit_app.command("prune")
@@ -441,10 +435,14 @@ def prune(archive_file: Annotated[Path, typer.Option("--archive", help="The veri
               "starts, through a checkpoint), store the file, then repeat with --yes; or `hutong audit archive`")
         raise typer.Exit(2)
     audit = _settings(config)
+    _pruning(config, owner_url, audit, lambda store: prune_records(_owner_writer(audit, store), archive_file,
+                                                                   retention_days=audit.retention_days, by=actor()))
+
+
+def _pruning(config: Any, owner_url: Any, audit: Any, action: Any) -> None:
+    """Run an archive or prune on the owner's connection and say what it removed."""
     try:
-        pruned = _run(config, lambda store: prune_records(_owner_writer(audit, store), archive_file,
-                                                          retention_days=audit.retention_days, by=actor()),
-                      url=owner_url, audit=audit)
+        pruned = _run(config, action, url=owner_url, audit=audit)
     except ConfigError as exc:
         error(str(exc))
         raise typer.Exit(2) from None
