@@ -205,6 +205,10 @@ class Gateway:
         plan: Plan | None = None
         audit = audit if audit is not None else {}
         try:
+            if isinstance(query, str):
+                # Until it parses there is no normalised text: the hash of the text as sent, so that even a
+                # refused query can be matched against another record (the text itself may hold values).
+                audit["query_hash"] = hashlib.sha256(query.encode()).hexdigest()
             prep = self.prepare(query, operation_name, variables, method)
             normalised, digest = self._normalised(prep)
             audit.update(query=normalised, query_hash=digest,

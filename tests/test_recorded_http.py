@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import sqlite3
@@ -49,6 +50,8 @@ async def test_requests_are_recorded_and_the_chain_verifies(make_settings: Any, 
                                                                         ("address", "consent_required")}
     assert rec["subjects"] == [gw.subjects(applicant)] and rec["rows"] == {"psb_registry": 1}
     assert newest[bad.headers["x-request-id"]]["outcome"] == "rejected"
+    # A query refused before it is normalised still has a hash: of its text as sent.
+    assert newest[bad.headers["x-request-id"]]["query_hash"] == hashlib.sha256(b"{ nope }").hexdigest()
     assert anonymous[0]["body"]["client_id"] is None
     text = json.dumps([r["body"] for r in records], ensure_ascii=False)
     assert not ID.search(text) and "Bearer" not in text and "secret" not in text
