@@ -51,8 +51,15 @@ async def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> Non
     raise AssertionError(f"gateway at {base} did not start: {tail(log)}")
 
 
-async def test_two_gateway_processes_keep_one_chain(make_settings: Any, tmp_path: Path) -> None:
-    settings = make_settings(policy=TEST_POLICY)
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+async def test_two_gateway_processes_keep_one_chain(make_settings: Any, tmp_path: Path, backend: str,
+                                                    request: pytest.FixtureRequest) -> None:
+    if backend == "postgresql":  # the production layout: replicas writing one PostgreSQL audit store
+        url = request.getfixturevalue("pg_audit_url")
+        settings = make_settings(policy=TEST_POLICY, extra=f'[audit]\nurl = "{url}"\n'
+                                                           f'signing_key = "{tmp_path}/audit-signing-key.pem"\n')
+    else:
+        settings = make_settings(policy=TEST_POLICY)
     cfg = settings.path
     ports = [free_port(), free_port()]
     logs = [tmp_path / f"gw{i}.log" for i in range(2)]
