@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
 from demo.build import City
 from gateway.audit.verify import verify_store
@@ -111,6 +112,50 @@ async def test_no_record_no_answer(make_settings: Any, city_dir: Path) -> None:
         assert "data" not in body and body["errors"][0]["extensions"]["code"] == "AUDIT_UNAVAILABLE"
         r = await c.post("/graphql", json={"query": "{ residents(limit: 1) { nodes { name } } }"})
         assert r.status_code == 200 and r.json()["data"]["residents"]["nodes"]  # recovered by itself
+
+
+async def test_a_store_that_becomes_unwritable_under_load_lets_no_data_out_unrecorded(make_settings: Any) -> None:
+    """Eight clients keep asking while the audit store refuses writes for a while: every answer with
+    data has its record, every other answer is 503 AUDIT_UNAVAILABLE without data, and the chain verifies."""
+    import uuid
+
+    settings = make_settings(policy=TEST_POLICY, extra="[limits]\nrate = 0\n")  # flooding on purpose
+    answered: set[str] = set()
+    refused: list[dict[str, Any]] = []
+    async with served(settings) as (c, _):
+        writer = trail(c)
+        stop = asyncio.Event()
+
+        async def client() -> None:
+            while not stop.is_set():
+                rid = uuid.uuid4().hex
+                r = await c.post("/graphql", json={"query": "{ residents(limit: 2) { nodes { name } } }"},
+                                 headers={"x-request-id": rid})
+                if r.status_code == 200:
+                    assert r.json()["data"]["residents"]["nodes"]
+                    answered.add(rid)
+                else:
+                    refused.append({"status": r.status_code, **r.json()})
+
+        load = [asyncio.create_task(client()) for _ in range(8)]
+        await asyncio.sleep(0.5)
+        # Through the store's own write lock: between two of the writer's batches, as an operator's change would.
+        async with writer.store.write_transaction() as conn:
+            await conn.execute(sa.text("CREATE TRIGGER refuse BEFORE INSERT ON audit_record "
+                                       "BEGIN SELECT RAISE(ABORT, 'no'); END"))
+        await asyncio.sleep(0.5)
+        async with writer.store.write_transaction() as conn:
+            await conn.execute(sa.text("DROP TRIGGER refuse"))
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*load)
+        recorded = {r["body"].get("request_id") async for r in writer.store.bodies({"kind": "request"})}
+        report = await verify_store(writer.store, writer.keys)
+    assert refused and answered, (len(refused), len(answered))
+    assert all(r["status"] == 503 and "data" not in r and r["errors"][0]["extensions"]["code"] == "AUDIT_UNAVAILABLE"
+               for r in refused)
+    assert answered <= recorded, f"{len(answered - recorded)} answers with data have no record"
+    assert report.ok, report.detail
 
 
 async def token_for(c: httpx.AsyncClient, client_id: str, secret: str) -> dict[str, str]:
