@@ -166,7 +166,7 @@ def consent_grant(
                        valid_until=_moment(until, "--until", end=True) or datetime.now(UTC),
                        valid_from=_moment(start, "--from"), data_from=_day(data_from, "--data-from"),
                        data_to=_day(data_to, "--data-to"), max_uses=max_uses, per_days=per_days,
-                       explicit_request=explicit, method=method, recorded_by=by or actor(), recorded_via="cli")
+                       explicit_request=explicit, method=method, recorded_by=by or actor(), recorded_via=_via())
     grant = _run(config, lambda admin: admin.grant(req))
     _show(grant)
 
@@ -176,7 +176,7 @@ def _change(kind: Kind, action: str, grant_id: str, reason: str, by: str | None,
         found = await admin.store.get(grant_id)
         if found is None or found.terms.kind is not kind:  # consent commands never touch legal bases, and back
             raise ConsentStateError(f"no {'consent' if kind is Kind.CONSENT else 'legal basis'} with id {grant_id!r}")
-        return await admin.change(grant_id, action, by=by or actor(), via="cli", reason=reason)
+        return await admin.change(grant_id, action, by=by or actor(), via=_via(), reason=reason)
 
     grant = _run(config, change)
     out.print(f"{grant.id} is now {grant.status.value}")
@@ -298,7 +298,7 @@ def legal_basis_add(
                        valid_until=_moment(until, "--until", end=True) or datetime.now(UTC),
                        valid_from=_moment(start, "--from"), basis_type=basis_type, reference=reference,
                        covert=covert, disclose_after=_day(disclose_after, "--disclose-after"),
-                       recorded_by=by or actor(), recorded_via="cli")
+                       recorded_by=by or actor(), recorded_via=_via())
     _show(_run(config, lambda admin: admin.grant(req)))
 
 
@@ -315,3 +315,9 @@ def legal_basis_list(requester: Annotated[str | None, typer.Option("--requester"
 def legal_basis_withdraw(grant_id: GrantId, reason: Reason, by: By = None, config: ConfigOpt = None) -> None:
     """Withdraw a legal basis (final)."""
     _change(Kind.LEGAL_BASIS, "revoke", grant_id, reason, by, config)
+
+
+def _via() -> str:
+    """How a consent change was made: this CLI, run by whom (the OS account, or $HUTONG_ACTOR), beside
+    the official it names (--by), which is the operator's word."""
+    return f"cli ({actor()})"

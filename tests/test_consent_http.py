@@ -341,11 +341,15 @@ def test_the_command_line_grants_lists_and_revokes(make_settings: Any, tmp_path:
             records, _ = await store.search({"kind": "admin"}, limit=20)
         finally:
             await store.close()
-        return [(r["body"]["event"], r["body"]["target"], r["body"]["actor"]) for r in records
+        return [(r["body"]["event"], r["body"]["target"], r["body"]["actor"], r["body"]["via"]) for r in records
                 if r["body"]["event"].startswith("consent.")]
 
-    assert sorted(asyncio.run(events())) == [("consent.grant", grant_id, "clerk-9"),
-                                             ("consent.revoke", grant_id, "clerk-9")]
+    # The official is the operator's word (--by); who ran the tool is recorded beside it.
+    import getpass
+
+    via = f"cli (os:{getpass.getuser()})"
+    assert sorted(asyncio.run(events())) == [("consent.grant", grant_id, "clerk-9", via),
+                                             ("consent.revoke", grant_id, "clerk-9", via)]
     r = runner.invoke(cli, ["consent", "verify", *cfg])
     assert r.exit_code == 0 and "in agreement with the audit log" in r.output, r.output
     # Roll the revocation back whole (history cut, an older signed state put back): the audit log tells.
