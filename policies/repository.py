@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -468,8 +469,8 @@ class PolicyRepository:
         change may add and remove nothing."""
         if not add and not remove and not resync:
             raise PolicyConflict("the change adds and removes nothing")
-        twice = sorted({format_line(x) for x in remove if list(remove).count(x) > 1}
-                       | {format_line(x) for x, _ in add if [y for y, _ in add].count(x) > 1})
+        removed, added = Counter(remove), Counter(x for x, _ in add)  # counted once: imports hold 100k lines
+        twice = sorted({format_line(x) for x, n in (*removed.items(), *added.items()) if n > 1})
         if twice:
             raise PolicyConflict("listed twice: " + "; ".join(twice))
         unfit = [p for x, _ in add if (p := unstorable(x))]
@@ -509,8 +510,8 @@ class PolicyRepository:
                 reason = f"{reason} [{TABLE}, changed outside hutong, rewritten to this version]"
             number = head + 1
             ids = [i for x in remove for i in live[x]] + lapsed
-            if ids:
-                await conn.execute(line_table.update().where(c.id.in_(ids)).values(version_to=number))
+            for at in range(0, len(ids), 500):  # asyncpg takes at most 32,767 parameters a statement
+                await conn.execute(line_table.update().where(c.id.in_(ids[at:at + 500])).values(version_to=number))
             if add:
                 await conn.execute(line_table.insert(), [
                     {**_values(x), "version_from": number, "expires_at": _stamp(e) if e else None} for x, e in add])
