@@ -33,6 +33,10 @@ from gateway.sqlite_files import prepare_sqlite_file
 __all__ = ["Client", "ClientExists", "ClientStore", "ClientStoreError", "UnknownClient", "check_department",
            "public_jwk"]
 
+# Used assertion ids are kept this long past their expiry (twice the clock leeway of gateway/auth/tokens.py):
+# a node whose clock is behind still accepts an assertion that this node's clock calls expired.
+KEEP_PAST_EXPIRY = 60
+
 CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # never a ":": policy names role:X, dept:X, idp:X
 DEPARTMENT = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 # Roles become policy subjects "role:NAME": lower case, no ":" or spaces, so that one name means one thing.
@@ -282,7 +286,8 @@ class ClientStore:
         """Record a client assertion's jti; False if it was already used (a replay)."""
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(assertions_table.delete().where(assertions_table.c.expires_at < now))
+                expired = assertions_table.c.expires_at < now - KEEP_PAST_EXPIRY
+                await conn.execute(assertions_table.delete().where(expired))
                 await conn.execute(assertions_table.insert().values(client_id=client_id, jti=jti,
                                                                     expires_at=expires_at))
         except IntegrityError:
