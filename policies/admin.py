@@ -141,6 +141,17 @@ class PolicyAdmin:
             lines = parse_csv(text)
         except ValueError as exc:
             raise PolicyError([str(exc)]) from None
+        # A file exported while a time-limited grant (a sharing approval) lasted would bring it back for
+        # good: refused, unless the line is in force now anyway.
+        moment = now or datetime.now(UTC)
+        _, current = await self.repo.live_at_head(moment)
+        in_force = {x for x, _ in current}
+        ended = await self.repo.lapsed_ever(moment)
+        back = [x for x in dict.fromkeys(lines) if x not in in_force and x in ended]
+        if back:
+            raise PolicyError([f"{format_line(x)}: was granted for a limited time, which has passed; importing it "
+                               "would grant it for good: remove it from the file, or grant it again (a sharing "
+                               "request, or `hutong policy add` if it is meant to be permanent)" for x in back])
         return await self.replace_all(lines, author=author, reason=reason, now=now)
 
     async def rollback(self, number: int, *, author: str, reason: str, now: datetime | None = None) -> PolicyVersion:

@@ -412,6 +412,14 @@ class PolicyRepository:
                                                                    c.expires_at <= stamp))).all()
         return {_line(r) for r in rows}
 
+    async def lapsed_ever(self, now: datetime) -> set[PolicyLine]:
+        """Every line that was ever granted for a limited time, and whose limit has passed by ``now``."""
+        c = line_table.c
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(line_table).where(c.expires_at.is_not(None),
+                                                                   c.expires_at <= _stamp(now)))).all()
+        return {_line(r) for r in rows}
+
     async def live_at_head(self, now: datetime | None = None) -> tuple[int, list[tuple[PolicyLine, datetime | None]]]:
         """The latest version number and its lines in force, read consistently (for a change that
         replaces the whole policy: it is committed against that version)."""

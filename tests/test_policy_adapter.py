@@ -377,3 +377,16 @@ async def test_a_direct_edit_wakes_the_postgresql_watcher(pg_url: str) -> None:
         await watcher.close()
         await store.close()
         await repo.close()
+
+
+async def test_an_import_does_not_bring_a_lapsed_grant_back_for_good(admin: Any) -> None:
+    a, _ = admin
+    repo: PolicyRepository = a.repo
+    await a.change(add=[LIMITED], author="data-owner", reason="share request", source="share-request",
+                   expires_at=datetime.now(UTC) + timedelta(seconds=0.3))
+    exported = "\n".join(format_line(x) for x in await in_force(repo))  # saved while the grant lasted
+    await asyncio.sleep(0.4)
+    with pytest.raises(PolicyError) as exc:
+        await a.import_csv(exported, author="admin-1", reason="restore from a backup")
+    assert any("was granted for a limited time, which has passed" in p for p in exc.value.problems)
+    assert LIMITED not in await in_force(repo)
