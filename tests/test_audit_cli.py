@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 from typer.testing import CliRunner
@@ -27,7 +26,7 @@ from gateway.audit.store import AuditStore, insert_only_grants
 from gateway.audit.writer import AuditWriter
 from gateway.config import REPO_ROOT, load_settings
 from tests.test_audit_damage import rewrite_chain
-from tests.test_audit_support import body, rows, sql, sqlite_url
+from tests.test_audit_support import body, drop_role, rows, sql, sqlite_url
 
 
 def configure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str, extra: str = "") -> AuditSettings:
@@ -91,16 +90,7 @@ def test_first_install_on_postgresql_with_an_owner_and_an_insert_only_role(
         r = run("verify")
         assert r.exit_code == 0 and "OK records 1 to 12" in r.output, r.output
     finally:
-        asyncio.run(sql(pg_audit_url, f"DROP OWNED BY {role}"))
-        asyncio.run(_drop_role(role))
-
-
-async def _drop_role(role: str) -> None:
-    conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
-    try:
-        await conn.execute(f"DROP ROLE IF EXISTS {role}")
-    finally:
-        await conn.close()
+        asyncio.run(drop_role(pg_audit_url, role))
 
 
 # --- verify: the configured interval and the head mark -------------------------------------------------
@@ -285,8 +275,7 @@ def test_prune_as_the_gateways_role(pg_audit_url: str, tmp_path: Path, monkeypat
         assert f"the database role '{role}' has no DELETE privilege on audit_record" in r.output, r.output
         assert "ProgrammingError" not in r.output
     finally:
-        asyncio.run(sql(pg_audit_url, f"DROP OWNED BY {role}"))
-        asyncio.run(_drop_role(role))
+        asyncio.run(drop_role(pg_audit_url, role))
 
 
 def test_commands_named_in_messages_exist() -> None:

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 
@@ -23,6 +22,7 @@ from gateway.audit.verify import Report, verify_files, verify_store
 from gateway.audit.writer import AuditWriter
 from tests.test_audit_support import (
     BACKENDS,
+    drop_role,
     export_objects,
     fill,
     new_keys,
@@ -232,9 +232,4 @@ async def test_prune_as_the_gateways_role_names_the_missing_privilege(pg_audit_u
     finally:
         await gw.close()
         await owner.close()
-        await sql(pg_audit_url, f"DROP OWNED BY {role}")
-        conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
-        try:
-            await conn.execute(f"DROP ROLE IF EXISTS {role}")
-        finally:
-            await conn.close()
+        await drop_role(pg_audit_url, role)

@@ -10,7 +10,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +24,7 @@ from gateway.audit.writer import record_hash_raw
 from gateway.config import ConfigError, load_settings
 from tests.test_audit_support import (
     body,
+    drop_role,
     export_objects,
     fill,
     new_keys,
@@ -59,12 +59,7 @@ async def test_insert_only_role(pg_audit_url: str, tmp_path: Path) -> None:
         assert (await verify_store(owner, keys)).ok
     finally:
         await owner.close()
-        await sql(pg_audit_url, f"DROP OWNED BY {role}")
-        conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
-        try:
-            await conn.execute(f"DROP ROLE IF EXISTS {role}")
-        finally:
-            await conn.close()
+        await drop_role(pg_audit_url, role)
 
 
 def test_grants_text() -> None:
@@ -300,9 +295,4 @@ async def test_gateway_role_cannot_upgrade_the_tables(pg_audit_url: str) -> None
     finally:
         await gw.close()
         await owner.close()
-        await sql(pg_audit_url, f"DROP OWNED BY {role}")
-        conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
-        try:
-            await conn.execute(f"DROP ROLE IF EXISTS {role}")
-        finally:
-            await conn.close()
+        await drop_role(pg_audit_url, role)

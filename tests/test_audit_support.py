@@ -68,6 +68,18 @@ async def fill(store: AuditStore, keys: AuditKeys, n: int, *, checkpoint_every: 
         await writer.close()
 
 
+async def drop_role(url: str, role: str) -> None:
+    """Remove a test's database role and what it owns in the audit database ``url``."""
+    import asyncpg
+
+    await sql(url, f"DROP OWNED BY {role}")
+    conn = await asyncpg.connect(host="127.0.0.1", user="postgres", database="postgres")
+    try:
+        await conn.execute(f"DROP ROLE IF EXISTS {role}")
+    finally:
+        await conn.close()
+
+
 async def sql(url: str, *statements: str, params: dict[str, Any] | None = None) -> list[Any]:
     """Run statements with the owner's rights (the tampering an attacker with database access does)."""
     engine = create_async_engine(url)
