@@ -285,49 +285,48 @@ async def test_head_mark_of_a_rewritten_chain(chain: tuple[str, AuditStore, Audi
     await expect(store, keys, "truncated", 30, checkpoint_every=10, head_mark=tmp_path / "head-mark.json")
 
 
-async def test_checkpoints_fall_on_every_multiple_whatever_the_batches(tmp_path: Path) -> None:
+@pytest.fixture
+async def sqlite_empty(tmp_path: Path) -> AsyncIterator[tuple[AuditStore, AuditKeys]]:
+    """An empty SQLite store and its keys, closed after the test."""
     store = AuditStore(sqlite_url(tmp_path))
     await store.init()
     try:
-        await fill(store, new_keys(tmp_path), 95, batch=7)
-        assert [c["seq"] for c in await store.checkpoints()] == [10, 20, 30, 40, 50, 60, 70, 80, 90]
-        assert {c["every"] for c in await store.checkpoints()} == {10}
-        assert (await verify_store(store, new_keys(tmp_path), checkpoint_every=10)).ok
+        yield store, new_keys(tmp_path)
     finally:
         await store.close()
 
 
-async def test_writers_with_different_intervals(tmp_path: Path) -> None:
+async def test_checkpoints_fall_on_every_multiple_whatever_the_batches(
+        sqlite_empty: tuple[AuditStore, AuditKeys]) -> None:
+    store, keys = sqlite_empty
+    await fill(store, keys, 95, batch=7)
+    assert [c["seq"] for c in await store.checkpoints()] == [10, 20, 30, 40, 50, 60, 70, 80, 90]
+    assert {c["every"] for c in await store.checkpoints()} == {10}
+    assert (await verify_store(store, keys, checkpoint_every=10)).ok
+
+
+async def test_writers_with_different_intervals(sqlite_empty: tuple[AuditStore, AuditKeys]) -> None:
     """A writer with a shorter interval signs the multiples of it that one with a longer interval passed."""
-    store = AuditStore(sqlite_url(tmp_path))
-    await store.init()
-    keys = new_keys(tmp_path)
-    try:
-        await fill(store, keys, 25, checkpoint_every=10)
-        await fill(store, keys, 5, checkpoint_every=4, start=25)
-        assert [c["seq"] for c in await store.checkpoints()] == [10, 20, 24, 28]
-        report = await verify_store(store, keys, checkpoint_every=4)
-        assert report.ok, report
-    finally:
-        await store.close()
+    store, keys = sqlite_empty
+    await fill(store, keys, 25, checkpoint_every=10)
+    await fill(store, keys, 5, checkpoint_every=4, start=25)
+    assert [c["seq"] for c in await store.checkpoints()] == [10, 20, 24, 28]
+    report = await verify_store(store, keys, checkpoint_every=4)
+    assert report.ok, report
 
 
-async def test_first_format_checkpoints_still_verify(tmp_path: Path) -> None:
+async def test_first_format_checkpoints_still_verify(sqlite_empty: tuple[AuditStore, AuditKeys],
+                                                     tmp_path: Path) -> None:
     """Checkpoints signed before the interval was (no `every`) verify; the interval is then the trusted one."""
-    store = AuditStore(sqlite_url(tmp_path))
-    await store.init()
-    keys = new_keys(tmp_path)
-    try:
-        await fill(store, keys, 12)
-        h = next(r for r in await rows(sqlite_url(tmp_path)) if r["seq"] == 10)["hash"]
-        t = next(r for r in await rows(sqlite_url(tmp_path)) if r["seq"] == 10)["time"]
-        await sql(sqlite_url(tmp_path), "UPDATE audit_checkpoint SET every = NULL, signature = :s WHERE seq = 10",
-                  params={"s": keys.sign(checkpoint_message(10, h, t, keys.signing_id))})
-        assert (await verify_store(store, keys, checkpoint_every=10)).ok
-        await sql(sqlite_url(tmp_path), "DELETE FROM audit_checkpoint")
-        await expect(store, keys, "missing_checkpoint", 10, checkpoint_every=10)
-    finally:
-        await store.close()
+    store, keys = sqlite_empty
+    await fill(store, keys, 12)
+    h = next(r for r in await rows(sqlite_url(tmp_path)) if r["seq"] == 10)["hash"]
+    t = next(r for r in await rows(sqlite_url(tmp_path)) if r["seq"] == 10)["time"]
+    await sql(sqlite_url(tmp_path), "UPDATE audit_checkpoint SET every = NULL, signature = :s WHERE seq = 10",
+              params={"s": keys.sign(checkpoint_message(10, h, t, keys.signing_id))})
+    assert (await verify_store(store, keys, checkpoint_every=10)).ok
+    await sql(sqlite_url(tmp_path), "DELETE FROM audit_checkpoint")
+    await expect(store, keys, "missing_checkpoint", 10, checkpoint_every=10)
 
 
 # --- export files ------------------------------------------------------------------------------------
@@ -351,13 +350,10 @@ def record_index(objs: list[dict[str, Any]], seq: int) -> int:
 
 
 @pytest.fixture
-async def sqlite_chain(tmp_path: Path) -> AsyncIterator[tuple[AuditStore, AuditKeys]]:
-    store = AuditStore(sqlite_url(tmp_path))
-    await store.init()
-    keys = new_keys(tmp_path)
+async def sqlite_chain(sqlite_empty: tuple[AuditStore, AuditKeys]) -> tuple[AuditStore, AuditKeys]:
+    store, keys = sqlite_empty
     await fill(store, keys, N)
-    yield store, keys
-    await store.close()
+    return store, keys
 
 
 async def check_file(path: Path, keys: AuditKeys | None, damage: str | None, seq: int | None) -> None:
