@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gateway.config import ConfigError
 
 __all__ = ["AuditKeys", "fingerprint", "generate_key_file", "jwk_of", "key_id", "load_private_key",
-           "load_public_key", "load_public_keys", "parse_public_keys", "public_key_from_jwk"]
+           "load_public_keys", "parse_public_keys", "public_key_from_jwk"]
 
 log = logging.getLogger("hutong.audit")
 
@@ -117,14 +117,6 @@ def load_public_keys(path: Path) -> list[Ed25519PublicKey]:
     except OSError as exc:
         raise ConfigError(f"cannot read the audit key {path}: {exc.strerror}") from None
     return parse_public_keys(data, str(path))
-
-
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """The one public key in a file (PEM or JWK)."""
-    keys = load_public_keys(path)
-    if len(keys) != 1:
-        raise ConfigError(f"{path} holds {len(keys)} keys, one was expected")
-    return keys[0]
 
 
 def generate_key_file(path: Path) -> None:

@@ -190,9 +190,6 @@ class AuditStore:
         row = (await conn.execute(sa.select(checkpoint_table).where(checkpoint_table.c.seq == seq))).mappings().first()
         return dict(row) if row is not None else None
 
-    async def last_checkpoint_seq(self, conn: AsyncConnection) -> int:
-        return int((await conn.execute(sa.select(sa.func.max(checkpoint_table.c.seq)))).scalar() or 0)
-
     async def first_record(self, conn: AsyncConnection) -> dict[str, Any] | None:
         """The seq and prev_hash of the first record stored (where the live chain starts)."""
         r = record_table.c
