@@ -23,7 +23,6 @@ from gateway.audit.admin import admin_event
 
 __all__ = ["catalogue_changes", "catalogue_digest", "catalogue_summary", "start_events"]
 
-PAGE = 500  # admin records read at a time, newest first, looking for the previous start
 
 
 def catalogue_digest(catalog: Catalog) -> str:
@@ -91,15 +90,9 @@ async def start_events(store: Any, catalog: Catalog, config: str, policy: dict[s
 
 
 async def _previous_start(store: Any) -> dict[str, Any] | None:
-    """The newest gateway.start record, paging back through the admin records (consent and policy
-    events may be many since the last start; they are read once, at start)."""
-    after: int | None = None
-    while True:
-        records, _ = await store.search({"kind": "admin"}, limit=PAGE, after_seq=after)
-        found = next((r["body"] for r in records if r["body"].get("event") == "gateway.start"), None)
-        if found is not None or len(records) < PAGE:
-            return found
-        after = records[-1]["seq"]
+    """The newest gateway.start record's body, however many admin events came since."""
+    found = await store.newest_admin("gateway.start")
+    return found["body"] if found is not None else None
 
 
 def _who() -> str:

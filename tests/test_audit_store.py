@@ -105,6 +105,29 @@ async def test_search(url: str, tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_the_newest_admin_record_of_an_event_is_found_page_by_page(url: str, tmp_path: Path) -> None:
+    from gateway.audit.writer import AuditWriter
+
+    store = AuditStore(url)
+    await store.init()
+    writer = AuditWriter(store, new_keys(tmp_path), checkpoint_every=10, checkpoint_seconds=3600)
+    await writer.start()
+    try:
+        for i in range(3):
+            await writer.append("admin", {"event": "gateway.start", "n": i, "outcome": "ok"})
+        for i in range(7):  # other admin events and requests since, pages of 2 to read back through
+            await writer.append("admin", {"event": "consent.grant", "n": i, "outcome": "ok"})
+            await writer.append("request", body(i))
+        newest = await store.newest_admin("gateway.start", page=2)
+        assert newest is not None and newest["body"]["n"] == 2
+        first = await store.newest_admin("gateway.start", lambda b: b["n"] == 0, page=2)
+        assert first is not None and first["seq"] == 1
+        assert await store.newest_admin("audit.prune", page=2) is None
+    finally:
+        await writer.close()
+        await store.close()
+
+
 # --- canonical records survive every round trip ---------------------------------------------------
 
 json_values = st.recursive(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -339,6 +339,23 @@ class AuditStore:
         if field_conds:
             conds.append(sa.exists().where(f.seq == r.seq, *field_conds))
         return conds
+
+    async def newest_admin(self, event: str, match: Callable[[dict[str, Any]], bool] = lambda _body: True,
+                           page: int = 500) -> dict[str, Any] | None:
+        """The newest admin record of ``event`` whose body ``match``es, read back a page at a time
+        (no totals: a start or a verify looks for one record, not a count)."""
+        r = record_table.c
+        after: int | None = None
+        while True:
+            query = sa.select(record_table).where(r.kind == "admin").order_by(r.seq.desc()).limit(page)
+            if after is not None:
+                query = query.where(r.seq < after)
+            async with self.engine.connect() as conn:
+                rows = [_public(dict(x)) for x in (await conn.execute(query)).mappings()]
+            found = next((x for x in rows if x["body"].get("event") == event and match(x["body"])), None)
+            if found is not None or len(rows) < page:
+                return found
+            after = rows[-1]["seq"]
 
     async def search(self, filters: Mapping[str, Any], limit: int = 50, after_seq: int | None = None
                      ) -> tuple[list[dict[str, Any]], int]:

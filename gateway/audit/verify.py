@@ -376,14 +376,7 @@ async def _check_pruned(store: AuditStore, through: int, report: Report) -> None
     chain holds their ``audit.prune`` record for exactly these records. Without one, records were
     deleted by hand (reported as such); with one not yet under a checkpoint, it is only a warning
     (anyone with write access can append a record; only a checkpoint proves the gateway wrote it)."""
-    after: int | None = None
-    while True:
-        records, _ = await store.search({"kind": "admin"}, limit=500, after_seq=after)
-        found = next((r for r in records if r["body"].get("event") == "audit.prune"
-                      and r["body"].get("last_seq") == through), None)
-        if found is not None or len(records) < 500:
-            break
-        after = records[-1]["seq"]
+    found = await store.newest_admin("audit.prune", lambda body: body.get("last_seq") == through)
     if found is None:
         report.ok, report.damage, report.first_bad_seq = False, "deleted", 1
         report.detail = (f"records 1 to {through} are gone and no audit.prune record says they were archived and "
