@@ -73,9 +73,6 @@ class Cutoffs:
         if p is not None and p.count:
             await self._flush(address, p, self._clock())
 
-    def cut_off(self, address: str) -> bool:
-        return address in self._pending
-
     async def close(self) -> None:
         for address, p in list(self._pending.items()):
             if p.count:

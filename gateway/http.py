@@ -146,8 +146,7 @@ async def graphql_endpoint(request: Request) -> Response:
         await cutoffs.refused(address)
         return _rate_limited("too many requests with an invalid access token from this address (send a valid "
                              "one)", wait, media or JSON, headers)[1]
-    if cutoffs.cut_off(address):
-        await cutoffs.let_through(address)
+    await cutoffs.let_through(address)  # served again: what its refusals left pending is recorded first
 
     def junk() -> None:
         """A request no endpoint can answer spends the address's bucket, as a bad token does."""
@@ -321,8 +320,11 @@ class _Recorder:
     async def write(self, status: int, body: dict[str, Any], audit: dict[str, Any]) -> bool:
         """The request's record, durable; False if it could not be written (then no answer may leave:
         X-Road's rule, no record, no data)."""
+        return await self._append(self._entry(status, body, audit))
+
+    async def _append(self, entry: dict[str, Any]) -> bool:
         try:
-            await self.request.app.state.audit.append("request", self._entry(status, body, audit))
+            await self.request.app.state.audit.append("request", entry)
         except AuditUnavailable:
             log.error("request %s: audit record not written; answer withheld", self.request_id)
             return False
@@ -333,12 +335,9 @@ class _Recorder:
         """A page sent part by part: the request's record (with the first part's subjects) before the
         first byte, a record per later part before that part, a final one before the document closes."""
         entry = self._entry(200, {"data": {}}, answer.audit)  # its outcome: ok, as the part it opens
-        audit = self.request.app.state.audit
-        try:
-            await audit.append("request", entry)
-        except AuditUnavailable:
-            log.error("request %s: audit record not written; answer withheld", self.request_id)
+        if not await self._append(entry):
             return _audit_unavailable(media, headers)
+        audit = self.request.app.state.audit
 
         async def record_part(part: int, subjects: set[str], rows: dict[str, int]) -> None:
             await audit.append("request-part", part_record(entry, part=part, subjects=subjects, rows=rows, final=False))

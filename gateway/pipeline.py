@@ -205,19 +205,22 @@ class Gateway:
         plan: Plan | None = None
         audit = audit if audit is not None else {}
         try:
-            if isinstance(query, str):
-                # Until it parses there is no normalised text: the hash of the text as sent, so that even a
-                # refused query can be matched against another record (the text itself may hold values).
-                audit["query_hash"] = hashlib.sha256(query.encode()).hexdigest()
-            prep = self.prepare(query, operation_name, variables, method)
+            try:
+                prep = self.prepare(query, operation_name, variables, method)
+            except RequestError:
+                if isinstance(query, str):
+                    # Refused before it has a normalised text: the hash of the text as sent, so that it can
+                    # still be matched against another record (the text itself may hold values).
+                    audit["query_hash"] = hashlib.sha256(query.encode()).hexdigest()
+                raise
             normalised, digest = self._normalised(prep)
             audit.update(query=normalised, query_hash=digest,
                          operation=prep.operation.name.value if prep.operation.name else None)
             plan = self.planner.plan(prep, limits.max_depth)
-            claims = claims_of(plan)
+            claims = claims_of(plan, self.subjects)
             if claims:
                 # Whatever the answer, a claim tells something about its subject: recorded as read.
-                audit["claimed"] = sorted({self.subjects(c.subject) for c in claims})
+                audit["claimed"] = sorted({c.pseudonym for c in claims})
                 audit["looked_up"] = audit["claimed"]  # asked about, answered or refused
                 check_claims(claims, limits)
             self._check_limits(plan, limits, audit)
@@ -242,7 +245,7 @@ class Gateway:
                     audit["fields"] = field_dispositions(requested, auth)
                     audit["row_rules"] = auth.row_rules
                 if claims:
-                    await spend_claims(claims, self.claim_budgets, ctx.subject.client_id, self.subjects, limits)
+                    await spend_claims(claims, self.claim_budgets, ctx.subject.client_id, limits)
             page = streamable(plan, self.settings, debug) if stream and plan.fetches else None
             if page is not None:
                 answer = StreamedAnswer(plan, page, plan.fetches[0], self._shaper(plan, {}), self.sources,

@@ -32,12 +32,12 @@ __all__ = ["Claim", "check_claims", "claims_of", "spend_claims"]
 @dataclass(frozen=True, slots=True)
 class Claim:
     key: str  # the response key (alias) of the verify root
-    subject: str  # the normalised entity key the claim is about
+    pseudonym: str  # whom the claim is about: the audit pseudonym of the subject's key (never the key)
     field: str  # dataset.field the claim tests
     weight: int  # guesses it makes: the values of a claim.in, else 1
 
 
-def claims_of(plan: Plan) -> list[Claim]:
+def claims_of(plan: Plan, hasher: SubjectHasher) -> list[Claim]:
     out: list[Claim] = []
     fetches = {f.id: f for f in plan.fetches}
     for root in plan.roots:
@@ -47,7 +47,7 @@ def claims_of(plan: Plan) -> list[Claim]:
         cond = fetch.query.conditions[0]  # the claim (row rules are added after, by authorisation)
         weight = len(cond.value) if cond.op is Op.IN else 1
         assert fetch.literal_keys is not None
-        out.append(Claim(root.key, str(fetch.literal_keys[0]), f"{fetch.dataset}.{cond.column}", weight))
+        out.append(Claim(root.key, hasher(str(fetch.literal_keys[0])), f"{fetch.dataset}.{cond.column}", weight))
     return out
 
 
@@ -59,13 +59,12 @@ def check_claims(claims: list[Claim], limits: Limits) -> None:
                            f"counts), more than this client's verify_claims ({limits.verify_claims})", 400)
 
 
-async def spend_claims(claims: list[Claim], limiter: RateLimiter, client_id: str, hasher: SubjectHasher,
-                       limits: Limits) -> None:
+async def spend_claims(claims: list[Claim], limiter: RateLimiter, client_id: str, limits: Limits) -> None:
     """Take each claim from its (client, subject, field) budget; refuse the request when one is spent."""
     rate = limits.verify_budget / (limits.verify_window * 3600.0)
     for c in claims:
         # The subject only as its pseudonym: the store (Redis) never holds a raw ID number.
-        bucket = f"{client_id}:{hasher(c.subject)}:{c.field}"
+        bucket = f"{client_id}:{c.pseudonym}:{c.field}"
         for _ in range(c.weight):
             wait = await limiter.take(bucket, rate, limits.verify_budget)
             if wait > 0:
