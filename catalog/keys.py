@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -143,9 +143,12 @@ def scrub_keys(text: str, pseudonym: Callable[[str], str], kinds: tuple[str, ...
     if len(text) < 18:
         return text
     # For ID numbers: the text without separators between digits, and where each character came from.
-    dropped = {m.start() for m in _DIGIT_SEPARATOR.finditer(text)}
-    origin = [i for i in range(len(text)) if i not in dropped]
-    compact = "".join(text[i] for i in origin)
+    dropped = {m.start() for m in _DIGIT_SEPARATOR.finditer(text)} if "id_number" in kinds else set()
+    if dropped:
+        origin: Sequence[int] = [i for i in range(len(text)) if i not in dropped]
+        compact = "".join(text[i] for i in origin)
+    else:  # the usual case: nothing to drop, so the text is its own compact form (no per-character work)
+        origin, compact = range(len(text)), text
     spans: list[tuple[int, int, str]] = []
     seen = 0
     for kind, pattern, where, at in (("id_number", _ID_CANDIDATE, compact, origin),
