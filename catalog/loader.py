@@ -96,18 +96,17 @@ def load_catalog(*paths: Path | str) -> Catalog:
         if unknown:
             problems.add(str(file), f"unknown section(s) {', '.join(unknown)}; expected {', '.join(SECTIONS)}")
         home: str | None = None
-        if "department" in raw and not isinstance(raw["department"], dict):
+        own = isinstance(raw.get("department"), dict)  # the file's own department, first of the entries
+        if "department" in raw and not own:
             problems.add(f"{file}: department", "expected one department (a mapping with code, name, contact); "
                                                 "use 'departments' for a list")
             broken.add("home", str(file))
             broken.add("department", raw["department"] if isinstance(raw["department"], str) else "*")
-            dept_entries = list(_list(raw, "departments", file, problems, broken, "department"))
-        else:
-            dept_entries = ([raw["department"]] if "department" in raw else []) + list(
-                _list(raw, "departments", file, problems, broken, "department"))
+        dept_entries = ([raw["department"]] if own else []) + list(
+            _list(raw, "departments", file, problems, broken, "department"))
         for i, item in enumerate(dept_entries):
             dep = _parse(Department, item, f"{file}: department[{_ident(item, i)}]", problems, broken, "department")
-            if i == 0 and "department" in raw and isinstance(item, dict):
+            if i == 0 and own:
                 # The file's department is the default of what follows, even when it has a mistake
                 # of its own (reported once, above), so its sources are not "without department" too.
                 home = dep.code if dep else item.get("code") if isinstance(item.get("code"), str) else None
