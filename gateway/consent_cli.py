@@ -22,7 +22,7 @@ from catalog.loader import CatalogError, load_catalog
 from gateway.audit.admin import actor, append_admin
 from gateway.audit.entry import SubjectHasher
 from gateway.audit.errors import AuditUnavailable
-from gateway.cli_support import ConfigOpt, err, out
+from gateway.cli_support import ConfigOpt, err, error, out
 from gateway.config import ConfigError, load_settings
 from gateway.consent_admin import ConsentAdmin, ConsentInputError, ConsentStateError, open_store
 from policies.consent.model import Grant, Kind
@@ -73,7 +73,7 @@ def _run(config: Path | None, action: Callable[[ConsentAdmin], Awaitable[T]]) ->
         catalog = load_catalog(*settings.catalog)
         hasher = SubjectHasher(PolicySettings.from_settings(settings).mask_key)
     except (ConfigError, CatalogError) as exc:
-        err.print(Text("error: ", style="red") + Text(str(exc)))
+        error(str(exc))
         raise typer.Exit(2) from None
 
     async def record(body: dict[str, Any]) -> None:
@@ -91,17 +91,16 @@ def _run(config: Path | None, action: Callable[[ConsentAdmin], Awaitable[T]]) ->
         return asyncio.run(go())
     except ConsentInputError as exc:
         for problem in exc.problems:
-            err.print(Text("error: ", style="red") + Text(problem))
+            error(problem)
         raise typer.Exit(1) from None
     except ConsentStateError as exc:
-        err.print(Text("error: ", style="red") + Text(str(exc)))
+        error(str(exc))
         raise typer.Exit(1) from None
     except AuditUnavailable as exc:
-        err.print(Text("error: ", style="red") + Text(f"the audit log cannot record the change, so it was not "
-                                                      f"made ({exc})"))
+        error(f"the audit log cannot record the change, so it was not made ({exc})")
         raise typer.Exit(3) from None
     except SQLAlchemyError as exc:
-        err.print(Text("error: ", style="red") + Text(f"the consent store cannot be used: {type(exc).__name__}"))
+        error(f"the consent store cannot be used: {type(exc).__name__}")
         raise typer.Exit(3) from None
 
 
@@ -236,12 +235,12 @@ def consent_show(grant_id: GrantId, config: ConfigOpt = None) -> None:
 
     grant, valid = _run(config, action)
     if grant is None:
-        err.print(Text("error: ", style="red") + Text(f"no consent or legal basis with id {grant_id!r}"))
+        error(f"no consent or legal basis with id {grant_id!r}")
         raise typer.Exit(1)
     _show(grant)
     if not valid:
-        err.print(Text("error: ", style="red") + Text("its signature does not verify: the stored row was changed "
-                                                      "outside hutong, and the gateway ignores it"))
+        error("its signature does not verify: the stored row was changed outside hutong, and the gateway "
+              "ignores it")
         raise typer.Exit(1)
 
 

@@ -14,10 +14,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
 from gateway.audit.admin import actor, admin_event, append_admin
-from gateway.cli_support import ConfigOpt, err, out
+from gateway.cli_support import ConfigOpt, error, out
 from gateway.config import ConfigError, load_settings
 from gateway.console.accounts import AccountError, AccountStore
 from gateway.console.settings import ROLES, ConsoleSettings
@@ -37,7 +36,7 @@ def _run(config: Path | None, action: Callable[[AccountStore], Awaitable[T]], ev
         settings = load_settings(config)
         store = AccountStore(ConsoleSettings.from_settings(settings).accounts)
     except ConfigError as exc:
-        err.print(Text("error: ", style="red") + Text(str(exc)))
+        error(str(exc))
         raise typer.Exit(2) from None
 
     async def go() -> T:
@@ -53,7 +52,7 @@ def _run(config: Path | None, action: Callable[[AccountStore], Awaitable[T]], ev
     try:
         return asyncio.run(go())
     except AccountError as exc:
-        err.print(Text("error: ", style="red") + Text(str(exc)))
+        error(str(exc))
         raise typer.Exit(1) from None
 
 
@@ -62,7 +61,7 @@ def _password(stdin: bool) -> str:
         return sys.stdin.readline().rstrip("\n")
     first = typer.prompt("Password", hide_input=True)
     if typer.prompt("Again", hide_input=True) != first:
-        err.print(Text("error: ", style="red") + Text("the passwords differ"))
+        error("the passwords differ")
         raise typer.Exit(1)
     return str(first)
 
