@@ -49,7 +49,7 @@ LEVELS = (Access.VERIFY, Access.MASKED, Access.CLEAR)
 ACTION = {Access.VERIFY: "verify", Access.MASKED: "read_masked", Access.CLEAR: "read"}
 
 # The level each action names. A line reaches more than its own level: see `reaches`.
-LEVEL = {"verify": Access.VERIFY, "read_masked": Access.MASKED, "read": Access.CLEAR}
+LEVEL = {act: access for access, act in ACTION.items()}
 
 
 def reaches(act: str, eft: str, access: Access) -> bool:

@@ -246,7 +246,7 @@ def _explain(subject: Subject, purpose: Purpose, obj: str, spec: FieldSpec, rule
     overrides = tuple(d for d in deny_lines if d.overridden)
     mask_reason = None
     if decision.access is Access.MASKED:
-        mask_reason = _mask_reason(decision.mask, matches[Access.MASKED][0], spec)
+        mask_reason = _mask_reason(decision.mask, effects[Access.MASKED][2], spec)
     code = obj.rpartition(".")[0]
     row_rules = tuple(rows.get(code, ())) if code in purpose.datasets else ()
     summary = _summary(subject, purpose.code, obj, decision, by_policy, terms, matches, deny_lines, mask_reason,
@@ -278,8 +278,8 @@ def _denies(matches: Mapping[Access, tuple[list[RuleMatch], list[RuleMatch]]]) -
     return out
 
 
-def _mask_reason(mask: str | None, allows: list[RuleMatch], spec: FieldSpec) -> str:
-    given = [m.line[6] for m in allows if offers_mask(m.line[3])]
+def _mask_reason(mask: str | None, given: list[str], spec: FieldSpec) -> str:
+    """Why ``mask``: ``given`` are the masks the matching allows name for a masked read (``grant``'s)."""
     if not given:
         return (f"Masked with {mask}, the catalogue's mask for this field: only read allows reach the masked "
                 "level, and they name no mask for it.")
