@@ -52,14 +52,14 @@ def validate_policy(enforcer: casbin.Enforcer, catalog: Catalog, origin: str) ->
 # What may stand before ":" in a policy name: a client id has no ":" at all; an external identity
 # provider's clients are idp:ID or idp-NAME:ID ([auth.external] client_id_prefix).
 PREFIXES = ("dept", "role", "group", "idp")
-_IDP_PREFIX = re.compile(r"idp(-[a-z0-9]{1,12})?")
+IDP_PREFIX = re.compile(r"idp(-[a-z0-9]{1,12})?")  # also gateway/auth/settings.py client_id_prefix
 
 
 def _subject(catalog: Catalog, sub: str) -> list[str]:
     if not sub:
         return ["the subject is empty"]
     prefix, colon, name = sub.partition(":")
-    if colon and ((prefix not in PREFIXES and not _IDP_PREFIX.fullmatch(prefix)) or not name):
+    if colon and ((prefix not in PREFIXES and not IDP_PREFIX.fullmatch(prefix)) or not name):
         return [f"{sub!r}: a name is a client id, or {', '.join(p + ':NAME' for p in PREFIXES)} "
                 "(idp-NAME:ID for a second identity provider)"]
     if prefix == "dept" and name not in catalog.departments:

@@ -44,6 +44,7 @@ from catalog.loader import expand_env
 from gateway.auth.clients import DEPARTMENT, ROLE
 from gateway.auth.identity import ATTRIBUTE_NAME
 from gateway.config import ConfigError, Settings
+from policies.validate import IDP_PREFIX
 
 __all__ = ["ASYMMETRIC_ALGORITHMS", "AuthSettings", "ExternalIdP"]
 
@@ -60,7 +61,7 @@ EXTERNAL_KEYS = {"issuer", "audience", "jwks_url", "department_claim", "roles_cl
                  "attributes"}
 # "idp:" or "idp-NAME:": policies name an IdP's clients with it (policies/validate.py knows the form),
 # and it can never be role:, dept: or group:.
-CLIENT_ID_PREFIX = re.compile(r"idp(-[a-z0-9]{1,12})?:")
+CLIENT_ID_PREFIX = re.compile(IDP_PREFIX.pattern + ":")
 
 
 @dataclass(frozen=True)
