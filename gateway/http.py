@@ -177,7 +177,7 @@ async def graphql_endpoint(request: Request) -> Response:
                                  headers=headers)
     subject = Subject.of(identity.client_id, identity.department, identity.roles, identity.attributes)
     record.subject = subject
-    record.token_id = getattr(identity, "jti", None)
+    record.token_id = identity.token_id
     limits = gateway.limits.of(identity.client_id)
     if limits.rate_limited:
         wait = await request.app.state.rate_limiter.take(identity.client_id, limits.rate, limits.burst)
