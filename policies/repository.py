@@ -186,10 +186,21 @@ async def _rules(conn: AsyncConnection) -> list[tuple[int, PolicyLine | None]]:
 
 async def _differences(conn: AsyncConnection, head: int, now: datetime) -> list[str]:
     rows = (await conn.execute(sa.select(line_table).where(_live()).order_by(line_table.c.id))).all()
-    rules = await _rules(conn)
+    return _rule_differences(await _rules(conn), [(_line(r), r.expires_at) for r in rows], head, now)
+
+
+def _rule_differences(rules: list[tuple[int, PolicyLine | None]], live: Sequence[tuple[PolicyLine, str | None]],
+                      head: int, now: datetime) -> list[str]:
+    """How casbin_rule's rows differ from version ``head``'s lines in force (``casbin_rule.differences``)."""
     found = [x for _, x in rules if readable(x)]
-    return differences(found, [(_line(r), r.expires_at) for r in rows], _stamp(now + SKEW), head,
-                       unread=len(rules) - len(found))
+    return differences(found, live, _stamp(now + SKEW), head, unread=len(rules) - len(found))
+
+
+async def _lapsed_rows(conn: AsyncConnection, now: datetime) -> list[Any]:
+    """The rows in force whose time limit has passed by ``now``."""
+    c = line_table.c
+    return list((await conn.execute(sa.select(line_table).where(_live(), c.expires_at.is_not(None),
+                                                                 c.expires_at <= _stamp(now)))).all())
 
 
 async def _delete_rules(conn: AsyncConnection, ids: Sequence[int]) -> None:
@@ -260,8 +271,7 @@ class PolicyRepository:
         now = datetime.now(UTC)
         rules = await _rules(conn)
         if rules:
-            found = [x for _, x in rules if readable(x)]
-            problems = differences(found, live, _stamp(now + SKEW), head, unread=len(rules) - len(found))
+            problems = _rule_differences(rules, live, head, now)
             if problems:
                 raise PolicyError([
                     f"{self.name}: {TABLE} already holds rules that are not this store's policy (version {head}); "
@@ -362,12 +372,8 @@ class PolicyRepository:
     async def prune_lapsed(self, now: datetime) -> int:
         """Remove from casbin_rule the time-limited lines that have lapsed by ``now`` (the versions keep
         them until the next one records their end): what outside Casbin tools read stops granting them."""
-        stamp = _stamp(now)
-        c = line_table.c
         async with self._write() as conn:
-            rows = (await conn.execute(sa.select(line_table).where(_live(), c.expires_at.is_not(None),
-                                                                   c.expires_at <= stamp))).all()
-            lapsed = {_line(r) for r in rows}
+            lapsed = {_line(r) for r in await _lapsed_rows(conn, now)}
             ids = [i for i, x in await _rules(conn) if x in lapsed] if lapsed else []
             await _delete_rules(conn, ids)
         return len(ids)
@@ -405,12 +411,8 @@ class PolicyRepository:
 
     async def lapsed(self, now: datetime) -> set[PolicyLine]:
         """The lines of the version in force whose time limit has passed by ``now``."""
-        stamp = _stamp(now)
-        c = line_table.c
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(sa.select(line_table).where(_live(), c.expires_at.is_not(None),
-                                                                   c.expires_at <= stamp))).all()
-        return {_line(r) for r in rows}
+            return {_line(r) for r in await _lapsed_rows(conn, now)}
 
     async def lapsed_ever(self, now: datetime) -> set[PolicyLine]:
         """Every line that was ever granted for a limited time, and whose limit has passed by ``now``."""
@@ -507,9 +509,7 @@ class PolicyRepository:
             if dupes:
                 raise PolicyConflict("already in force: " + "; ".join(format_line(x) for x in dupes))
             rules = await _rules(conn)
-            found = [x for _, x in rules if readable(x)]
-            edits = differences(found, [(_line(r), r.expires_at) for r in rows], _stamp(now + SKEW), head,
-                                unread=len(rules) - len(found))
+            edits = _rule_differences(rules, [(_line(r), r.expires_at) for r in rows], head, now)
             if edits and not resync:
                 raise PolicyConflict("\n".join([edited(head), *edits]))
             if not add and not remove and not edits:
