@@ -123,12 +123,15 @@ class PolicyAdmin:
 
     async def replace_all(self, lines: Sequence[PolicyLine], *, author: str, reason: str, source: str = "import",
                           now: datetime | None = None, limits: dict[PolicyLine, datetime | None] | None = None,
-                          resync: bool = True) -> PolicyVersion:
+                          resync: bool = True,
+                          at_head: tuple[int, list[tuple[PolicyLine, datetime | None]]] | None = None
+                          ) -> PolicyVersion:
         """Make ``lines`` the whole policy (an import): the diff from the current one is the change,
         committed against the version it was computed from (a change meanwhile makes it fail).
         It also makes casbin_rule hold exactly those lines, overwriting (and recording) a change made
-        to it outside hutong, unless ``resync`` is False."""
-        head, current = await self.repo.live_at_head(now)
+        to it outside hutong, unless ``resync`` is False. ``at_head``: ``repo.live_at_head`` as the
+        caller already read it (the diff is then taken from the very state the caller checked)."""
+        head, current = at_head if at_head is not None else await self.repo.live_at_head(now)
         have = {x for x, _ in current}
         wanted = list(dict.fromkeys(lines))
         keep = set(wanted)
@@ -144,15 +147,15 @@ class PolicyAdmin:
         # A file exported while a time-limited grant (a sharing approval) lasted would bring it back for
         # good: refused, unless the line is in force now anyway.
         moment = now or datetime.now(UTC)
-        _, current = await self.repo.live_at_head(moment)
-        in_force = {x for x, _ in current}
+        at_head = await self.repo.live_at_head(moment)
+        in_force = {x for x, _ in at_head[1]}
         ended = await self.repo.lapsed_ever(moment)
         back = [x for x in dict.fromkeys(lines) if x not in in_force and x in ended]
         if back:
             raise PolicyError([f"{format_line(x)}: was granted for a limited time, which has passed; importing it "
                                "would grant it for good: remove it from the file, or grant it again (a sharing "
                                "request, or `hutong policy add` if it is meant to be permanent)" for x in back])
-        return await self.replace_all(lines, author=author, reason=reason, now=now)
+        return await self.replace_all(lines, author=author, reason=reason, now=now, at_head=at_head)
 
     async def rollback(self, number: int, *, author: str, reason: str, now: datetime | None = None) -> PolicyVersion:
         """A new version whose lines are those of version ``number`` (history is never rewritten).
