@@ -139,6 +139,14 @@ def _live_check(settings: Settings, cat: Any) -> Any:
     return asyncio.run(check_sources(cat, urls))
 
 
+def _print_live(live: Any) -> None:
+    """The live check's problems, then the sources it could not reach, on standard error."""
+    for p in live.problems:
+        err.print(Text("- ", style="red") + Text(p))
+    for w in live.not_checked:
+        err.print(Text("warning: ", style="yellow") + Text(w))
+
+
 @app.command()
 def serve(config: ConfigOpt = None,
           host: Annotated[str | None, typer.Option(help="Address to bind (default from config).")] = None,
@@ -159,11 +167,8 @@ def serve(config: ConfigOpt = None,
     _startable(settings, _gateway(settings, cat))  # fail fast, with the reason, before binding
     if check_sources:
         live = _live_check(settings, cat)
-        for w in live.not_checked:
-            err.print(Text("warning: ", style="yellow") + Text(w))
+        _print_live(live)
         if live.problems:
-            for p in live.problems:
-                err.print(Text("- ", style="red") + Text(p))
             error(f"the catalogue does not match {len(live.problems)} thing(s) in the live sources: fix the "
                   "catalogue or the source (`hutong catalog check` lists them), or serve with --no-check-sources")
             raise typer.Exit(1)
@@ -199,10 +204,7 @@ def catalog_check(config: ConfigOpt = None,
     if offline:
         return
     live = _live_check(settings, cat)
-    for p in live.problems:
-        err.print(Text("- ", style="red") + Text(p))
-    for w in live.not_checked:
-        err.print(Text("warning: ", style="yellow") + Text(w))
+    _print_live(live)
     if live.problems:
         err.print(f"{len(live.problems)} problem(s) with the live sources", style="red")
         raise typer.Exit(1)
