@@ -134,11 +134,20 @@ def _reflect_wanted(sync_conn: Any, wanted: dict[str | None, set[str]]) -> _Refl
     for schema, tables in wanted.items():
         if schema is not None and schema not in schemas:
             continue
-        present = set(insp.get_table_names(schema=schema)) | set(insp.get_view_names(schema=schema))
+        present = _relations(insp, schema)
         names[schema] = present
         for table in tables & present:
             columns[(schema, table)] = {c["name"]: c for c in insp.get_columns(table, schema=schema)}
     return _Reflected(default, schemas, names, columns)
+
+
+def _relations(insp: Any, schema: str | None) -> set[str]:
+    """The tables and views of ``schema`` (None: the connection's default schema)."""
+    return set(insp.get_table_names(schema=schema)) | set(insp.get_view_names(schema=schema))
+
+
+def _schema_words(schema: str | None, default: str | None) -> str:
+    return f"schema {schema!r}" if schema else f"the default schema ({default})"
 
 
 async def check_sources(catalog: Catalog, urls: dict[str, str], environ: dict[str, str] | None = None
@@ -204,7 +213,7 @@ async def _check_sql(catalog: Catalog, code: str, src_at: str, datasets: list[Da
             continue
         present = found.names[schema]
         if table not in present:
-            where = f"schema {schema!r}" if schema else f"the default schema ({found.default_schema})"
+            where = _schema_words(schema, found.default_schema)
             close = [n for n in present if n.lower() == table.lower()]
             hint = (f" (did you mean {close[0]!r}? names are case-sensitive)" if close
                     else f"; {where} has: {_listing(present)}")
@@ -301,7 +310,7 @@ def _reflect_for_draft(sync_conn: Any, tables: list[str] | None, schema: str | N
 
     def names(s: str | None) -> set[str]:
         if s not in names_cache:
-            names_cache[s] = set(insp.get_table_names(schema=s)) | set(insp.get_view_names(schema=s))
+            names_cache[s] = _relations(insp, s)
         return names_cache[s]
 
     targets: list[tuple[str | None, str]] = []
@@ -313,7 +322,7 @@ def _reflect_for_draft(sync_conn: Any, tables: list[str] | None, schema: str | N
             if s is not None and s not in schemas:
                 missing.append(f"{wanted} (no schema {s!r}; its schemas: {shown})")
             elif t not in names(s):
-                missing.append(f"{wanted} (not in {f'schema {s!r}' if s else f'the default schema ({default})'}, "
+                missing.append(f"{wanted} (not in {_schema_words(s, default)}, "
                                f"which has: {_listing(names(s))})")
             else:
                 targets.append((s, t))
@@ -322,7 +331,7 @@ def _reflect_for_draft(sync_conn: Any, tables: list[str] | None, schema: str | N
     else:
         targets = [(schema, t) for t in sorted(names(schema))]
         if not targets:
-            where = f"schema {schema!r}" if schema else f"the default schema ({default})"
+            where = _schema_words(schema, default)
             raise DiscoveryError(f"no tables or views in {where} of the source; its schemas: {shown}. "
                                  "Name one with --schema NAME, or tables with --table SCHEMA.TABLE")
     out = []
