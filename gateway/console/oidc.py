@@ -35,10 +35,12 @@ def console_roles(claims: dict[str, Any], oidc: OidcSettings) -> tuple[str, ...]
         return ()
     mapping = dict(oidc.role_map)
     if mapping:
-        return tuple(sorted(r for r in {mapping.get(str(g)) for g in given} if r in ROLES))
-    if not oidc.trust_roles:  # the provider's role names count only when the configuration trusts them
+        names = {mapping.get(str(g)) for g in given}
+    elif oidc.trust_roles:
+        names = {str(g) for g in given}
+    else:  # the provider's role names count only when the configuration trusts them
         return ()
-    return tuple(sorted(r for r in {str(g) for g in given} if r in ROLES))
+    return tuple(sorted(r for r in names if r in ROLES))
 
 
 def oidc_routes(settings: ConsoleSettings) -> list[BaseRoute]:
