@@ -66,11 +66,12 @@ def _given_keys(values: list[str]) -> AuditKeys:
     return AuditKeys.public_only(keys)
 
 
-def _keys(config: Path | None, key_files: list[str] | None) -> AuditKeys:
+def _keys(config: Path | None, key_files: list[str] | None, audit: AuditSettings | None = None) -> AuditKeys:
+    """The keys given (``--key``), else the configured ones (``audit``: the settings, if already read)."""
     try:
         if key_files:
             return _given_keys(key_files)
-        audit = _settings(config)
+        audit = audit or _settings(config)
         return AuditKeys.load(audit.signing_key, audit.previous_keys, generate=False)
     except ConfigError as exc:
         error(str(exc))
@@ -198,15 +199,16 @@ def verify(files: Annotated[list[Path] | None, typer.Argument(
     continues the one before. Exit 1 on any damage."""
     if not files:
         audit = _settings(config)
-        keys = _keys(config, key)
+        keys = _keys(config, key, audit)
         report = _run(config, lambda store: verify_store(store, keys, checkpoint_every=checkpoint_every),
                       audit=audit)
         report.source = "the live store"
         _show([report], as_json)
         return
-    keys_ = _keys(config, key) if key or config else _configured_keys_if_any()
     audit = _settings(config) if live else None
-    store_keys = _keys(config, key) if live else None
+    keys_ = _keys(config, key, audit) if key or config else _configured_keys_if_any()
+    # The live store's keys: the same as the files' when given or configured explicitly.
+    store_keys = (keys_ if key or config else _keys(config, key, audit)) if live else None
 
     async def check(store: AuditStore | None) -> list[Report]:
         return await verify_files(files, keys_, checkpoint_every=checkpoint_every, store=store, store_keys=store_keys)
@@ -231,7 +233,7 @@ def export_cmd(fmt: Annotated[str, typer.Option("--format", "-f", help="jsonl or
         error(f"--format must be one of {', '.join(FORMATS)}")
         raise typer.Exit(2)
     audit = _settings(config)
-    keys = _keys(config, None)
+    keys = _keys(config, None, audit)
 
     def run(f: Any) -> int:
         return _run(config, lambda store: export(store, f, fmt, keys, since=since, until=until, last=through_seq,
@@ -358,7 +360,7 @@ def checkpoint(config: ConfigOpt = None) -> None:
     from gateway.audit.writer import AuditWriter
 
     audit = _settings(config)
-    keys = _keys(config, None)
+    keys = _keys(config, None, audit)
 
     async def sign(store: AuditStore) -> tuple[int | None, int]:
         writer = AuditWriter(store, keys, checkpoint_every=audit.checkpoint_every, head_mark=audit.head_mark)
