@@ -113,30 +113,30 @@ class LimitSettings:
                 raise ConfigError(f"{where} has unknown key(s) {', '.join(bad)}; "
                                   f"known: {', '.join(sorted(_PER_CLIENT))}")
             clients[str(client_id)] = _limits(defaults, entry, where)
-        try:
-            auth = _limits(Limits(rate=1.0, burst=20), {k.removeprefix("failed_auth_"): v for k, v in raw.items()
-                                                         if k.startswith("failed_auth_")}, at)
-        except ConfigError as exc:  # name the keys as written
-            raise ConfigError(str(exc).replace(": rate ", ": failed_auth_rate ")
-                              .replace(": burst ", ": failed_auth_burst ")) from None
+        # Checked as a rate and a burst are, from this class's own defaults.
+        auth = _limits(Limits(rate=cls.failed_auth_rate, burst=cls.failed_auth_burst),
+                       {k.removeprefix("failed_auth_"): v for k, v in raw.items() if k.startswith("failed_auth_")},
+                       at, prefix="failed_auth_")
         return cls(defaults, store, clients, auth.rate, auth.burst)
 
 
-def _limits(base: Limits, raw: dict[str, Any], at: str) -> Limits:
+def _limits(base: Limits, raw: dict[str, Any], at: str, prefix: str = "") -> Limits:
+    """``base`` with the values of ``raw``, each checked; messages name keys as written (``prefix`` + key)."""
     values: dict[str, Any] = {}
     for key, value in raw.items():
         kind = type(getattr(base, key))
+        name = prefix + key
         if kind is bool:
             if not isinstance(value, bool):
-                raise ConfigError(f"{at}: {key} must be true or false, got {value!r}")
+                raise ConfigError(f"{at}: {name} must be true or false, got {value!r}")
         elif key == "cost_mode":
             if value not in COST_MODES:
                 raise ConfigError(f"{at}: cost_mode must be one of {', '.join(COST_MODES)}, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ConfigError(f"{at}: {key} must be a finite number, got {value!r}")
+            raise ConfigError(f"{at}: {name} must be a finite number, got {value!r}")
         elif value < 0 or (value == 0 and key not in ("rate", "burst")):
-            raise ConfigError(f"{at}: {key} must be positive, got {value!r}")
+            raise ConfigError(f"{at}: {name} must be positive, got {value!r}")
         elif kind is int and value != int(value):
-            raise ConfigError(f"{at}: {key} must be a whole number, got {value!r}")
+            raise ConfigError(f"{at}: {name} must be a whole number, got {value!r}")
         values[key] = kind(value)
     return replace(base, **values)
